@@ -1,0 +1,26 @@
+# The two commands of the README:
+#   make run          Dagster UI + daemon on the TWIML feed  (make run DEMO=1: offline demo feed)
+#   make test         the whole test suite, slow end-to-end tests included
+# Both do their own set-up (system packages, venv, offline weights) on a fresh machine.
+.PHONY: setup run test test-fast lint bench
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+setup:
+	bash scripts/setup.sh
+
+run: setup
+	DEMO=$(DEMO) bash scripts/run.sh
+
+test: setup
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/engine.py

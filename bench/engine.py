@@ -1,0 +1,149 @@
+"""Engine benchmark: overhead vs bare faster-whisper, real-time factors, peak memory.
+
+All figures come from one process and one audio file so the ratios compare like with
+like. The engine's ASR and a bare ``WhisperModel.transcribe`` call with the same
+settings run interleaved, ``--repeats`` times each, on the same loaded model (model
+loading is timed separately): the ratio isolates what our wrapper adds.
+
+    .venv/bin/python bench/engine.py                      # generated 88 s dialogue, cpu-dev
+    .venv/bin/python bench/engine.py --audio ep.mp3 --profile gpu-prod --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resources.asr import WhisperASR, effective_device_and_type  # noqa: E402
+from resources.audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from resources.diarisation import PyannoteDiariser  # noqa: E402
+from resources.model_registry import profile_settings  # noqa: E402
+from twiml_assets.merge import merge_words  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bare_faster_whisper(model, waveform, s) -> float:  # noqa: ANN001 - faster-whisper objects
+    """The reference: faster-whisper called directly with the engine's settings."""
+    from faster_whisper import BatchedInferencePipeline
+
+    started = time.perf_counter()
+    kwargs = dict(
+        language=s.language,
+        beam_size=s.beam_size,
+        word_timestamps=True,
+        initial_prompt=s.initial_prompt,
+        condition_on_previous_text=s.condition_on_previous_text,
+        vad_filter=s.vad_filter,
+        vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms} if s.vad_filter else None,
+    )
+    if s.batched:
+        segments, _ = BatchedInferencePipeline(model).transcribe(
+            waveform, batch_size=s.batch_size, **kwargs
+        )
+    else:
+        segments, _ = model.transcribe(waveform, **kwargs)
+    for _ in segments:
+        pass
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--audio", help="audio file (default: a generated 88 s dialogue)")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--model")
+    parser.add_argument("--compute-type")
+    parser.add_argument("--device")
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = args.audio
+        if audio is None:
+            from twiml_assets.synth import synthesize_dialogue
+
+            audio = synthesize_dialogue(Path(tmp) / "dialogue.wav").audio_path
+
+        started = time.perf_counter()
+        waveform = decode_audio(audio)
+        decode_s = time.perf_counter() - started
+    duration = len(waveform) / SAMPLE_RATE
+
+    asr = WhisperASR(
+        profile=args.profile, model=args.model, compute_type=args.compute_type,
+        device=args.device, batched=args.batched,
+    )
+    settings = asr.settings()
+    started = time.perf_counter()
+    model = asr.load()
+    load_s = time.perf_counter() - started
+    device, compute_type = effective_device_and_type(settings.device, settings.compute_type)
+
+    bare_faster_whisper(model, waveform, settings)  # warm-up (allocators, VAD session)
+    engine_times, bare_times = [], []
+    result = None
+    for _ in range(args.repeats):
+        bare_times.append(bare_faster_whisper(model, waveform, settings))
+        started = time.perf_counter()
+        result = asr.transcribe(waveform)
+        engine_times.append(time.perf_counter() - started)
+    assert result is not None
+    rss_after_asr = peak_rss_mb()
+
+    diariser = PyannoteDiariser(**profile_settings(args.profile, "diarisation"))
+    if args.device:
+        diariser = PyannoteDiariser(**{**profile_settings(args.profile, "diarisation"),
+                                       "device": args.device})
+    diariser.diarise(waveform[: SAMPLE_RATE * 10])  # load models outside the timing
+    started = time.perf_counter()
+    diarisation = diariser.diarise(waveform)
+    diar_s = time.perf_counter() - started
+    started = time.perf_counter()
+    transcript = merge_words(result, diarisation, "bench")
+    merge_s = time.perf_counter() - started
+
+    engine_asr, bare_asr = statistics.median(engine_times), statistics.median(bare_times)
+    figures = {
+        "audio_seconds": round(duration, 2),
+        "model": settings.model,
+        "device": device,
+        "compute_type": compute_type,
+        "beam_size": settings.beam_size,
+        "batched": settings.batched,
+        "model_load_s": round(load_s, 3),
+        "asr_engine_s": round(engine_asr, 3),
+        "asr_bare_faster_whisper_s": round(bare_asr, 3),
+        "engine_over_bare_ratio": round(engine_asr / bare_asr, 3),
+        "rtf_decode": round(decode_s / duration, 4),
+        "rtf_asr": round(engine_asr / duration, 4),
+        "rtf_diarisation": round(diar_s / duration, 4),
+        "rtf_merge": round(merge_s / duration, 6),
+        "rtf_total": round((decode_s + engine_asr + diar_s + merge_s) / duration, 4),
+        "speakers": len(transcript.speakers),
+        "words": len(transcript.words),
+        "peak_rss_after_asr_mb": round(rss_after_asr, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "repeats": args.repeats,
+    }
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

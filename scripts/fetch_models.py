@@ -1,0 +1,46 @@
+"""Put the offline diarisation weights in place, from registry packages only.
+
+pyannote's segmentation checkpoint ships inside the ``whisperx`` wheel. We download
+that wheel without dependencies (installing whisperx would pin another torch) and
+copy the one file out. Idempotent: does nothing when the file is already there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resources.model_paths import WHISPERX_WHEEL, segmentation_checkpoint  # noqa: E402
+
+
+def fetch_segmentation() -> Path:
+    target = segmentation_checkpoint(must_exist=False)
+    if target.exists() and target.stat().st_size > 1_000_000:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHISPERX_WHEEL],
+            check=True,
+        )
+        wheel = next(Path(tmp).glob("whisperx-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read("whisperx/assets/pytorch_model.bin")
+    partial = target.with_suffix(".part")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return target
+
+
+def main() -> None:
+    path = fetch_segmentation()
+    print(f"==> offline segmentation weights: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up for a fresh machine: system packages, the virtual
+# environment with the pinned torch/pyannote stack, and the offline model weights.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+need_apt=()
+for bin in ffmpeg espeak-ng sox; do
+  command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    ffmpeg espeak-ng sox libsndfile1 >/dev/null
+fi
+
+stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "==> creating $VENV and installing the project (the torch stack takes a few minutes)"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi
+
+"$VENV/bin/python" scripts/fetch_models.py

@@ -1,0 +1,159 @@
+"""``twiml-transcribe``: the single entry point that runs the engine without Dagster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from resources.audio import AudioDecodeError
+from resources.model_paths import ModelNotFoundError
+from resources.model_registry import default_profile, profile_names
+from resources.storage import StorageError
+
+USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twiml-transcribe",
+        description="Speaker-attributed transcripts with faster-whisper + pyannote.audio.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="transcribe one audio file or URL")
+    t.add_argument("audio", help="audio file path or http(s) URL")
+    t.add_argument("--out", required=True, help="output root (same layout as the storage root)")
+    t.add_argument(
+        "--profile", choices=profile_names(), help=f"named settings (default {default_profile()})"
+    )
+    t.add_argument("--model", help="whisper model name, hub id or local CTranslate2 dir")
+    t.add_argument("--compute-type", help="int8, int8_float16, float16 or float32")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--beam-size", type=int)
+    t.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--language")
+    t.add_argument("--diarisation", dest="pipeline", help="'offline', a hub id or a local path")
+    t.add_argument("--num-speakers", type=int)
+    t.add_argument("--min-speakers", type=int)
+    t.add_argument("--max-speakers", type=int)
+    t.add_argument("--key", help="episode key, e.g. ep-623 (default up-<sha256 of the audio>)")
+    t.add_argument("--title", help="episode title (also used as the ASR prompt)")
+    t.add_argument("--description", help="episode description (ASR prompt)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def fetch_url(url: str, directory: Path) -> Path:
+    """Download an http(s) URL to ``directory`` (streamed, atomic)."""
+    from twiml_assets.download import download_audio
+
+    name = Path(urlparse(url).path).name or "audio"
+    return download_audio(url, directory / name).path
+
+
+def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or None
+    """A tqdm bar over seconds of audio, one per stage."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: float, total: float) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=round(total, 1), desc=f"{stage:>10}", unit="s audio", leave=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
+            )
+        bar.n = round(min(done, total), 1)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from resources.asr import WhisperASR
+    from resources.diarisation import PyannoteDiariser
+    from twiml_assets.engine import transcribe_file
+
+    asr = WhisperASR(
+        profile=args.profile,
+        model=args.model,
+        compute_type=args.compute_type,
+        device=args.device,
+        beam_size=args.beam_size,
+        batched=args.batched,
+        batch_size=args.batch_size,
+        language=args.language,
+    )
+    diariser = PyannoteDiariser(**diariser_settings(args))
+    with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
+        source = args.audio
+        if urlparse(source).scheme in {"http", "https"}:
+            source = fetch_url(source, Path(tmp))
+        result = transcribe_file(
+            source,
+            args.out,
+            asr=asr,
+            diariser=diariser,
+            key=args.key,
+            title=args.title,
+            description=args.description,
+            num_speakers=args.num_speakers,
+            min_speakers=args.min_speakers,
+            max_speakers=args.max_speakers,
+            progress=progress_printer(not args.no_progress and sys.stderr.isatty()),
+        )
+    t = result.transcript
+    print(
+        f"{result.key}: {t.duration:.1f} s, {len(t.speakers)} speaker(s), {len(t.words)} words, "
+        f"real-time factor {result.real_time_factor:.3f}"
+    )
+    for name, uri in result.files.items():
+        print(f"  {name:15s} {uri}")
+    return 0
+
+
+def diariser_settings(args: argparse.Namespace) -> dict:
+    """Profile's diarisation section with explicit CLI options on top."""
+    from resources.model_registry import profile_settings
+
+    settings = profile_settings(args.profile, "diarisation")
+    if args.pipeline:
+        settings["pipeline"] = args.pipeline
+    if args.device:
+        settings["device"] = args.device
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"transcribe": cmd_transcribe}
+    try:
+        return handlers[args.command](args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
