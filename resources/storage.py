@@ -2,7 +2,8 @@
 
 Every writer in the project goes through :class:`StorageResource` with paths relative
 to the root (``transcripts/623.corrected.json``), so the local and the S3 layouts are
-the same by construction. Writes are atomic: a reader never sees half a file.
+the same by construction. Writes are atomic: a reader never sees half a file (local:
+temp file + rename; S3: an object only appears once its upload has completed).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -23,6 +25,10 @@ class StorageError(RuntimeError):
     """A read or write under the storage root failed; the message says which path."""
 
 
+class StorageUnavailableError(StorageError):
+    """The storage could not be reached (network, server down): retrying may succeed."""
+
+
 def default_root() -> str:
     return os.environ.get("TWIML_STORAGE_ROOT", "data")
 
@@ -30,45 +36,36 @@ def default_root() -> str:
 def clean_relpath(relpath: str) -> str:
     """Reject absolute paths and ``..`` so nothing is read or written outside the root."""
     path = PurePosixPath(relpath.replace("\\", "/"))
-    if path.is_absolute() or any(part in {"..", ""} for part in path.parts) or not path.parts:
+    if path.is_absolute() or not path.parts or any(p in {"..", "", "."} for p in path.parts):
         raise StorageError(f"invalid storage path {relpath!r}: must be relative, without '..'")
     return str(path)
 
 
-class StorageResource(ConfigurableResource):
-    """Read and write the project's files under ``root`` (local dir; S3 support: see docs)."""
+class Backend(Protocol):
+    def uri(self, rel: str) -> str: ...
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def put_file(self, rel: str, source: Path) -> None: ...
+    def read_bytes(self, rel: str) -> bytes: ...
+    def exists(self, rel: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def delete(self, rel: str) -> None: ...
+    def local_path(self, rel: str) -> Path: ...
 
-    root: str = Field(
-        default_factory=default_root,
-        description="Local directory or s3://bucket/prefix (env TWIML_STORAGE_ROOT).",
-    )
 
-    # -- paths -------------------------------------------------------------------------
-    @property
-    def is_local(self) -> bool:
-        return not self.root.startswith("s3://")
+class LocalBackend:
+    """A directory on this machine; atomic writes by temp file + fsync + rename."""
 
-    def _local(self, relpath: str) -> Path:
-        if not self.is_local:
-            raise StorageError(f"S3 storage is not available in this build (root {self.root})")
-        return Path(self.root).expanduser() / clean_relpath(relpath)
+    def __init__(self, root: str):
+        self.base = Path(root).expanduser()
 
-    def uri(self, relpath: str) -> str:
-        """Where a file lives, for logs and Dagster metadata."""
-        if self.is_local:
-            return str(self._local(relpath).resolve())
-        return f"{self.root.rstrip('/')}/{clean_relpath(relpath)}"
+    def path(self, rel: str) -> Path:
+        return self.base / rel
 
-    def local_path(self, relpath: str) -> Path:
-        """A local file path to read ``relpath`` from (e.g. for audio decoders)."""
-        path = self._local(relpath)
-        if not path.exists():
-            raise StorageError(f"not found in storage: {self.uri(relpath)}")
-        return path
+    def uri(self, rel: str) -> str:
+        return str(self.path(rel).resolve())
 
-    # -- writes ------------------------------------------------------------------------
-    def write_bytes(self, relpath: str, data: bytes) -> str:
-        target = self._local(relpath)
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -83,7 +80,203 @@ class StorageResource(ConfigurableResource):
                 raise
         except OSError as exc:
             raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        return self.uri(relpath)
+
+    def put_file(self, rel: str, source: Path) -> None:
+        target = self.path(rel)
+        if Path(source).resolve() == target.resolve():
+            return
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return self.path(rel).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"not found in storage: {self.uri(rel)}") from exc
+
+    def exists(self, rel: str) -> bool:
+        return self.path(rel).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        start = self.path(prefix) if prefix else self.base
+        if not start.exists():
+            return []
+        return sorted(
+            p.relative_to(self.base).as_posix()
+            for p in start.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete(self, rel: str) -> None:
+        self.path(rel).unlink(missing_ok=True)
+
+    def local_path(self, rel: str) -> Path:
+        path = self.path(rel)
+        if not path.is_file():
+            raise StorageError(f"not found in storage: {self.uri(rel)}")
+        return path
+
+
+@lru_cache(maxsize=8)
+def s3_client(endpoint_url: str | None, region_name: str | None, profile_name: str | None,
+              access_key: str | None, secret_key: str | None) -> Any:
+    """One boto3 client per settings per process (clients are thread-safe and costly)."""
+    from dagster_aws.s3 import S3Resource
+
+    return S3Resource(
+        endpoint_url=endpoint_url,
+        region_name=region_name,
+        profile_name=profile_name,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        max_attempts=3,
+    ).get_client()
+
+
+class S3Backend:
+    """``s3://bucket/prefix`` through dagster-aws's S3Resource (any S3-compatible server).
+
+    PutObject and completed multipart uploads are atomic in S3: an interrupted upload
+    leaves no object under the key, so a reader never takes a partial file as complete.
+    """
+
+    def __init__(self, root: str, client: Any, cache_dir: Path):
+        bucket, _, prefix = root.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StorageError(f"invalid S3 root {root!r}: expected s3://bucket[/prefix]")
+        self.bucket, self.prefix, self.client, self.cache_dir = bucket, prefix.strip("/"), client, cache_dir
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def uri(self, rel: str) -> str:
+        return f"s3://{self.bucket}/{self.key(rel)}"
+
+    def _call(self, what: str, rel: str, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"NoSuchKey", "404", "NotFound"}:
+                raise StorageError(f"not found in storage: {self.uri(rel)}") from exc
+            if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:
+                raise StorageError(
+                    f"S3 refused to {what} {self.uri(rel)} ({code}): check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY (in .env) and that these credentials may "
+                    f"{'write' if what == 'write' else 'read'} this bucket"
+                ) from exc
+            if code == "NoSuchBucket":
+                raise StorageError(f"S3 bucket {self.bucket!r} does not exist ({self.uri(rel)})") from exc
+            raise StorageUnavailableError(f"S3 error during {what} of {self.uri(rel)}: {exc}") from exc
+        except (EndpointConnectionError, BotoCoreError) as exc:
+            raise StorageUnavailableError(
+                f"cannot reach S3 to {what} {self.uri(rel)}: {exc}; the run can be retried"
+            ) from exc
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._call("write", rel, self.client.put_object, Bucket=self.bucket, Key=self.key(rel), Body=data)
+
+    def put_file(self, rel: str, source: Path) -> None:
+        self._call("write", rel, self.client.upload_file, Filename=str(source), Bucket=self.bucket,
+                   Key=self.key(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        response = self._call("read", rel, self.client.get_object, Bucket=self.bucket, Key=self.key(rel))
+        return response["Body"].read()
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self._call("read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel))
+        except StorageError as exc:
+            if str(exc).startswith("not found"):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        base = f"{self.prefix}/" if self.prefix else ""
+        pages = self._call("list", prefix or ".", lambda: list(
+            paginator.paginate(Bucket=self.bucket, Prefix=base + prefix)))
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        return sorted(k[len(base):] for k in keys if not PurePosixPath(k).name.startswith("."))
+
+    def delete(self, rel: str) -> None:
+        self._call("delete", rel, self.client.delete_object, Bucket=self.bucket, Key=self.key(rel))
+
+    def local_path(self, rel: str) -> Path:
+        """Download once into a local cache (audio decoders need a file), atomically."""
+        target = self.cache_dir / self.bucket / self.key(rel)
+        head = self._call("read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel))
+        if target.is_file() and target.stat().st_size == head["ContentLength"]:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        self._call("read", rel, self.client.download_file, Bucket=self.bucket, Key=self.key(rel),
+                   Filename=str(tmp))
+        os.replace(tmp, target)
+        return target
+
+
+class StorageResource(ConfigurableResource):
+    """Read and write the project's files under ``root``: a local dir or s3://bucket/prefix.
+
+    S3 credentials follow boto3's usual chain (env vars, e.g. from a git-ignored
+    ``.env``, or a named profile); leave the key fields empty to use it, so secrets
+    never sit in Dagster config.
+    """
+
+    root: str = Field(
+        default_factory=default_root,
+        description="Local directory or s3://bucket/prefix (env TWIML_STORAGE_ROOT).",
+    )
+    endpoint_url: str | None = Field(
+        default_factory=lambda: os.environ.get("TWIML_S3_ENDPOINT_URL") or None,
+        description="S3-compatible endpoint (MinIO, R2, …); env TWIML_S3_ENDPOINT_URL.",
+    )
+    region_name: str | None = Field(default=None, description="AWS region (env AWS_DEFAULT_REGION).")
+    profile_name: str | None = Field(default=None, description="AWS shared-credentials profile.")
+    cache_dir: str | None = Field(default=None, description="Local cache for S3 reads (audio).")
+
+    @property
+    def is_local(self) -> bool:
+        return not self.root.startswith("s3://")
+
+    def backend(self) -> Backend:
+        if self.is_local:
+            return LocalBackend(self.root)
+        client = s3_client(
+            self.endpoint_url,
+            self.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            self.profile_name,
+            os.environ.get("AWS_ACCESS_KEY_ID"),
+            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        )
+        cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "twiml-transcribe-s3")
+        return S3Backend(self.root, client, cache)
+
+    # -- paths -------------------------------------------------------------------------
+    def uri(self, relpath: str) -> str:
+        """Where a file lives, for logs and Dagster metadata."""
+        return self.backend().uri(clean_relpath(relpath))
+
+    def local_path(self, relpath: str) -> Path:
+        """A local file to read ``relpath`` from (S3: downloaded once into a cache)."""
+        return self.backend().local_path(clean_relpath(relpath))
+
+    # -- writes ------------------------------------------------------------------------
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        rel = clean_relpath(relpath)
+        backend = self.backend()
+        backend.write_bytes(rel, data)
+        return backend.uri(rel)
 
     def write_text(self, relpath: str, text: str) -> str:
         return self.write_bytes(relpath, text.encode("utf-8"))
@@ -92,26 +285,18 @@ class StorageResource(ConfigurableResource):
         return self.write_text(relpath, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
     def put_file(self, relpath: str, source: str | Path) -> str:
-        """Copy a local file in atomically (large audio: no full read into memory)."""
-        target = self._local(relpath)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.part")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        return self.uri(relpath)
+        """Copy a local file in atomically (large audio: never read whole into memory)."""
+        rel = clean_relpath(relpath)
+        backend = self.backend()
+        backend.put_file(rel, Path(source))
+        return backend.uri(rel)
 
     # -- reads -------------------------------------------------------------------------
     def exists(self, relpath: str) -> bool:
-        return self._local(relpath).exists()
+        return self.backend().exists(clean_relpath(relpath))
 
     def read_bytes(self, relpath: str) -> bytes:
-        try:
-            return self._local(relpath).read_bytes()
-        except FileNotFoundError as exc:
-            raise StorageError(f"not found in storage: {self.uri(relpath)}") from exc
+        return self.backend().read_bytes(clean_relpath(relpath))
 
     def read_text(self, relpath: str) -> str:
         return self.read_bytes(relpath).decode("utf-8")
@@ -120,17 +305,8 @@ class StorageResource(ConfigurableResource):
         return json.loads(self.read_text(relpath))
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Relative paths of files under ``prefix`` (sorted; hidden temp files skipped)."""
-        base = Path(self.root).expanduser()
-        start = base / clean_relpath(prefix) if prefix else base
-        if not start.exists():
-            return iter(())
-        paths = (
-            p.relative_to(base).as_posix()
-            for p in start.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
-        return iter(sorted(paths))
+        """Relative paths of files under ``prefix``, sorted; hidden temp files skipped."""
+        return iter(self.backend().list(clean_relpath(prefix) if prefix else ""))
 
     def delete(self, relpath: str) -> None:
-        self._local(relpath).unlink(missing_ok=True)
+        self.backend().delete(clean_relpath(relpath))
