@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--title", help="episode title (also used as the ASR prompt)")
     t.add_argument("--description", help="episode description (ASR prompt)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compare", help="compare engine configurations on one recording")
+    c.add_argument("audio", help="audio file, http(s) URL, or an episode key in the storage root")
+    c.add_argument(
+        "--configs", required=True,
+        help="comma-separated profiles with optional overrides, e.g. "
+        "cpu-dev,cpu-fast,cpu-dev:beam_size=1:compute_type=float32",
+    )
+    c.add_argument("--reference", help="reference transcript (STM, RTTM, corrected.json, md, srt, "
+                   "vtt, txt)")
+    c.add_argument("--out", default=None, help="storage root for comparisons/{key}.md/.csv "
+                   "(default: TWIML_STORAGE_ROOT or ./data)")
+    c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
     return parser
 
 
@@ -82,8 +95,9 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from resources.asr import WhisperASR
     from resources.diarisation import PyannoteDiariser
+
+    from resources.asr import WhisperASR
     from twiml_assets.engine import transcribe_file
 
     asr = WhisperASR(
@@ -124,6 +138,50 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_audio(source: str, storage_root: str | None, tmp: Path) -> tuple[Path, str | None]:
+    """A local audio path for a file, a URL, or an episode key with audio in storage."""
+    if urlparse(source).scheme in {"http", "https"}:
+        return fetch_url(source, tmp), None
+    path = Path(source)
+    if path.exists():
+        return path, None
+    from resources.storage import StorageResource
+
+    storage = StorageResource(root=storage_root) if storage_root else StorageResource()
+    matches = [p for p in storage.list("audio") if Path(p).stem == source]
+    if not matches:
+        raise AudioDecodeError(
+            f"{source!r} is neither an audio file nor an episode with audio in {storage.root}/audio; "
+            "materialise its raw_audio asset first or pass a file"
+        )
+    return storage.local_path(matches[0]), source
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from resources.audio import decode_audio
+    from resources.storage import StorageResource
+    from twiml_assets.compare import compare, parse_configs, write_report
+    from twiml_assets.keys import upload_key_for_file
+
+    configs = parse_configs(args.configs)
+    reference = None
+    if args.reference:
+        from evaluation.references import load_reference
+
+        reference = load_reference(args.reference)
+    with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
+        audio, episode_key = resolve_audio(args.audio, args.out, Path(tmp))
+        key = args.key or episode_key or upload_key_for_file(audio)
+        waveform = decode_audio(audio, label=key)
+    table = compare(waveform, configs, reference)
+    storage = StorageResource(root=args.out) if args.out else StorageResource()
+    files = write_report(storage, key, table)
+    print(Path(files["markdown"]).read_text() if storage.is_local else table.to_string())
+    for name, uri in files.items():
+        print(f"  {name:9s} {uri}")
+    return 0 if (table["status"] == "ok").all() else 1
+
+
 def diariser_settings(args: argparse.Namespace) -> dict:
     """Profile's diarisation section with explicit CLI options on top."""
     from resources.model_registry import profile_settings
@@ -136,13 +194,21 @@ def diariser_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def load_dotenv_if_present() -> None:
+    """Credentials (S3, HF_TOKEN) from a git-ignored ``.env``, as ``dagster dev`` does."""
+    from dotenv import load_dotenv
+
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    load_dotenv_if_present()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"transcribe": cmd_transcribe}
+    handlers = {"transcribe": cmd_transcribe, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as exc:

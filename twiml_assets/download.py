@@ -1,0 +1,391 @@
+"""Download an episode's audio safely: stream, resume, verify, rename atomically.
+
+Podcast CDNs drop connections, rate-limit, and sometimes answer an audio URL with an
+HTML page. An episode download must therefore (1) never leave a half file where a
+reader expects a whole one (stream to a hidden ``.part`` file, rename at the end),
+(2) survive interruptions (retry with backoff, resume with ``Range``/``If-Range`` when
+the server allows it, otherwise restart), (3) refuse non-audio with a message that
+names the episode, and (4) record size and sha256 so re-runs can reuse the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+NON_AUDIO_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/xhtml",
+    "application/rss",
+    "application/atom",
+    "application/javascript",
+    "image/",
+)
+EXTENSIONS = {
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/mpeg3": ".mp3",
+    "audio/x-mpeg": ".mp3",
+    "audio/mp4": ".m4a",
+    "audio/x-m4a": ".m4a",
+    "audio/m4a": ".m4a",
+    "audio/aac": ".aac",
+    "audio/x-aac": ".aac",
+    "video/mp4": ".mp4",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "audio/ogg": ".ogg",
+    "application/ogg": ".ogg",
+    "audio/opus": ".opus",
+    "audio/webm": ".webm",
+}
+KNOWN_SUFFIXES = set(EXTENSIONS.values()) | {".oga"}
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+ProgressCallback = Callable[[int, int | None], None]
+"""Called with (bytes on disk, expected total or None)."""
+
+
+class DownloadError(RuntimeError):
+    """The audio could not be downloaded; the message names the episode and what to do."""
+
+
+class NotAudioError(DownloadError):
+    """The server answered with something that is not audio (an HTML page, JSON, …)."""
+
+
+@dataclass(slots=True)
+class DownloadResult:
+    """What was downloaded, for the asset's metadata and the ``audio/{key}.json`` sidecar."""
+
+    url: str
+    path: str
+    size: int
+    sha256: str
+    content_type: str | None
+    etag: str | None
+    last_modified: str | None
+    attempts: int
+    resumed: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def audio_extension(url: str, content_type: str | None = None) -> str:
+    """File extension for the stored audio: from the URL path, else the MIME type, else .mp3."""
+    suffix = Path(urlparse(url).path).suffix.lower()
+    if suffix in KNOWN_SUFFIXES:
+        return suffix
+    mime = (content_type or "").split(";")[0].strip().lower()
+    return EXTENSIONS.get(mime, ".mp3")
+
+
+def looks_like_audio_type(content_type: str | None) -> bool:
+    """False only for types that are clearly not audio; unknown/octet-stream is sniffed."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    return not any(mime.startswith(prefix) for prefix in NON_AUDIO_TYPES)
+
+
+def sniff_not_audio(head: bytes) -> str | None:
+    """A description of what ``head`` is when it is clearly not audio, else None."""
+    text = head[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    if text.startswith(b"<?xml") or text.startswith(b"<rss") or text.startswith(b"<feed"):
+        return "an XML document"
+    if text.startswith((b"{", b"[")) and b"\x00" not in text:
+        return "a JSON document"
+    return None
+
+
+def sha256_file(path: Path, chunk: int = CHUNK_SIZE) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def part_paths(dest: Path) -> tuple[Path, Path]:
+    """Hidden ``.{name}.part`` (bytes so far) and its ``.json`` state (URL and validators)."""
+    part = dest.with_name(f".{dest.name}.part")
+    return part, part.with_name(part.name + ".json")
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """Outcome of one HTTP attempt: finished, or retryable with a reason."""
+
+    done: bool
+    reason: str = ""
+    retry_after: float | None = None
+
+
+class Downloader:
+    """Streams one URL to one destination; ``download_audio`` is the usual entry point."""
+
+    def __init__(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        label: str | None = None,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] = (10.0, 60.0),
+        retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        chunk_size: int = CHUNK_SIZE,
+        user_agent: str = "twiml-transcribe/0.1",
+        progress: ProgressCallback | None = None,
+    ):
+        self.url = url
+        self.dest = Path(dest)
+        self.label = label or self.dest.stem
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.chunk_size = chunk_size
+        self.user_agent = user_agent
+        self.progress = progress
+        self.part, self.state_path = part_paths(self.dest)
+        self.content_type: str | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.resumed = False
+
+    # -- public ---------------------------------------------------------------------------
+    def run(self) -> DownloadResult:
+        scheme = urlparse(self.url).scheme
+        if scheme not in {"http", "https"}:
+            raise DownloadError(
+                f"{self.label}: unsupported audio URL {self.url!r} (only http/https); "
+                "check the feed's <enclosure>"
+            )
+        started = time.perf_counter()
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        attempts = 0
+        reason = ""
+        while attempts <= self.retries:
+            attempts += 1
+            try:
+                outcome = self._attempt()
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
+                # A dropped stream (IncompleteRead → ChunkedEncodingError) is resumable.
+                outcome = _Attempt(False, f"{type(exc).__name__}: {_short(exc)}")
+            if outcome.done:
+                return self._finish(attempts, time.perf_counter() - started)
+            reason = outcome.reason
+            if attempts > self.retries:
+                break
+            delay = outcome.retry_after or self._delay(attempts)
+            log.warning(
+                "%s: download attempt %d/%d failed (%s); retrying in %.1fs with %d bytes kept",
+                self.label, attempts, self.retries + 1, reason, delay, self._part_size(),
+            )
+            time.sleep(delay)
+        raise DownloadError(
+            f"{self.label}: could not download {self.url} after {attempts} attempts ({reason}). "
+            f"{self._part_size()} bytes are kept in {self.part.name} and the next run resumes "
+            "from there; re-materialise raw_audio for this episode later"
+        )
+
+    # -- one attempt ----------------------------------------------------------------------
+    def _attempt(self) -> _Attempt:
+        offset = self._resume_offset()
+        headers = {"User-Agent": self.user_agent, "Accept": "audio/*, */*;q=0.5"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            validator = self._state().get("etag") or self._state().get("last_modified")
+            if validator:
+                headers["If-Range"] = validator
+        with self.session.get(self.url, headers=headers, timeout=self.timeout, stream=True) as resp:
+            status = resp.status_code
+            if status in RETRY_STATUS:
+                return _Attempt(False, f"HTTP {status} {resp.reason}", _retry_after(resp))
+            if status == 416 and offset:
+                # Our partial file does not fit the current object: start again.
+                self._discard_part()
+                return _Attempt(False, "HTTP 416 on resume; restarting from zero", 0.0)
+            if status >= 400:
+                raise DownloadError(self._http_error(status, resp.reason))
+            self._check_type(resp.headers.get("Content-Type"), status)
+            if status == 206 and offset:
+                start, total = _content_range(resp.headers.get("Content-Range"))
+                if start != offset:
+                    self._discard_part()
+                    return _Attempt(False, f"server resumed at byte {start}, not {offset}", 0.0)
+                mode = "ab"
+                self.resumed = True
+            else:
+                # 200: full body (the server ignored Range, or the object changed).
+                offset = 0
+                mode = "wb"
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            self.content_type = resp.headers.get("Content-Type")
+            self.etag = resp.headers.get("ETag")
+            self.last_modified = resp.headers.get("Last-Modified")
+            if mode == "wb":
+                self._save_state()
+            written = self._stream(resp, mode, offset, total)
+        if total is not None and written < total:
+            return _Attempt(False, f"connection closed at {written} of {total} bytes")
+        if written == 0:
+            self._discard_part()
+            raise DownloadError(
+                f"{self.label}: {self.url} returned an empty body (0 bytes); the enclosure is "
+                "broken, check it in a browser"
+            )
+        return _Attempt(True)
+
+    def _stream(self, resp: requests.Response, mode: str, offset: int, total: int | None) -> int:
+        written = offset
+        first = mode == "wb"
+        with self.part.open(mode) as fh:
+            for chunk in resp.iter_content(chunk_size=self.chunk_size):
+                if not chunk:
+                    continue
+                if first:
+                    self._check_head(chunk, resp.headers.get("Content-Type"))
+                    first = False
+                fh.write(chunk)
+                written += len(chunk)
+                if self.progress is not None:
+                    self.progress(written, total)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return written
+
+    # -- checks ---------------------------------------------------------------------------
+    def _check_type(self, content_type: str | None, status: int) -> None:
+        if not looks_like_audio_type(content_type):
+            raise NotAudioError(
+                f"{self.label}: {self.url} is not audio (HTTP {status}, Content-Type "
+                f"{content_type}); the enclosure may point at a web page or need a login. "
+                "Check the episode's <enclosure> URL in the feed"
+            )
+
+    def _check_head(self, head: bytes, content_type: str | None) -> None:
+        what = sniff_not_audio(head)
+        if what:
+            self.part.unlink(missing_ok=True)
+            raise NotAudioError(
+                f"{self.label}: {self.url} returned {what} instead of audio (Content-Type "
+                f"{content_type}); the enclosure URL is broken or redirects to a web page. "
+                "Check it in a browser; nothing was saved"
+            )
+
+    # -- state ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self) -> None:
+        state = {"url": self.url, "etag": self.etag, "last_modified": self.last_modified}
+        self.state_path.write_text(json.dumps(state))
+
+    def _part_size(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def _resume_offset(self) -> int:
+        """Bytes to resume from: only if the partial file is for this URL and has a validator."""
+        size = self._part_size()
+        if not size:
+            return 0
+        state = self._state()
+        if state.get("url") != self.url or not (state.get("etag") or state.get("last_modified")):
+            self._discard_part()
+            return 0
+        return size
+
+    def _discard_part(self) -> None:
+        self.part.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+    def _finish(self, attempts: int, seconds: float) -> DownloadResult:
+        size = self.part.stat().st_size
+        digest = sha256_file(self.part)
+        os.replace(self.part, self.dest)
+        self.state_path.unlink(missing_ok=True)
+        return DownloadResult(
+            url=self.url,
+            path=str(self.dest),
+            size=size,
+            sha256=digest,
+            content_type=self.content_type,
+            etag=self.etag,
+            last_modified=self.last_modified,
+            attempts=attempts,
+            resumed=self.resumed,
+            seconds=round(seconds, 3),
+        )
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        return base * (0.75 + 0.5 * random.random())
+
+    def _http_error(self, status: int, reason: str) -> str:
+        hint = {
+            404: "the file is gone or the feed changed; re-materialise episode_metadata "
+            "(it re-reads the feed) and then raw_audio",
+            410: "the publisher removed this file; the episode cannot be transcribed from this URL",
+            401: "the server wants credentials, which this project does not send",
+            403: "the server refused the download (region lock, expired signed URL?); "
+            "re-materialise episode_metadata to get a fresh URL",
+        }.get(status, "check the URL in a browser")
+        return f"{self.label}: downloading {self.url} failed with HTTP {status} {reason}: {hint}"
+
+
+def download_audio(url: str, dest: str | Path, **kwargs: Any) -> DownloadResult:
+    """Download ``url`` to ``dest`` atomically (see :class:`Downloader` for the options)."""
+    return Downloader(url, Path(dest), **kwargs).run()
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    match = _CONTENT_RANGE.match(header or "")
+    if not match:
+        return None, None
+    total = match.group(3)
+    return int(match.group(1)), (int(total) if total.isdigit() else None)
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return min(float(value), 120.0) if value.replace(".", "", 1).isdigit() else None
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"
