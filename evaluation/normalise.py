@@ -13,6 +13,10 @@ ASR numbers are. It
   "first" -> "1st"),
 - maps British to American spelling ("colour" -> "color") and titles ("Mr." -> "mister"),
 - drops fillers ("uh", "um", "hmm") and text in brackets/parentheses.
+
+One behaviour to know when reading numbers: consecutive spelled-out digits merge into one
+number ("one two three" -> "123"), and "ten dollars" becomes "$10". Both sides of a
+comparison are normalised alike, so this only matters when inspecting aligned text.
 """
 
 from __future__ import annotations

@@ -27,3 +27,46 @@ def dialogue_mp3(tmp_path_factory: pytest.TempPathFactory, dialogue: SyntheticEp
         check=True,
     )
     return target
+
+
+# -- feed, download and Dagster tests (real HTTP on 127.0.0.1) ------------------------------
+SHORT_EPISODE_LINES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (
+        ("HOST", "Welcome to the show. Today we talk about speech recognition."),
+        ("GUEST", "Thanks for having me. Long recordings are the hard part."),
+        ("HOST", "Thank you for joining us."),
+    ),
+    (
+        ("HOST", "This is episode two, about speaker diarization."),
+        ("GUEST", "Diarization tells us who spoke when in the recording."),
+        ("HOST", "Very clear, thank you."),
+    ),
+    (
+        ("HOST", "Episode three is about measuring transcripts."),
+        ("GUEST", "Keep reference transcripts and compute the word error rate."),
+        ("HOST", "Great advice. See you next week."),
+    ),
+)
+
+
+@pytest.fixture
+def http_server(tmp_path: Path):
+    """A fresh LocalHTTPServer on 127.0.0.1 (ephemeral port) serving ``tmp_path/www``."""
+    from twiml_assets.demo_feed import LocalHTTPServer
+
+    root = tmp_path / "www"
+    root.mkdir()
+    with LocalHTTPServer(root) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def short_episodes(tmp_path_factory: pytest.TempPathFactory):
+    """Three short (≈10 s) two-speaker MP3 episodes with different lines, made once."""
+    from twiml_assets.synth import synthesize_dialogue
+
+    out = tmp_path_factory.mktemp("short_episodes")
+    return [
+        synthesize_dialogue(out / f"short-{i + 1}.mp3", lines, seed=i)
+        for i, lines in enumerate(SHORT_EPISODE_LINES)
+    ]

@@ -298,7 +298,7 @@ class Downloader:
     def _check_head(self, head: bytes, content_type: str | None) -> None:
         what = sniff_not_audio(head)
         if what:
-            self.part.unlink(missing_ok=True)
+            self._discard_part()
             raise NotAudioError(
                 f"{self.label}: {self.url} returned {what} instead of audio (Content-Type "
                 f"{content_type}); the enclosure URL is broken or redirects to a web page. "
