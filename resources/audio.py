@@ -42,7 +42,7 @@ def decode_audio(source: str | Path, sample_rate: int = SAMPLE_RATE, label: str 
 
     try:
         audio = _decode(str(path), sampling_rate=sample_rate)
-    except (av.error.InvalidDataError, av.error.ValueError, av.error.EOFError) as exc:
+    except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError) as exc:
         raise AudioDecodeError(
             f"cannot decode {what}: not audio FFmpeg can read ({SUPPORTED_HINT}); "
             "check the file is complete and really audio"

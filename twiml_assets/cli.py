@@ -68,7 +68,7 @@ def fetch_url(url: str, directory: Path) -> Path:
     from twiml_assets.download import download_audio
 
     name = Path(urlparse(url).path).name or "audio"
-    return download_audio(url, directory / name).path
+    return Path(download_audio(url, directory / name).path)
 
 
 def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or None
