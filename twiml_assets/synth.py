@@ -82,6 +82,13 @@ class SyntheticEpisode:
     def speakers(self) -> list[str]:
         return sorted({speaker for speaker, _ in self.lines})
 
+    def stm(self, uri: str = "episode") -> str:
+        """NIST STM reference: speaker, times and exact text of every line."""
+        return "".join(
+            f"{uri} 1 {turn.speaker} {turn.start:.3f} {turn.end:.3f} {text}\n"
+            for turn, (_, text) in zip(self.turns, self.lines, strict=True)
+        )
+
     def rttm(self, uri: str = "episode") -> str:
         return "".join(
             f"SPEAKER {uri} 1 {t.start:.3f} {t.duration:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n"
