@@ -154,8 +154,12 @@ def test_malformed_entries_are_skipped_with_reasons(caplog: pytest.LogCaptureFix
             guid="g3",
             enclosure='<enclosure url="https://x.example/c.jpg" type="image/jpeg"/>',
         ),
-        item("Bad date and length - #4", guid="g4", date="not a date",
-             enclosure='<enclosure url="https://x.example/4.mp3" length="big" type="audio/mpeg"/>'),
+        item(
+            "Bad date and length - #4",
+            guid="g4",
+            date="not a date",
+            enclosure='<enclosure url="https://x.example/4.mp3" length="big" type="audio/mpeg"/>',
+        ),
         item("Empty URL - #5", guid="g5", enclosure='<enclosure url="" type="audio/mpeg"/>'),
     )
     with caplog.at_level(logging.WARNING, logger="twiml_assets.feed"):
@@ -189,8 +193,12 @@ def test_not_well_formed_xml_is_parsed_leniently() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"<!DOCTYPE html><html><body>Not found</body></html>", b'{"error": "nope"}',
-     b"<?xml version='1.0'?><note>hi</note>"],
+    [
+        b"",
+        b"<!DOCTYPE html><html><body>Not found</body></html>",
+        b'{"error": "nope"}',
+        b"<?xml version='1.0'?><note>hi</note>",
+    ],
 )
 def test_non_feeds_raise_a_clear_error(body: bytes) -> None:
     with pytest.raises(FeedError, match="feed|RSS"):
@@ -278,3 +286,32 @@ def test_fetch_local_file(tmp_path) -> None:
     assert len(FeedResource(url=str(path)).load().episodes) == 2
     with pytest.raises(FeedError, match="cannot read"):
         FeedResource(url=str(tmp_path / "nope.xml")).fetch()
+
+
+# -- episode lookup from the key alone (catalog.py) -------------------------------------------
+def test_find_episode_from_feed_then_snapshot_then_stored_copy(http_server, tmp_path) -> None:
+    from resources.storage import StorageResource
+    from twiml_assets.catalog import CATALOG_PATH, episode_path, find_episode
+
+    storage = StorageResource(root=str(tmp_path / "data"))
+    feed = FeedResource(url=http_server.url("feed.xml"), retries=0, backoff_seconds=0.01)
+    http_server.put("feed.xml", render_rss(demo_episodes(3), http_server.base_url))
+
+    episode, source = find_episode(storage, feed, "ep-2")
+    assert (episode.key, source) == ("ep-2", "feed") and storage.exists(CATALOG_PATH)
+    assert find_episode(storage, feed, "ep-3")[1] == "feed"
+    assert "If-None-Match" in http_server.requests_to("/feed.xml")[-1]  # 304, snapshot reused
+
+    http_server.remove("feed.xml")  # the feed is gone (404): the snapshot still answers
+    assert find_episode(storage, feed, "ep-1") == (episode_from(storage, "ep-1"), "catalog")
+
+    storage.write_json(episode_path("ep-77"), {**episode.to_dict(), "key": "ep-77"})
+    assert find_episode(storage, feed, "ep-77")[1] == "stored"
+    with pytest.raises(LookupError, match="ep-99 is not in the stored feed snapshot.*HTTP 404"):
+        find_episode(storage, feed, "ep-99")
+
+
+def episode_from(storage, key: str) -> EpisodeInfo:
+    from twiml_assets.catalog import load_catalog
+
+    return load_catalog(storage)[0].by_key()[key]

@@ -40,11 +40,17 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         "description": "Why long audio is hard, and how voice activity detection helps.",
         "lines": (
             ("HOST", "Welcome to the demo podcast. Today we talk about speech recognition."),
-            ("GUEST", "Thanks for having me. Long recordings are the hard part, because the "
-                      "model only hears thirty seconds at a time."),
+            (
+                "GUEST",
+                "Thanks for having me. Long recordings are the hard part, because the "
+                "model only hears thirty seconds at a time.",
+            ),
             ("HOST", "How do you keep it from inventing words during silence?"),
-            ("GUEST", "Voice activity detection removes the silence before decoding, so the "
-                      "model only sees speech."),
+            (
+                "GUEST",
+                "Voice activity detection removes the silence before decoding, so the "
+                "model only sees speech.",
+            ),
             ("HOST", "Thank you for joining us."),
         ),
     },
@@ -56,8 +62,11 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
             ("HOST", "This is episode two of the demo podcast, about speaker diarization."),
             ("GUEST", "Diarization answers one question: who spoke when in the recording."),
             ("HOST", "And how does that become a transcript with names?"),
-            ("GUEST", "Every word gets the speaker whose turn overlaps it most, and then "
-                      "consecutive words of one speaker form a turn."),
+            (
+                "GUEST",
+                "Every word gets the speaker whose turn overlaps it most, and then "
+                "consecutive words of one speaker form a turn.",
+            ),
             ("HOST", "Very clear. Thanks, Ben."),
         ),
     },
@@ -67,11 +76,17 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         "description": "Word error rate, diarization error rate, and reference transcripts.",
         "lines": (
             ("HOST", "Episode three is about measurement. How do we know a transcript is good?"),
-            ("GUEST", "Keep a few reference transcripts and compute the word error rate after "
-                      "every change."),
+            (
+                "GUEST",
+                "Keep a few reference transcripts and compute the word error rate after "
+                "every change.",
+            ),
             ("HOST", "Is there a similar number for speakers?"),
-            ("GUEST", "Yes, the diarization error rate counts missed speech, false alarms and "
-                      "confused speakers."),
+            (
+                "GUEST",
+                "Yes, the diarization error rate counts missed speech, false alarms and "
+                "confused speakers.",
+            ),
             ("HOST", "Great. See you next week."),
         ),
     },
@@ -81,11 +96,17 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         "description": "A sensor keeps up with the feed and transcribes each new episode.",
         "lines": (
             ("HOST", "In this last episode we discuss automation."),
-            ("GUEST", "A sensor reads the feed every few minutes and starts one run for "
-                      "each new episode."),
+            (
+                "GUEST",
+                "A sensor reads the feed every few minutes and starts one run for "
+                "each new episode.",
+            ),
             ("HOST", "What happens when an episode fails?"),
-            ("GUEST", "It fails alone. The other episodes keep going and you can retry it "
-                      "later from the user interface."),
+            (
+                "GUEST",
+                "It fails alone. The other episodes keep going and you can retry it "
+                "later from the user interface.",
+            ),
         ),
     },
 )
@@ -183,14 +204,14 @@ def render_rss(
             "    <item>\n"
             f"      <title>{escape(e.title)}</title>\n"
             f"      <link>{escape(base_url)}/episodes/{e.number}</link>\n"
-            f"      <guid isPermaLink=\"false\">{escape(e.guid)}</guid>\n"
+            f'      <guid isPermaLink="false">{escape(e.guid)}</guid>\n'
             f"      <pubDate>{e.published}</pubDate>\n"
             f"      <description><![CDATA[<p>{e.description}</p>]]></description>\n"
             "      <itunes:author>Demo Host</itunes:author>\n"
             f"      <itunes:episode>{e.number}</itunes:episode>\n"
             f"      <itunes:duration>{mins:02d}:{secs:02d}</itunes:duration>\n"
-            f"      <enclosure url=\"{escape(base_url)}/{e.filename}\" length=\"{e.size}\" "
-            "type=\"audio/mpeg\"/>\n"
+            f'      <enclosure url="{escape(base_url)}/{e.filename}" length="{e.size}" '
+            'type="audio/mpeg"/>\n'
             "    </item>\n"
         )
     items.extend(extra_items)
@@ -368,6 +389,12 @@ class LocalHTTPServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
         self._file_cache: dict[Path, tuple[float, int, Resource]] = {}
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-response (a timeout, a cancelled run) is not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionError) and not self.verbose:
+            return
+        super().handle_error(request, client_address)
+
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
@@ -416,7 +443,9 @@ class LocalHTTPServer(ThreadingHTTPServer):
         return [headers for _, path, headers in self.log if path == route]
 
     def start(self) -> LocalHTTPServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="demo-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -531,9 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"demo feed: serving {server.url(FEED_PATH)}", flush=True)
     if args.parent_pid:
-        threading.Thread(
-            target=_watch_parent, args=(args.parent_pid, server), daemon=True
-        ).start()
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, server), daemon=True).start()
     try:
         while server._thread is not None and server._thread.is_alive():
             server._thread.join(timeout=1)

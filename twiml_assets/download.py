@@ -210,7 +210,12 @@ class Downloader:
             delay = outcome.retry_after or self._delay(attempts)
             log.warning(
                 "%s: download attempt %d/%d failed (%s); retrying in %.1fs with %d bytes kept",
-                self.label, attempts, self.retries + 1, reason, delay, self._part_size(),
+                self.label,
+                attempts,
+                self.retries + 1,
+                reason,
+                delay,
+                self._part_size(),
             )
             time.sleep(delay)
         raise DownloadError(

@@ -56,8 +56,15 @@ NS = {
     "media": "http://search.yahoo.com/mrss/",
     "dc": "http://purl.org/dc/elements/1.1/",
 }
-_ITUNES = "{%s}" % NS["itunes"]
-_ATOM = "{%s}" % NS["atom"]
+
+
+def _q(prefix: str, name: str) -> str:
+    """ElementTree's qualified name: ``{namespace-uri}name``."""
+    return "{" + NS[prefix] + "}" + name
+
+
+_ITUNES = _q("itunes", "")
+_ATOM = _q("atom", "")
 
 _TITLE_NUMBER = re.compile(r"#\s*(\d{1,6})\b")
 _TITLE_PART = re.compile(r"\(\s*(\d{1,3})\s*/\s*\d{1,3}\s*\)")
@@ -174,9 +181,7 @@ def order_episodes(episodes: Iterable[EpisodeInfo], newest_first: bool = True) -
 
     Python's sort is stable and ISO strings of one time zone sort chronologically.
     """
-    oldest_first = sorted(
-        episodes, key=lambda e: (e.published or "", -e.position)
-    )
+    oldest_first = sorted(episodes, key=lambda e: (e.published or "", -e.position))
     return oldest_first[::-1] if newest_first else oldest_first
 
 
@@ -308,21 +313,21 @@ def _rss_entry(item: ET.Element, position: int) -> _RawEntry:
     raw.link = _text(item.find("link"))
     raw.guid = _text(item.find("guid"))
     raw.itunes_episode = _text(item.find(_ITUNES + "episode"))
-    raw.enclosures = [(e.get("url"), e.get("type"), e.get("length")) for e in item.iter("enclosure")]
-    for media in item.iter("{%s}content" % NS["media"]):
+    raw.enclosures = [
+        (e.get("url"), e.get("type"), e.get("length")) for e in item.iter("enclosure")
+    ]
+    for media in item.iter(_q("media", "content")):
         raw.enclosures.append((media.get("url"), media.get("type"), media.get("fileSize")))
-    raw.published = _text(item.find("pubDate")) or _text(item.find("{%s}date" % NS["dc"]))
+    raw.published = _text(item.find("pubDate")) or _text(item.find(_q("dc", "date")))
     raw.description = (
         _text(item.find("description"))
         or _text(item.find(_ITUNES + "summary"))
-        or _text(item.find("{%s}encoded" % NS["content"]))
+        or _text(item.find(_q("content", "encoded")))
     )
     raw.author = _text(item.find(_ITUNES + "author")) or _text(item.find("author"))
     raw.duration = _text(item.find(_ITUNES + "duration"))
-    transcripts = list(item.iter("{%s}transcript" % NS["podcast"]))
-    raw.transcript_url = _preferred_transcript(
-        [(t.get("url"), t.get("type")) for t in transcripts]
-    )
+    transcripts = list(item.iter(_q("podcast", "transcript")))
+    raw.transcript_url = _preferred_transcript([(t.get("url"), t.get("type")) for t in transcripts])
     return raw
 
 
@@ -354,7 +359,9 @@ def _preferred_transcript(candidates: list[tuple[str | None, str | None]]) -> st
 
 def _build_episode(raw: _RawEntry) -> EpisodeInfo:
     """Validate one raw entry; raises ValueError with the reason it cannot be used."""
-    audio = [(u.strip(), t, n) for u, t, n in raw.enclosures if u and is_audio_enclosure(u.strip(), t)]
+    audio = [
+        (u.strip(), t, n) for u, t, n in raw.enclosures if u and is_audio_enclosure(u.strip(), t)
+    ]
     if not audio:
         if raw.enclosures:
             kinds = ", ".join(sorted({t or "unknown type" for _, t, _ in raw.enclosures}))
@@ -409,9 +416,7 @@ def _resolve_duplicates(
                     SkippedEntry(episode.position, episode.title, f"duplicate of {episode.key}")
                 )
                 continue
-            log.warning(
-                "feed entry %r reuses key %s; keyed as %s", episode.title, episode.key, alt
-            )
+            log.warning("feed entry %r reuses key %s; keyed as %s", episode.title, episode.key, alt)
             episode = EpisodeInfo.from_dict({**episode.to_dict(), "key": alt, "number": None})
         taken.add(episode.key)
         kept.append(episode)
@@ -538,7 +543,10 @@ class FeedResource(ConfigurableResource):
             return self._read_local(Path(parsed.path if parsed.scheme else self.url))
         if parsed.scheme not in {"http", "https"}:
             raise FeedError(f"unsupported feed URL {self.url!r}: use http(s):// or a file path")
-        headers = {"User-Agent": self.user_agent, "Accept": "application/rss+xml, application/xml;q=0.9, */*;q=0.5"}
+        headers = {
+            "User-Agent": self.user_agent,
+            "Accept": "application/rss+xml, application/xml;q=0.9, */*;q=0.5",
+        }
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
@@ -557,7 +565,10 @@ class FeedResource(ConfigurableResource):
                         continue
                     if resp.status_code == 304:
                         return FeedResponse(
-                            self.url, 304, None, etag=resp.headers.get("ETag", etag),
+                            self.url,
+                            304,
+                            None,
+                            etag=resp.headers.get("ETag", etag),
                             last_modified=resp.headers.get("Last-Modified", last_modified),
                             seconds=time.perf_counter() - started,
                         )
@@ -576,7 +587,8 @@ class FeedResource(ConfigurableResource):
                 last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("feed fetch attempt %d failed: %s", attempt + 1, last_error)
         raise FeedError(
-            f"could not fetch the feed {self.url} after {self.retries + 1} attempts ({last_error}); "
+            f"could not fetch the feed {self.url} after {self.retries + 1} attempts "
+            f"({last_error}); "
             "check the network and the URL (TWIML_FEED_URL); the next sensor tick retries"
         )
 

@@ -1,0 +1,567 @@
+"""The Dagster code location: loading as `dagster dev` does, materialisation, backfills.
+
+Everything runs against real HTTP on 127.0.0.1 and real Dagster instances (temporary
+DAGSTER_HOMEs); the slow tests load the offline models (tiny.en + the offline
+diariser) and transcribe short generated dialogues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
+from dagster._core.instance.ref import InstanceRef
+
+from resources.storage import StorageResource
+from twiml_assets.demo_feed import DemoEpisode, render_rss
+from twiml_assets.feed import FeedResource
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PER_EPISODE = [
+    "episode_metadata",
+    "raw_audio",
+    "transcript",
+    "diarisation",
+    "speaker_transcript",
+    "rag_outputs",
+    "subtitles",
+]
+
+
+def dagster_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a Dagster CLI process with its own instance (project dagster.yaml)."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWIML_")}
+    env.update({"DAGSTER_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
+    env.update(extra)
+    return env
+
+
+def publish(server, clips: list[Path], numbers: list[int] | None = None) -> list[str]:
+    """Serve ``clips`` as episodes 1..n of a feed at /feed.xml; returns the episode keys."""
+    numbers = numbers or list(range(1, len(clips) + 1))
+    episodes = []
+    for n, clip in zip(numbers, clips, strict=True):
+        data = Path(clip).read_bytes()
+        server.put(f"audio/{n}.mp3", data, "audio/mpeg")
+        episodes.append(
+            DemoEpisode(
+                n,
+                f"Test episode {n} - #{n}",
+                f"About topic {n}.",
+                f"audio/{n}.mp3",
+                len(data),
+                10.0,
+                f"Mon, {n:02d} Jan 2024 10:00:00 +0000",
+                f"guid-{n}",
+            )
+        )
+    server.put("feed.xml", render_rss(episodes, server.base_url))
+    return [f"ep-{n}" for n in numbers]
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+# -- loading ----------------------------------------------------------------------------------
+def test_definitions_validate_as_dagster_dev_loads_them(tmp_path: Path) -> None:
+    env = dagster_env(tmp_path / "home", TWIML_STORAGE_ROOT=str(tmp_path / "data"))
+    proc = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+def test_asset_graph_pools_checks_and_executor() -> None:
+    from twiml_assets.definitions import defs
+
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"feed_catalog", *PER_EPISODE}
+    for key in PER_EPISODE:
+        partitions = graph.get(AssetKey(key)).partitions_def
+        assert partitions is not None and partitions.name == "episodes"
+    assert graph.get(AssetKey("feed_catalog")).partitions_def is None
+
+    model_step = defs.get_assets_def(AssetKey("transcript"))
+    assert model_step is defs.get_assets_def(AssetKey("diarisation"))  # one step, one decode
+    assert model_step.op.pool == "gpu"
+
+    job = defs.resolve_job_def("episode_pipeline")
+    assert job.executor_def.name == "in_process"
+    blocking = {
+        spec.name
+        for checks in repo.asset_checks_defs_by_key.values()
+        for spec in checks.check_specs
+        if spec.blocking
+    }
+    assert blocking == {
+        "transcript_not_empty",
+        "has_speakers",
+        "timestamps_valid",
+        "speech_covered_by_words",
+    }
+    (sensor,) = repo.sensor_defs
+    assert sensor.name == "episode_feed_sensor" and sensor.job_name == "episode_pipeline"
+    assert set(defs.resources) >= {"feed", "storage", "asr", "diariser", "quality", "catch_up"}
+
+
+def test_resources_come_from_the_environment() -> None:
+    from twiml_assets.definitions import resources_from_env
+
+    env = {
+        "TWIML_FEED_URL": "http://127.0.0.1:9/feed.xml",
+        "TWIML_STORAGE_ROOT": "/tmp/somewhere",
+        "TWIML_MAX_RUNS_PER_TICK": "7",
+        "TWIML_CATCHUP_ORDER": "oldest-first",
+        "TWIML_REFERENCES_DIR": "/refs",
+    }
+    resources = resources_from_env(env)
+    assert resources["feed"].url == env["TWIML_FEED_URL"]
+    assert resources["storage"].root == "/tmp/somewhere"
+    assert resources["catch_up"].max_runs_per_tick == 7
+    assert resources["catch_up"].order == "oldest_first"
+    assert resources["quality"].references_root == "/refs"
+    defaults = resources_from_env({})
+    assert defaults["feed"].url == "https://feeds.megaphone.fm/MLN2155636147"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"TWIML_MAX_RUNS_PER_TICK": "lots"},
+            "TWIML_MAX_RUNS_PER_TICK='lots' is not a whole number",
+        ),
+        ({"TWIML_CATCHUP_ORDER": "random"}, "choose one of newest_first, oldest_first"),
+        ({"TWIML_SENSOR_INTERVAL": "1"}, "TWIML_SENSOR_INTERVAL=1 must be at least 5"),
+        ({"TWIML_PROFILE": "nope"}, "unknown profile 'nope'"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(env: dict[str, str], message: str) -> None:
+    from twiml_assets.definitions import ConfigError, build_definitions
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        build_definitions(env=env)
+
+
+def test_dagster_yaml_sets_the_gpu_pool_and_run_monitoring(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    home = tmp_path / "home"
+    dagster_env(home)
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
+        pools = inst.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "op"
+        assert inst.run_monitoring_enabled
+        assert inst.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+    assert config["run_monitoring"]["enabled"] is True
+
+
+def test_missing_audio_fails_the_episode_with_a_clear_message(http_server, tmp_path: Path) -> None:
+    """A 404 enclosure stops the run at raw_audio, before any model is loaded."""
+    from twiml_assets.definitions import build_definitions
+
+    episode = DemoEpisode(
+        5, "Gone - #5", "", "audio/gone.mp3", 1, 1.0, "Mon, 01 Jan 2024 10:00:00 +0000", "g5"
+    )
+    http_server.put("feed.xml", render_rss([episode], http_server.base_url))
+    defs = build_definitions(
+        resources={
+            "feed": FeedResource(url=http_server.url("feed.xml")),
+            "storage": StorageResource(root=str(tmp_path / "data")),
+        },
+        env={},
+    )
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", ["ep-5"])
+        result = defs.resolve_job_def("episode_pipeline").execute_in_process(
+            partition_key="ep-5", instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "raw_audio"
+    message = failure.event_specific_data.error.message
+    assert "ep-5" in message and "HTTP 404" in message
+    assert (tmp_path / "data" / "episodes" / "ep-5.json").exists()  # metadata from the key alone
+
+
+# -- full materialisation (offline models) ----------------------------------------------------
+def materialisations(result) -> dict[str, dict[str, Any]]:
+    out = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    return out
+
+
+def check_results(result) -> dict[str, Any]:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def model_cache_misses() -> tuple[int, ...]:
+    from resources.asr import load_whisper_model
+    from resources.diarisation import load_segmentation_model, load_speaker_encoder
+
+    return tuple(
+        f.cache_info().misses
+        for f in (load_whisper_model, load_segmentation_model, load_speaker_encoder)
+    )
+
+
+@pytest.mark.slow
+def test_full_materialisation_is_complete_and_idempotent(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    from twiml_assets.definitions import build_definitions
+
+    (key,) = publish(http_server, [short_episodes[0].audio_path])
+    root = tmp_path / "data"
+    refs = root / "references"
+    refs.mkdir(parents=True)
+    (refs / f"{key}.rttm").write_text(short_episodes[0].rttm(key))
+    (refs / f"{key}.txt").write_text(short_episodes[0].text)
+    defs = build_definitions(
+        resources={
+            "feed": FeedResource(url=http_server.url("feed.xml")),
+            "storage": StorageResource(root=str(root)),
+        },
+        env={},
+    )
+    job = defs.resolve_job_def("episode_pipeline")
+    misses_before = model_cache_misses()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", [key])
+        first = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert first.success, [e.message for e in first.all_events if e.is_failure]
+        files_first = files_under(root)
+        corrected_first = (root / "transcripts/1.corrected.json").read_text()
+        misses_first = model_cache_misses()
+
+        second = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert second.success
+
+    # Every asset materialised, with the metadata the UI shows.
+    meta = materialisations(first)
+    assert set(meta) == set(PER_EPISODE)
+    assert meta["episode_metadata"]["title"] == "Test episode 1 - #1"
+    assert meta["raw_audio"]["sha256"] and meta["raw_audio"]["reused"] is False
+    assert meta["transcript"]["words"] > 10 and 0 < meta["transcript"]["real_time_factor"]
+    assert meta["transcript"]["model"] == "tiny.en" and meta["transcript"]["config"]["beam_size"]
+    assert meta["diarisation"]["speakers"] >= 1
+    st = meta["speaker_transcript"]
+    assert st["duration_s"] == pytest.approx(short_episodes[0].duration, abs=0.3)
+    assert st["word_count"] > 10 and st["speakers"] >= 1 and st["real_time_factor"] > 0
+    assert "**SPEAKER_00**" in st["preview"]
+    assert meta["rag_outputs"]["path:corrected_json"].endswith("transcripts/1.corrected.json")
+
+    # The storage layout of DESIGN.md, and nothing else.
+    assert files_first == [
+        "asr/1.speakers.json",
+        "asr/ep-1.asr.json",
+        "audio/ep-1.json",
+        "audio/ep-1.mp3",
+        "diarisation/ep-1.json",
+        "diarisation/ep-1.rttm",
+        "episodes/ep-1.json",
+        "feed/catalog.json",
+        "info/1.info.json",
+        "markdown/1.md",
+        "references/ep-1.rttm",
+        "references/ep-1.txt",
+        "subtitles/ep-1.srt",
+        "subtitles/ep-1.vtt",
+        "transcripts/1.corrected.json",
+        "transcripts/ep-1.json",
+    ]
+    corrected = json.loads(corrected_first)
+    assert corrected["dialogs"] and corrected["speakers"][0] == "SPEAKER_00"
+    info = json.loads((root / "info/1.info.json").read_text())
+    assert info["episode"] == "1" and info["url"] == http_server.url("audio/1.mp3")
+
+    # Checks: integrity gates passed; reference checks measured WER and DER.
+    checks = check_results(first)
+    for name in (
+        "transcript_not_empty",
+        "has_speakers",
+        "timestamps_valid",
+        "speech_covered_by_words",
+    ):
+        assert checks[name].passed, checks[name].description
+    wer = checks["wer_vs_reference"].metadata["wer"].value
+    assert wer < 0.3 and checks["wer_vs_reference"].passed
+    assert "der" in checks["der_vs_reference"].metadata
+    assert checks["der_vs_reference"].severity.value == "WARN"
+
+    # Idempotent: same files, same content, the audio is not fetched again.
+    assert files_under(root) == files_first
+    assert (root / "transcripts/1.corrected.json").read_text() == corrected_first
+    assert materialisations(second)["raw_audio"]["reused"] is True
+    assert len([h for h in http_server.requests_to("/audio/1.mp3")]) == 1
+
+    # Models load once per process: the second run loaded nothing.
+    assert model_cache_misses() == misses_first
+    assert all(
+        after - before <= 1 for before, after in zip(misses_before, misses_first, strict=True)
+    )
+
+
+@pytest.mark.slow
+def test_silence_is_stopped_by_the_blocking_checks(http_server, tmp_path: Path) -> None:
+    from twiml_assets.definitions import build_definitions
+    from twiml_assets.synth import synthesize_silence
+
+    (key,) = publish(http_server, [synthesize_silence(tmp_path / "silence.mp3", 4.0)], [42])
+    root = tmp_path / "data"
+    defs = build_definitions(
+        resources={
+            "feed": FeedResource(url=http_server.url("feed.xml")),
+            "storage": StorageResource(root=str(root)),
+        },
+        env={},
+    )
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", [key])
+        result = defs.resolve_job_def("episode_pipeline").execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False
+        )
+    checks = check_results(result)
+    assert not checks["has_speakers"].passed
+    assert "ep-42: no speaker found" in checks["has_speakers"].description
+    assert "rag_outputs" not in materialisations(result)
+    assert not (root / "transcripts/42.corrected.json").exists()
+
+
+# -- the daemon: a CLI backfill, one corrupt episode ------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_backfill_runs_each_episode_and_a_corrupt_one_fails_alone(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    corrupt = tmp_path / "corrupt.mp3"
+    corrupt.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + os.urandom(40_000))
+    keys = publish(http_server, [e.audio_path for e in short_episodes] + [corrupt])
+    root = tmp_path / "data"
+    home = tmp_path / "home"
+    env = dagster_env(
+        home,
+        TWIML_FEED_URL=http_server.url("feed.xml"),
+        TWIML_STORAGE_ROOT=str(root),
+        TWIML_SENSOR_STATUS="stopped",
+    )
+
+    # The manual catch-up path: materialise feed_catalog (registers the partitions)…
+    subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "--select",
+            "feed_catalog",
+            "-m",
+            "twiml_assets.definitions",
+        ],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    # …then a backfill of any set of partitions, run by the daemon as `dagster dev` does.
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        subprocess.run(
+            [
+                str(BIN / "dagster"),
+                "job",
+                "backfill",
+                "-j",
+                "episode_pipeline",
+                "-w",
+                "workspace.yaml",
+                "--partitions",
+                ",".join(keys),
+                "--noprompt",
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
+            pipeline = RunsFilter(job_name="episode_pipeline")
+            deadline = time.time() + 540
+            while time.time() < deadline:
+                runs = inst.get_runs(pipeline)
+                if len(runs) == len(keys) and all(r.is_finished for r in runs):
+                    break
+                time.sleep(2)
+            runs = {r.tags["dagster/partition"]: r for r in inst.get_runs(pipeline)}
+            statuses = {k: r.status for k, r in runs.items()}
+            assert statuses == {
+                "ep-1": DagsterRunStatus.SUCCESS,
+                "ep-2": DagsterRunStatus.SUCCESS,
+                "ep-3": DagsterRunStatus.SUCCESS,
+                "ep-4": DagsterRunStatus.FAILURE,
+            }, statuses
+            failures = [
+                e
+                for e in inst.all_logs(runs["ep-4"].run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+            ]
+            message = failures[0].dagster_event.event_specific_data.error.message
+            assert "ep-4" in message and "decode" in message
+
+            # The gpu pool: model steps of different runs never overlapped.
+            spans = []
+            for run in runs.values():
+                times = {
+                    e.dagster_event.event_type_value: e.timestamp
+                    for e in inst.all_logs(run.run_id)
+                    if e.dagster_event
+                    and e.step_key == "transcribe_and_diarise"
+                    and e.dagster_event.event_type_value in ("STEP_START", "STEP_SUCCESS")
+                }
+                if len(times) == 2:
+                    spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+            spans.sort()
+            assert len(spans) == 3
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+
+    for n in (1, 2, 3):
+        assert (root / f"transcripts/{n}.corrected.json").exists()
+        assert (root / f"markdown/{n}.md").read_text().startswith("__SPEAKER_00__")
+    assert not (root / "transcripts/4.corrected.json").exists()
+
+
+def test_feed_catalog_registers_partitions(http_server, tmp_path: Path) -> None:
+    """Materialising feed_catalog by hand is the manual catch-up path (sensor off)."""
+    from dagster import materialize
+
+    from twiml_assets.assets import feed_catalog
+
+    http_server.put(
+        "feed.xml",
+        render_rss(
+            [
+                DemoEpisode(
+                    n,
+                    f"E{n} - #{n}",
+                    "",
+                    f"a/{n}.mp3",
+                    1,
+                    1.0,
+                    f"Mon, {n:02d} Jan 2024 10:00:00 +0000",
+                    f"g{n}",
+                )
+                for n in (1, 2)
+            ],
+            http_server.base_url,
+        ),
+    )
+    resources = {
+        "feed": FeedResource(url=http_server.url("feed.xml")),
+        "storage": StorageResource(root=str(tmp_path / "data")),
+    }
+    with instance_for_test() as instance:
+        result = materialize([feed_catalog], resources=resources, instance=instance)
+        assert list(instance.get_dynamic_partitions("episodes")) == ["ep-1", "ep-2"]
+        meta = materialisations(result)["feed_catalog"]
+        assert meta["episodes"] == 2 and meta["new_partitions"] == 2 and meta["newest"] == "ep-2"
+        again = materialize([feed_catalog], resources=resources, instance=instance)
+        assert materialisations(again)["feed_catalog"]["new_partitions"] == 0
+    assert (tmp_path / "data" / "feed" / "catalog.json").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_make_run_demo_works_offline(tmp_path: Path) -> None:
+    """`make run DEMO=1`: UI + daemon, demo feed on 127.0.0.1, a transcript lands."""
+    import signal
+    import urllib.request
+
+    ui, feed_port = free_port(), free_port()
+    root = tmp_path / "data"
+    env = dagster_env(
+        tmp_path / "home",
+        DEMO="1",
+        PORT=str(ui),
+        DEMO_PORT=str(feed_port),
+        DEMO_DIR=str(tmp_path / "demo"),
+        DEMO_RELEASE_EVERY="3600",
+        TWIML_STORAGE_ROOT=str(root),
+        TWIML_MAX_RUNS_PER_TICK="1",
+    )
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(
+        ["bash", "scripts/run.sh"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    try:
+        deadline = time.time() + 330
+        while time.time() < deadline and not list(root.glob("transcripts/*.corrected.json")):
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(2)
+        landed = sorted(p.name for p in root.glob("transcripts/*.corrected.json"))
+        assert landed == ["3.corrected.json"], (tmp_path / "run.log").read_text()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui}/server_info", timeout=5) as resp:
+            assert resp.status == 200
+        with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "home"))) as inst:
+            assert list(inst.get_dynamic_partitions("episodes")) == ["ep-1", "ep-2", "ep-3"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = (tmp_path / "run.log").read_text()
+    assert f"Dagster UI: http://127.0.0.1:{ui}" in output
+    time.sleep(3)  # the demo feed server follows dagster dev out
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{feed_port}/feed.xml", timeout=2)
