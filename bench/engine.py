@@ -83,8 +83,11 @@ def main() -> None:
     duration = len(waveform) / SAMPLE_RATE
 
     asr = WhisperASR(
-        profile=args.profile, model=args.model, compute_type=args.compute_type,
-        device=args.device, batched=args.batched,
+        profile=args.profile,
+        model=args.model,
+        compute_type=args.compute_type,
+        device=args.device,
+        batched=args.batched,
     )
     settings = asr.settings()
     started = time.perf_counter()
@@ -105,8 +108,9 @@ def main() -> None:
 
     diariser = PyannoteDiariser(**profile_settings(args.profile, "diarisation"))
     if args.device:
-        diariser = PyannoteDiariser(**{**profile_settings(args.profile, "diarisation"),
-                                       "device": args.device})
+        diariser = PyannoteDiariser(
+            **{**profile_settings(args.profile, "diarisation"), "device": args.device}
+        )
     diariser.diarise(waveform[: SAMPLE_RATE * 10])  # load models outside the timing
     started = time.perf_counter()
     diarisation = diariser.diarise(waveform)

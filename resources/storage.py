@@ -123,8 +123,13 @@ class LocalBackend:
 
 
 @lru_cache(maxsize=8)
-def s3_client(endpoint_url: str | None, region_name: str | None, profile_name: str | None,
-              access_key: str | None, secret_key: str | None) -> Any:
+def s3_client(
+    endpoint_url: str | None,
+    region_name: str | None,
+    profile_name: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+) -> Any:
     """One boto3 client per settings per process (clients are thread-safe and costly)."""
     from dagster_aws.s3 import S3Resource
 
@@ -149,7 +154,12 @@ class S3Backend:
         bucket, _, prefix = root.removeprefix("s3://").partition("/")
         if not bucket:
             raise StorageError(f"invalid S3 root {root!r}: expected s3://bucket[/prefix]")
-        self.bucket, self.prefix, self.client, self.cache_dir = bucket, prefix.strip("/"), client, cache_dir
+        self.bucket, self.prefix, self.client, self.cache_dir = (
+            bucket,
+            prefix.strip("/"),
+            client,
+            cache_dir,
+        )
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -173,22 +183,36 @@ class S3Backend:
                     f"{'write' if what == 'write' else 'read'} this bucket"
                 ) from exc
             if code == "NoSuchBucket":
-                raise StorageError(f"S3 bucket {self.bucket!r} does not exist ({self.uri(rel)})") from exc
-            raise StorageUnavailableError(f"S3 error during {what} of {self.uri(rel)}: {exc}") from exc
+                raise StorageError(
+                    f"S3 bucket {self.bucket!r} does not exist ({self.uri(rel)})"
+                ) from exc
+            raise StorageUnavailableError(
+                f"S3 error during {what} of {self.uri(rel)}: {exc}"
+            ) from exc
         except (EndpointConnectionError, BotoCoreError) as exc:
             raise StorageUnavailableError(
                 f"cannot reach S3 to {what} {self.uri(rel)}: {exc}; the run can be retried"
             ) from exc
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        self._call("write", rel, self.client.put_object, Bucket=self.bucket, Key=self.key(rel), Body=data)
+        self._call(
+            "write", rel, self.client.put_object, Bucket=self.bucket, Key=self.key(rel), Body=data
+        )
 
     def put_file(self, rel: str, source: Path) -> None:
-        self._call("write", rel, self.client.upload_file, Filename=str(source), Bucket=self.bucket,
-                   Key=self.key(rel))
+        self._call(
+            "write",
+            rel,
+            self.client.upload_file,
+            Filename=str(source),
+            Bucket=self.bucket,
+            Key=self.key(rel),
+        )
 
     def read_bytes(self, rel: str) -> bytes:
-        response = self._call("read", rel, self.client.get_object, Bucket=self.bucket, Key=self.key(rel))
+        response = self._call(
+            "read", rel, self.client.get_object, Bucket=self.bucket, Key=self.key(rel)
+        )
         return response["Body"].read()
 
     def exists(self, rel: str) -> bool:
@@ -203,10 +227,13 @@ class S3Backend:
     def list(self, prefix: str) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         base = f"{self.prefix}/" if self.prefix else ""
-        pages = self._call("list", prefix or ".", lambda: list(
-            paginator.paginate(Bucket=self.bucket, Prefix=base + prefix)))
+        pages = self._call(
+            "list",
+            prefix or ".",
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=base + prefix)),
+        )
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        return sorted(k[len(base):] for k in keys if not PurePosixPath(k).name.startswith("."))
+        return sorted(k[len(base) :] for k in keys if not PurePosixPath(k).name.startswith("."))
 
     def delete(self, rel: str) -> None:
         self._call("delete", rel, self.client.delete_object, Bucket=self.bucket, Key=self.key(rel))
@@ -214,13 +241,21 @@ class S3Backend:
     def local_path(self, rel: str) -> Path:
         """Download once into a local cache (audio decoders need a file), atomically."""
         target = self.cache_dir / self.bucket / self.key(rel)
-        head = self._call("read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel))
+        head = self._call(
+            "read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel)
+        )
         if target.is_file() and target.stat().st_size == head["ContentLength"]:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
-        self._call("read", rel, self.client.download_file, Bucket=self.bucket, Key=self.key(rel),
-                   Filename=str(tmp))
+        self._call(
+            "read",
+            rel,
+            self.client.download_file,
+            Bucket=self.bucket,
+            Key=self.key(rel),
+            Filename=str(tmp),
+        )
         os.replace(tmp, target)
         return target
 
@@ -241,7 +276,9 @@ class StorageResource(ConfigurableResource):
         default_factory=lambda: os.environ.get("TWIML_S3_ENDPOINT_URL") or None,
         description="S3-compatible endpoint (MinIO, R2, …); env TWIML_S3_ENDPOINT_URL.",
     )
-    region_name: str | None = Field(default=None, description="AWS region (env AWS_DEFAULT_REGION).")
+    region_name: str | None = Field(
+        default=None, description="AWS region (env AWS_DEFAULT_REGION)."
+    )
     profile_name: str | None = Field(default=None, description="AWS shared-credentials profile.")
     cache_dir: str | None = Field(default=None, description="Local cache for S3 reads (audio).")
 

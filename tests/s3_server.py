@@ -47,7 +47,9 @@ def start_server(port: int | None = None, log: Path | None = None) -> tuple[str,
     out = log.open("ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=out, stderr=out,
+        env=env,
+        stdout=out,
+        stderr=out,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -63,17 +65,24 @@ def start_server(port: int | None = None, log: Path | None = None) -> tuple[str,
 
 def provision(endpoint: str, bucket: str = "podcast") -> tuple[tuple[str, str], tuple[str, str]]:
     """Create the bucket, a writer and a read-only user; return their access keys."""
-    admin = dict(endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id="setup", aws_secret_access_key="setup")
+    admin = dict(
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+    )
     boto3.client("s3", **admin).create_bucket(Bucket=bucket)
     iam = boto3.client("iam", **admin)
     keys = []
     for name, actions in (("writer", ["s3:*"]), ("reader", ["s3:GetObject", "s3:ListBucket"])):
         iam.create_user(UserName=name)
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": actions, "Resource": "*"}]}
-        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy",
-                            PolicyDocument=json.dumps(policy))
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+        }
+        iam.put_user_policy(
+            UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy)
+        )
         key = iam.create_access_key(UserName=name)["AccessKey"]
         keys.append((key["AccessKeyId"], key["SecretAccessKey"]))
     return keys[0], keys[1]

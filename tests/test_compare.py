@@ -24,10 +24,20 @@ def test_config_specs_parse_profiles_and_typed_overrides() -> None:
 def test_compare_two_configurations_produces_a_complete_table(dialogue, tmp_path, capsys) -> None:
     reference = tmp_path / "reference.stm"
     reference.write_text(dialogue.stm())
-    code = main([
-        "compare", str(dialogue.audio_path), "--configs", "cpu-dev,cpu-dev:beam_size=1:batched=true",
-        "--reference", str(reference), "--out", str(tmp_path / "out"), "--key", "dialogue",
-    ])
+    code = main(
+        [
+            "compare",
+            str(dialogue.audio_path),
+            "--configs",
+            "cpu-dev,cpu-dev:beam_size=1:batched=true",
+            "--reference",
+            str(reference),
+            "--out",
+            str(tmp_path / "out"),
+            "--key",
+            "dialogue",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(tmp_path / "out/comparisons/dialogue.csv")
     assert list(table["config"]) == ["cpu-dev", "cpu-dev:beam_size=1:batched=true"]

@@ -35,8 +35,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def cli_run(dialogue_mp3: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("cli_out")
-    proc = run_cli("transcribe", str(dialogue_mp3), "--out", str(out), "--key", "ep-901",
-                   "--title", "Speech recognition in practice")
+    proc = run_cli(
+        "transcribe",
+        str(dialogue_mp3),
+        "--out",
+        str(out),
+        "--key",
+        "ep-901",
+        "--title",
+        "Speech recognition in practice",
+    )
     assert proc.returncode == 0, proc.stderr
     return proc, out
 
@@ -48,7 +56,9 @@ def test_cli_meets_quality_bars(cli_run, dialogue) -> None:
     record = json.loads((out / "transcripts/ep-901.json").read_text())
     hypothesis = " ".join(u["text"] for u in record["utterances"])
     wer = word_error_rate(dialogue.text, hypothesis)
-    hyp_turns = [SpeakerTurn(t["start"], t["end"], t["speaker"]) for t in record["diarisation"]["turns"]]
+    hyp_turns = [
+        SpeakerTurn(t["start"], t["end"], t["speaker"]) for t in record["diarisation"]["turns"]
+    ]
     der = diarisation_error_rate(dialogue.turns, hyp_turns, collar=0.0)
     print(f"WER {wer.wer:.3f}  DER {der.der:.3f}  speakers {record['speakers']}")
     assert wer.wer <= 0.10

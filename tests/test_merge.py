@@ -56,7 +56,10 @@ def test_consecutive_words_group_and_labels_follow_first_appearance() -> None:
         ("SPEAKER_01", "hello back"),
     ]
     assert t.speakers == ["SPEAKER_00", "SPEAKER_01"]
-    assert t.metadata["diarisation_labels"] == {"SPEAKER_07": "SPEAKER_00", "SPEAKER_02": "SPEAKER_01"}
+    assert t.metadata["diarisation_labels"] == {
+        "SPEAKER_07": "SPEAKER_00",
+        "SPEAKER_02": "SPEAKER_01",
+    }
 
 
 def test_no_diarisation_turns_means_one_speaker() -> None:

@@ -7,8 +7,14 @@ import re
 
 import pytest
 
-from resources.schema import AsrResult, DiarisationResult, SpeakerTranscript, SpeakerTurn
-from resources.schema import Utterance, Word
+from resources.schema import (
+    AsrResult,
+    DiarisationResult,
+    SpeakerTranscript,
+    SpeakerTurn,
+    Utterance,
+    Word,
+)
 from resources.storage import StorageError, StorageResource
 from twiml_assets import output_schemas, renderers
 from twiml_assets.outputs import (
@@ -28,8 +34,12 @@ def sample_transcript(key: str = "ep-623") -> SpeakerTranscript:
         key=key,
         duration=3720.0,
         utterances=[
-            Utterance("SPEAKER_00", 1.5, 2.75, [Word(1.5, 2.0, " Hello", 0.99),
-                                                 Word(2.1, 2.75, " there.", 0.8)]),
+            Utterance(
+                "SPEAKER_00",
+                1.5,
+                2.75,
+                [Word(1.5, 2.0, " Hello", 0.99), Word(2.1, 2.75, " there.", 0.8)],
+            ),
             Utterance("SPEAKER_01", 3700.0, 3711.9, long_text),
         ],
         speakers=["SPEAKER_00", "SPEAKER_01"],
@@ -70,7 +80,9 @@ def test_srt_and_vtt_cues() -> None:
     cues = re.findall(r"(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})", srt)
     assert len(cues) > 2  # the 12 s turn is split into cues of at most 7 s
     vtt = renderers.vtt(t)
-    assert vtt.startswith("WEBVTT\n\n00:00:01.500 --> 00:00:02.750\n<v Sam Charrington>Hello there.")
+    assert vtt.startswith(
+        "WEBVTT\n\n00:00:01.500 --> 00:00:02.750\n<v Sam Charrington>Hello there."
+    )
 
 
 def test_rttm_lines() -> None:

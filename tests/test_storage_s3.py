@@ -39,7 +39,8 @@ def test_s3_layout_equals_local_layout_and_rewrites_are_idempotent(s3, monkeypat
     assert outputs_to(remote) == outputs_to(local)
     assert outputs_to(remote) == outputs_to(local)  # second run: same keys, no duplicates
     assert remote.read_json("transcripts/623.corrected.json") == local.read_json(
-        "transcripts/623.corrected.json")
+        "transcripts/623.corrected.json"
+    )
     assert remote.uri("markdown/623.md") == "s3://podcast/twiml/markdown/623.md"
     assert remote.exists("markdown/623.md") and not remote.exists("markdown/624.md")
     audio = tmp_path / "a.mp3"

@@ -27,8 +27,21 @@ from resources.model_registry import profile_settings
 from resources.storage import StorageResource
 
 COLUMNS = [
-    "config", "model", "compute_type", "device", "beam_size", "batched", "speakers",
-    "wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf", "peak_rss_mb", "status",
+    "config",
+    "model",
+    "compute_type",
+    "device",
+    "beam_size",
+    "batched",
+    "speakers",
+    "wer",
+    "der",
+    "cpwer",
+    "rtf",
+    "asr_rtf",
+    "diarisation_rtf",
+    "peak_rss_mb",
+    "status",
 ]
 
 
@@ -70,8 +83,17 @@ def run_worker(waveform_path: Path, config: ComparisonConfig, out: Path, timeout
     spec = out.with_suffix(".config.json")
     spec.write_text(json.dumps({"asr": config.asr, "diarisation": config.diarisation}))
     proc = subprocess.run(
-        [sys.executable, "-m", "twiml_assets.compare_worker", str(waveform_path), str(spec), str(out)],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "twiml_assets.compare_worker",
+            str(waveform_path),
+            str(spec),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0 or not out.exists():
         lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -122,13 +144,17 @@ def compare(
                 continue
             asr = report["asr_config"]
             row.update(
-                model=asr["model"], compute_type=asr["compute_type"], device=asr["device"],
-                beam_size=asr["beam_size"], batched=asr["batched"],
+                model=asr["model"],
+                compute_type=asr["compute_type"],
+                device=asr["device"],
+                beam_size=asr["beam_size"],
+                batched=asr["batched"],
                 speakers=len(report["speakers"]),
                 rtf=(report["asr_seconds"] + report["diarisation_seconds"]) / duration,
                 asr_rtf=report["asr_seconds"] / duration,
                 diarisation_rtf=report["diarisation_seconds"] / duration,
-                peak_rss_mb=report["peak_rss_mb"], status="ok",
+                peak_rss_mb=report["peak_rss_mb"],
+                status="ok",
             )
             row.update(score(report, reference))
             rows.append(row)

@@ -16,9 +16,8 @@ import numpy as np
 
 
 def main(waveform_path: str, config_path: str, out_path: str) -> None:
-    from resources.diarisation import PyannoteDiariser
-
     from resources.asr import WhisperASR
+    from resources.diarisation import PyannoteDiariser
     from twiml_assets.engine import run_models
     from twiml_assets.outputs import utterance_to_dict
 

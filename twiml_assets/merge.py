@@ -44,14 +44,16 @@ class TurnIndex:
             turn = self.turns[j]
             overlap = min(end, turn.end) - max(start, turn.start)
             if overlap > 0:
-                overlap_by_speaker[turn.speaker] = overlap_by_speaker.get(turn.speaker, 0.0) + overlap
+                overlap_by_speaker[turn.speaker] = (
+                    overlap_by_speaker.get(turn.speaker, 0.0) + overlap
+                )
             j -= 1
         if overlap_by_speaker:
             return max(overlap_by_speaker.items(), key=lambda item: item[1])[0]
         return self.nearest(0.5 * (start + end))
 
     def nearest(self, t: float) -> str:
-        """Speaker of the turn closest to time ``t`` (the latest-ending earlier one, or the next)."""
+        """Speaker of the turn nearest to ``t`` (the latest-ending earlier one, or the next)."""
         i = bisect.bisect_right(self.starts, t)
         candidates: list[tuple[float, str]] = []
         if i > 0:
@@ -82,7 +84,9 @@ def group_utterances(words: list[Word]) -> list[Utterance]:
             current.words.append(word)
             current.end = max(current.end, word.end)
         else:
-            utterances.append(Utterance(word.speaker or FALLBACK_SPEAKER, word.start, word.end, [word]))
+            utterances.append(
+                Utterance(word.speaker or FALLBACK_SPEAKER, word.start, word.end, [word])
+            )
     return utterances
 
 

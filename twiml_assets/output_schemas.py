@@ -55,8 +55,17 @@ SPEAKERS_JSON = {
 FULL_RECORD = {
     "type": "object",
     "required": [
-        "schema_version", "key", "created", "duration", "language", "speakers",
-        "speaker_names", "asr", "diarisation", "timings", "utterances",
+        "schema_version",
+        "key",
+        "created",
+        "duration",
+        "language",
+        "speakers",
+        "speaker_names",
+        "asr",
+        "diarisation",
+        "timings",
+        "utterances",
     ],
     "properties": {
         "schema_version": {"const": 1},

@@ -70,7 +70,9 @@ def write_subtitles(storage: StorageResource, transcript: SpeakerTranscript) -> 
     }
 
 
-def write_rttm(storage: StorageResource, diarisation: DiarisationResult, key: str) -> dict[str, str]:
+def write_rttm(
+    storage: StorageResource, diarisation: DiarisationResult, key: str
+) -> dict[str, str]:
     return {"rttm": storage.write_text(RagPaths(key).rttm, renderers.rttm(diarisation.turns, key))}
 
 

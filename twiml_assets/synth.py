@@ -39,25 +39,46 @@ DEFAULT_VOICES: dict[str, Voice] = {"HOST": HOST_VOICE, "GUEST": GUEST_VOICE, "E
 
 # Numbers are spelled out so that the reference needs no normalisation to compare.
 DEFAULT_DIALOGUE: tuple[tuple[str, str], ...] = (
-    ("HOST", "Welcome to the podcast. Today we are talking about speech recognition "
-             "and how to make it work on real recordings."),
-    ("GUEST", "Thanks for having me. I have been building transcription systems for "
-              "about ten years, mostly for meetings and interviews."),
+    (
+        "HOST",
+        "Welcome to the podcast. Today we are talking about speech recognition "
+        "and how to make it work on real recordings.",
+    ),
+    (
+        "GUEST",
+        "Thanks for having me. I have been building transcription systems for "
+        "about ten years, mostly for meetings and interviews.",
+    ),
     ("HOST", "Let us start with the basics. What makes long audio hard for a model?"),
-    ("GUEST", "The model only sees thirty seconds at a time, so the system has to cut the "
-              "audio into pieces and then stitch the text back together without losing words."),
+    (
+        "GUEST",
+        "The model only sees thirty seconds at a time, so the system has to cut the "
+        "audio into pieces and then stitch the text back together without losing words.",
+    ),
     ("HOST", "And where does voice activity detection come in?"),
-    ("GUEST", "It removes the silence before decoding. That saves time and it also stops the "
-              "model from inventing sentences when nobody is talking."),
+    (
+        "GUEST",
+        "It removes the silence before decoding. That saves time and it also stops the "
+        "model from inventing sentences when nobody is talking.",
+    ),
     ("HOST", "That makes sense. How do you decide who said what in a conversation?"),
-    ("GUEST", "That is speaker diarization. A network finds the speech of each voice in short "
-              "windows, and a clustering step links the windows that belong to the same person."),
+    (
+        "GUEST",
+        "That is speaker diarization. A network finds the speech of each voice in short "
+        "windows, and a clustering step links the windows that belong to the same person.",
+    ),
     ("HOST", "Is it accurate enough for a show like this one?"),
-    ("GUEST", "With two clear voices it is very good. It gets harder with many people, "
-              "music, or when everyone talks at once."),
+    (
+        "GUEST",
+        "With two clear voices it is very good. It gets harder with many people, "
+        "music, or when everyone talks at once.",
+    ),
     ("HOST", "What would you tell a team that wants to start today?"),
-    ("GUEST", "Measure everything. Keep a few reference transcripts, compute the error rates "
-              "after every change, and only then pick the bigger model."),
+    (
+        "GUEST",
+        "Measure everything. Keep a few reference transcripts, compute the error rates "
+        "after every change, and only then pick the bigger model.",
+    ),
     ("HOST", "Great advice. Thank you for joining us on the show."),
     ("GUEST", "It was a pleasure. Thank you."),
 )
@@ -99,7 +120,9 @@ class SyntheticEpisode:
 def require_espeak() -> str:
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise RuntimeError("espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)")
+        raise RuntimeError(
+            "espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)"
+        )
     return exe
 
 
@@ -109,7 +132,18 @@ def speak(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.ndarray
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "line.wav"
         subprocess.run(
-            [exe, "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "-w", str(wav), text],
+            [
+                exe,
+                "-v",
+                voice.name,
+                "-p",
+                str(voice.pitch),
+                "-s",
+                str(voice.speed),
+                "-w",
+                str(wav),
+                text,
+            ],
             check=True,
             capture_output=True,
         )
