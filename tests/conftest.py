@@ -22,8 +22,17 @@ def dialogue_mp3(tmp_path_factory: pytest.TempPathFactory, dialogue: SyntheticEp
 
     target = tmp_path_factory.mktemp("dialogue_mp3") / "dialogue.mp3"
     subprocess.run(
-        ["ffmpeg", "-y", "-loglevel", "error", "-i", str(dialogue.audio_path), "-b:a", "64k",
-         str(target)],
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-i",
+            str(dialogue.audio_path),
+            "-b:a",
+            "64k",
+            str(target),
+        ],
         check=True,
     )
     return target

@@ -35,6 +35,7 @@ PER_EPISODE = [
     "speaker_transcript",
     "rag_outputs",
     "subtitles",
+    "evaluation",
 ]
 
 
@@ -96,11 +97,12 @@ def test_asset_graph_pools_checks_and_executor() -> None:
     repo = defs.get_repository_def()
     graph = repo.asset_graph
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"feed_catalog", *PER_EPISODE}
-    for key in PER_EPISODE:
+    assert keys == {"feed_catalog", "evaluation_summary", "model_comparison", *PER_EPISODE}
+    for key in [*PER_EPISODE, "model_comparison"]:
         partitions = graph.get(AssetKey(key)).partitions_def
         assert partitions is not None and partitions.name == "episodes"
     assert graph.get(AssetKey("feed_catalog")).partitions_def is None
+    assert graph.get(AssetKey("evaluation_summary")).partitions_def is None
 
     model_step = defs.get_assets_def(AssetKey("transcript"))
     assert model_step is defs.get_assets_def(AssetKey("diarisation"))  # one step, one decode
@@ -286,6 +288,7 @@ def test_full_materialisation_is_complete_and_idempotent(
         "diarisation/ep-1.json",
         "diarisation/ep-1.rttm",
         "episodes/ep-1.json",
+        "evaluation/ep-1.json",
         "feed/catalog.json",
         "info/1.info.json",
         "markdown/1.md",
@@ -314,6 +317,8 @@ def test_full_materialisation_is_complete_and_idempotent(
     assert wer < 0.3 and checks["wer_vs_reference"].passed
     assert "der" in checks["der_vs_reference"].metadata
     assert checks["der_vs_reference"].severity.value == "WARN"
+    assert meta["evaluation"]["has_reference"] is True and meta["evaluation"]["wer"] < 0.3
+    assert "der" in meta["evaluation"] and "wer_within_limits" in checks
 
     # Idempotent: same files, same content, the audio is not fetched again.
     assert files_under(root) == files_first

@@ -27,21 +27,12 @@ from dagster import (
 from pydantic import Field
 
 from resources.storage import StorageResource
-from twiml_assets.assets.outputs import speaker_transcript
-from twiml_assets.keys import rag_stem
 from twiml_assets.outputs import RagPaths
+from twiml_assets.references import find_references as _find_references
+from twiml_assets.references import load_references
 
-REFERENCE_SUFFIXES = (
-    "corrected.json",
-    "stm",
-    "rttm",
-    "json",
-    "srt",
-    "vtt",
-    "md",
-    "txt",
-    "text",
-)
+# By key, not by import: the evaluation assets import this module for QualityResource.
+SPEAKER_TRANSCRIPT = AssetKey("speaker_transcript")
 
 
 class QualityResource(ConfigurableResource):
@@ -50,8 +41,9 @@ class QualityResource(ConfigurableResource):
     references_root: str | None = Field(
         default=None,
         description="Directory of references named {key}.* or {n}.* (rttm, stm, "
-        "corrected.json, md, srt, vtt, txt); default: the storage root's references/ "
-        "(env TWIML_REFERENCES_DIR).",
+        "corrected.json, md, srt, vtt, txt, Podcasting 2.0 json), searched before the "
+        "storage root's references/ (always searched: feed transcripts are downloaded "
+        "there); env TWIML_REFERENCES_DIR.",
     )
     min_speech_seconds: float = Field(
         default=1.0, description="Below this much detected speech an episode counts as silent."
@@ -221,25 +213,8 @@ def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list
 
 
 def find_references(storage: StorageResource, quality: QualityResource, key: str) -> list[Path]:
-    """Reference files for an episode: ``{key}.<fmt>`` or ``{n}.<fmt>`` (n = episode number)."""
-    stems = {key, rag_stem(key)}
-
-    def matches(name: str) -> bool:
-        if name.endswith(".speakers.json"):
-            return False
-        return any(
-            name.startswith(stem + ".") and name[len(stem) + 1 :] in REFERENCE_SUFFIXES
-            for stem in stems
-        )
-
-    if quality.references_root:
-        root = Path(quality.references_root).expanduser()
-        return sorted(p for p in root.glob("*") if p.is_file() and matches(p.name))
-    return [
-        storage.local_path(rel)
-        for rel in storage.list("references")
-        if "/" not in rel[len("references/") :] and matches(rel.rsplit("/", 1)[-1])
-    ]
+    """Reference files for an episode (``twiml_assets.references.find_references``)."""
+    return _find_references(storage, key, quality.references_root)
 
 
 def reference_outcomes(
@@ -251,17 +226,14 @@ def reference_outcomes(
 ) -> list[Outcome]:
     """WER and DER against the first reference that can give each."""
     from evaluation.metrics import diarisation_error_rate, word_error_rate
-    from evaluation.references import load_reference
 
-    loaded = []
-    errors = []
-    for path in references:
-        try:
-            loaded.append((path, load_reference(path)))
-        except (ValueError, OSError) as exc:
-            errors.append(f"{path.name}: {exc}")
+    loaded, errors = load_references(references)
     note = {"unreadable_references": MetadataValue.md("\n".join(errors))} if errors else {}
-    where = quality.references_root or "the storage root's references/"
+    where = (
+        f"{quality.references_root} or the storage root's references/"
+        if quality.references_root
+        else "the storage root's references/"
+    )
 
     out: list[Outcome] = []
     text_ref = next(((p, r) for p, r in loaded if r.has_text and r.text.strip()), None)
@@ -335,7 +307,7 @@ INTEGRITY = {
 
 @multi_asset_check(
     specs=[
-        AssetCheckSpec(name, asset=speaker_transcript, blocking=True, description=text)
+        AssetCheckSpec(name, asset=SPEAKER_TRANSCRIPT, blocking=True, description=text)
         for name, text in INTEGRITY.items()
     ],
     name="transcript_integrity",
@@ -348,7 +320,7 @@ def transcript_integrity(
     record = storage.read_json(RagPaths(key).record)
     for outcome in integrity_outcomes(record, quality):
         yield AssetCheckResult(
-            asset_key=speaker_transcript.key,
+            asset_key=SPEAKER_TRANSCRIPT,
             check_name=outcome.name,
             passed=outcome.passed,
             severity=AssetCheckSeverity.ERROR,

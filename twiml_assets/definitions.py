@@ -11,13 +11,17 @@ variable                   meaning                                              
 TWIML_FEED_URL             RSS/Atom feed to follow                               TWIML feed
 TWIML_STORAGE_ROOT         local dir or s3://bucket/prefix for all outputs       data
 TWIML_PROFILE              model profile of model_config.yml                     cpu-dev
-TWIML_REFERENCES_DIR       reference transcripts for the WER/DER checks          <root>/references
+TWIML_REFERENCES_DIR       reference dir, searched before <root>/references      none
+TWIML_<M>_WARN / _ERROR    evaluation limits, M in WER DER CPWER WDER            see below
 TWIML_SENSOR_INTERVAL      seconds between feed checks                           300
 TWIML_SENSOR_STATUS        running | stopped (sensor's default state)            running
 TWIML_MAX_RUNS_PER_TICK    runs the sensor requests per tick at most             3
 TWIML_MAX_IN_FLIGHT        no new requests while this many runs are in flight    4
 TWIML_CATCHUP_ORDER        newest_first | oldest_first                           newest_first
 =========================  ====================================================  ==========
+
+Evaluation limits (``EvaluationThresholds``): a check fails with WARN above ``_WARN`` and with
+ERROR above ``_ERROR``; defaults WER 0.15/0.35, DER 0.15/0.35, cpWER 0.25/0.5, WDER 0.1/0.3.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from resources.diarisation import PyannoteDiariser
 from resources.model_registry import profile_settings
 from resources.storage import StorageResource
 from twiml_assets.assets import ALL_ASSETS
+from twiml_assets.assets.evaluation import EVALUATION_CHECKS, EvaluationThresholds
 from twiml_assets.checks import ALL_CHECKS, QualityResource
 from twiml_assets.feed import DEFAULT_FEED_URL, FeedResource
 from twiml_assets.jobs import ALL_JOBS
@@ -75,6 +80,13 @@ def diariser_for_profile(profile: str | None) -> PyannoteDiariser:
     return PyannoteDiariser(**{k: v for k, v in settings.items() if k in fields})
 
 
+def _thresholds(env: Mapping[str, str]) -> EvaluationThresholds:
+    try:
+        return EvaluationThresholds.from_env(env)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        raise ConfigError(f"evaluation limits: {exc}") from None
+
+
 def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The resources, configured from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -85,6 +97,7 @@ def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "asr": WhisperASR(profile=env.get("TWIML_PROFILE") or None),
         "diariser": diariser_for_profile(env.get("TWIML_PROFILE") or None),
         "quality": QualityResource(references_root=env.get("TWIML_REFERENCES_DIR") or None),
+        "evaluation_thresholds": _thresholds(env),
         "catch_up": CatchUpSettings(
             max_runs_per_tick=_int(env, "TWIML_MAX_RUNS_PER_TICK", 3),
             max_in_flight=_int(env, "TWIML_MAX_IN_FLIGHT", 4),
@@ -108,7 +121,7 @@ def build_definitions(
     )
     return Definitions(
         assets=ALL_ASSETS,
-        asset_checks=ALL_CHECKS,
+        asset_checks=[*ALL_CHECKS, *EVALUATION_CHECKS],
         jobs=ALL_JOBS,
         sensors=[sensor],
         resources=merged,

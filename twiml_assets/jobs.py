@@ -1,4 +1,5 @@
-"""Jobs: the per-episode pipeline (one run per partition) and a feed refresh.
+"""Jobs: the per-episode pipeline (one run per partition), a feed refresh, the evaluation
+summary and model comparison (on demand).
 
 The pipeline runs with the in-process executor: every step of a run shares one
 process, so the ASR and diarisation models (cached per process by their resources)
@@ -11,7 +12,12 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from twiml_assets.assets import PER_EPISODE_ASSETS, feed_catalog
+from twiml_assets.assets import (
+    PER_EPISODE_ASSETS,
+    evaluation_summary,
+    feed_catalog,
+    model_comparison,
+)
 
 EPISODE_JOB = "episode_pipeline"
 
@@ -19,8 +25,8 @@ episode_pipeline = define_asset_job(
     EPISODE_JOB,
     selection=AssetSelection.assets(*PER_EPISODE_ASSETS),
     executor_def=in_process_executor,
-    description="Feed entry → audio → ASR + diarisation → speaker transcript → RAG files and "
-    "subtitles for one episode, with the integrity checks gating the RAG files.",
+    description="Feed entry → audio → ASR + diarisation → speaker transcript → RAG files, "
+    "subtitles and evaluation for one episode, with the integrity checks gating the RAG files.",
     tags={"twiml/pipeline": "episode"},
 )
 
@@ -31,4 +37,19 @@ refresh_feed = define_asset_job(
     description="Re-read the feed and register any new episode partitions.",
 )
 
-ALL_JOBS = [episode_pipeline, refresh_feed]
+evaluation_summary_job = define_asset_job(
+    "evaluation_summary_job",
+    selection=AssetSelection.assets(evaluation_summary),
+    executor_def=in_process_executor,
+    description="Gather every episode's evaluation into one table, pooled WER/DER and a chart.",
+)
+
+model_comparison_job = define_asset_job(
+    "model_comparison_job",
+    selection=AssetSelection.assets(model_comparison),
+    executor_def=in_process_executor,
+    description="Engine configurations side by side on one episode's audio (set 'configs' in "
+    "the launchpad); each configuration runs in its own worker process.",
+)
+
+ALL_JOBS = [episode_pipeline, refresh_feed, evaluation_summary_job, model_comparison_job]

@@ -1,0 +1,483 @@
+"""Evaluation against references: evaluation (per episode), its threshold checks,
+evaluation_summary (across episodes) and model_comparison (configurations side by side).
+
+``evaluation`` runs in the per-episode pipeline after speaker_transcript. An episode without
+a reference still materialises (``has_reference=False``) so the pipeline never fails for
+lack of one; its numeric metadata (``wer``, ``der``, ``cpwer``, ``wder``) is what the Dagster
+UI plots across materialisations. The threshold checks read the stored record rather than
+recomputing, so thresholds can be changed and the checks re-run alone. They are not
+blocking: a transcript worse than the limits is still the best one we have, and an ERROR
+check is what tells a person to look.
+"""
+
+import base64
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    ConfigurableResource,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+    multi_asset_check,
+)
+from pydantic import Field, model_validator
+
+from evaluation.references import Reference
+from evaluation.reports import (
+    METRICS,
+    chart_png,
+    evaluate_episode,
+    markdown_table,
+    metric_value,
+    pooled_scores,
+    summary_table,
+)
+from resources.schema import SpeakerTurn
+from resources.storage import StorageResource
+from twiml_assets.assets.common import (
+    audio_sidecar_path,
+    files_metadata,
+    paths,
+    read_json_or_fail,
+)
+from twiml_assets.assets.ingest import raw_audio
+from twiml_assets.assets.models import GPU_POOL
+from twiml_assets.assets.outputs import speaker_transcript
+from twiml_assets.catalog import episode_path
+from twiml_assets.checks import QualityResource
+from twiml_assets.outputs import transcript_from_record
+from twiml_assets.partitions import episode_partitions
+from twiml_assets.references import load_references, resolve_references
+
+GROUP_EVALUATION = "evaluation"
+EVALUATION_DIR = "evaluation"
+SUMMARY_PNG = f"{EVALUATION_DIR}/summary.png"
+SUMMARY_CSV = f"{EVALUATION_DIR}/summary.csv"
+SUMMARY_MD = f"{EVALUATION_DIR}/summary.md"
+#: Largest chart embedded in metadata as a data URI (larger ones are linked by path only).
+MAX_INLINE_PNG_BYTES = 150_000
+
+
+def evaluation_path(key: str) -> str:
+    """``evaluation/{key}.json``: one episode's scores with their raw counts."""
+    return f"{EVALUATION_DIR}/{key}.json"
+
+
+# -- thresholds ---------------------------------------------------------------------------------
+class EvaluationThresholds(ConfigurableResource):
+    """Limits of the evaluation checks: above ``*_warn`` a check fails with WARN, above
+    ``*_error`` with ERROR. Defaults suit English podcast speech with a small model; set
+    env ``TWIML_<METRIC>_WARN`` / ``TWIML_<METRIC>_ERROR`` (e.g. ``TWIML_WER_ERROR=0.25``)
+    or override them in the launchpad."""
+
+    wer_warn: float = Field(default=0.15, ge=0, description="WER above this warns.")
+    wer_error: float = Field(default=0.35, ge=0, description="WER above this is an error.")
+    der_warn: float = Field(default=0.15, ge=0, description="DER above this warns.")
+    der_error: float = Field(default=0.35, ge=0, description="DER above this is an error.")
+    cpwer_warn: float = Field(default=0.25, ge=0, description="cpWER above this warns.")
+    cpwer_error: float = Field(default=0.5, ge=0, description="cpWER above this is an error.")
+    wder_warn: float = Field(default=0.1, ge=0, description="WDER above this warns.")
+    wder_error: float = Field(default=0.3, ge=0, description="WDER above this is an error.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "EvaluationThresholds":
+        for metric in METRICS:
+            warn, error = self.limits(metric)
+            if warn > error:
+                raise ValueError(f"{metric}_warn={warn} is above {metric}_error={error}")
+        return self
+
+    def limits(self, metric: str) -> tuple[float, float]:
+        return getattr(self, f"{metric}_warn"), getattr(self, f"{metric}_error")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "EvaluationThresholds":
+        """Thresholds with any ``TWIML_<METRIC>_WARN|ERROR`` variables applied."""
+        values: dict[str, float] = {}
+        for metric in METRICS:
+            for level in ("warn", "error"):
+                name = f"TWIML_{metric.upper()}_{level.upper()}"
+                raw = env.get(name, "").strip()
+                if not raw:
+                    continue
+                try:
+                    values[f"{metric}_{level}"] = float(raw)
+                except ValueError:
+                    raise ValueError(f"{name}={raw!r} is not a number, e.g. 0.25") from None
+        return cls(**values)
+
+
+def judge(value: float, warn: float, error: float) -> tuple[bool, AssetCheckSeverity]:
+    """Passed at or below ``warn``; WARN up to ``error``; ERROR above it."""
+    if value > error:
+        return False, AssetCheckSeverity.ERROR
+    return value <= warn, AssetCheckSeverity.WARN
+
+
+# -- per-episode evaluation ---------------------------------------------------------------------
+class EvaluationConfig(Config):
+    """Per-run settings; where references live is the ``quality`` resource's business."""
+
+    fetch_feed_transcript: bool = Field(
+        default=True,
+        description="Download the feed's <podcast:transcript> as a reference when an episode "
+        "has no other (once; kept in references/ in storage).",
+    )
+    transcript_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Read timeout for that download."
+    )
+
+
+def _transcript_url(storage: StorageResource, key: str) -> str | None:
+    """The feed's transcript URL from stored episode metadata (uploads have none)."""
+    rel = episode_path(key)
+    return storage.read_json(rel).get("transcript_url") if storage.exists(rel) else None
+
+
+def _metric_metadata(result: dict[str, Any]) -> dict[str, Any]:
+    """Rates and counts as flat numbers, so the UI can plot each over materialisations."""
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        value = metric_value(result, metric)
+        if value is not None:
+            out[metric] = round(value, 4)
+    if wer := result.get("wer"):
+        out.update(
+            reference_words=wer["reference_words"],
+            substitutions=wer["substitutions"],
+            deletions=wer["deletions"],
+            insertions=wer["insertions"],
+        )
+    if der := result.get("der"):
+        out.update(
+            reference_speech_s=round(der["total"], 2),
+            missed=round(der["missed"], 4),
+            false_alarm=round(der["false_alarm"], 4),
+            confusion=round(der["confusion"], 4),
+        )
+    if wder := result.get("wder"):
+        out.update(
+            aligned_words=wder["aligned_words"], wrong_speaker_words=wder["wrong_speaker_words"]
+        )
+    return out
+
+
+def _references_md(result: dict[str, Any]) -> str:
+    lines = [
+        f"- `{r['name']}` ({r['format']}: "
+        + ", ".join(k[4:] for k in ("has_text", "has_speakers", "has_timestamps") if r[k])
+        + ")"
+        for r in result["references"]
+    ]
+    lines += [f"- unreadable: {e}" for e in result.get("unreadable_references", [])]
+    return "\n".join(lines) or "_no reference found_"
+
+
+@asset(
+    partitions_def=episode_partitions,
+    deps=[speaker_transcript],
+    group_name=GROUP_EVALUATION,
+    kinds={"json"},
+)
+def evaluation(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    storage: StorageResource,
+    quality: QualityResource,
+) -> MaterializeResult:
+    """WER, DER, cpWER and WDER against the episode's references: ``evaluation/{key}.json``.
+
+    Each metric is computed when some reference allows it (text → WER; timed speaker
+    turns → DER; text by speaker → cpWER, WDER). Without any reference the asset still
+    materialises, with ``has_reference=False``.
+    """
+    key = context.partition_key
+    record = read_json_or_fail(storage, paths(key).record, key, "speaker_transcript")
+    transcript = transcript_from_record(record)
+    diarisation = record.get("diarisation") or {}
+    turns = [SpeakerTurn(**t) for t in diarisation.get("turns") or []] or None
+
+    url = _transcript_url(storage, key) if config.fetch_feed_transcript else None
+    timeout = config.transcript_timeout_seconds
+    found, fetched = resolve_references(
+        storage,
+        key,
+        quality.references_root,
+        url,
+        timeout=(min(10.0, timeout), timeout),
+        warn=context.log.warning,
+    )
+    loaded, errors = load_references(found)
+    for error in errors:
+        context.log.warning(f"{key}: unreadable reference {error}")
+    models = {
+        "asr_model": (record.get("asr") or {}).get("model"),
+        "diarisation_model": diarisation.get("model"),
+    }
+    result = evaluate_episode(key, transcript, loaded, turns, quality.der_collar, models)
+    result["unreadable_references"] = errors
+    result["feed_transcript"] = fetched.to_dict() if fetched else None
+    uri = storage.write_json(evaluation_path(key), result)
+    return MaterializeResult(
+        metadata={
+            "has_reference": result["has_reference"],
+            **_metric_metadata(result),
+            "hypothesis_words": result["hypothesis"]["words"],
+            "hypothesis_speakers": result["hypothesis"]["speakers"],
+            "references": MetadataValue.md(_references_md(result)),
+            "feed_transcript": fetched.status if fetched else "not needed",
+            f"path:{evaluation_path(key)}": MetadataValue.path(uri),
+        }
+    )
+
+
+CHECK_NAMES = {metric: f"{metric}_within_limits" for metric in METRICS}
+_CHECK_TEXT = {
+    "wer": "Word error rate against the reference text",
+    "der": "Diarisation error rate against reference speaker turns",
+    "cpwer": "Speaker-attributed WER (concatenated minimum-permutation)",
+    "wder": "Share of correctly recognised words given to the wrong speaker",
+}
+_NEEDS = {
+    "wer": "a reference with text",
+    "der": "a reference with timed speaker turns",
+    "cpwer": "a reference with text by speaker",
+    "wder": "a reference with text by speaker",
+}
+
+
+@multi_asset_check(
+    specs=[
+        AssetCheckSpec(
+            CHECK_NAMES[m],
+            asset=evaluation,
+            description=f"{_CHECK_TEXT[m]}: WARN above {m}_warn, ERROR above {m}_error "
+            "(evaluation_thresholds resource); passes when there is no reference.",
+        )
+        for m in METRICS
+    ],
+    name="evaluation_limits",
+)
+def evaluation_limits(
+    context: AssetCheckExecutionContext,
+    storage: StorageResource,
+    evaluation_thresholds: EvaluationThresholds,
+) -> Iterator[AssetCheckResult]:
+    """Each metric of ``evaluation/{key}.json`` against its WARN and ERROR limits."""
+    key = context.partition_key
+    result = read_json_or_fail(storage, evaluation_path(key), key, "evaluation")
+    for metric in METRICS:
+        warn, error = evaluation_thresholds.limits(metric)
+        value = metric_value(result, metric)
+        limits = {"warn_above": warn, "error_above": error}
+        if value is None:
+            yield AssetCheckResult(
+                check_name=CHECK_NAMES[metric],
+                passed=True,
+                severity=AssetCheckSeverity.WARN,
+                description=f"{key}: no {metric.upper()}: needs {_NEEDS[metric]}",
+                metadata={"episode": key, "has_reference": result["has_reference"], **limits},
+            )
+            continue
+        passed, severity = judge(value, warn, error)
+        verdict = "within limits" if passed else f"above the {severity.value} limit"
+        entry = result[metric]
+        yield AssetCheckResult(
+            check_name=CHECK_NAMES[metric],
+            passed=passed,
+            severity=severity,
+            description=f"{key}: {metric.upper()} {value:.1%} against {entry['reference']} "
+            f"({verdict}; warn above {warn:.0%}, error above {error:.0%})",
+            metadata={
+                "episode": key,
+                metric: round(value, 4),
+                "reference": entry["reference"],
+                **limits,
+            },
+        )
+
+
+# -- across episodes ----------------------------------------------------------------------------
+def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
+    """Every ``evaluation/{key}.json`` in storage (the summary's own files excluded)."""
+    records = []
+    for rel in storage.list(EVALUATION_DIR):
+        name = rel[len(EVALUATION_DIR) + 1 :]
+        if "/" in name or not name.endswith(".json") or name.startswith("summary."):
+            continue
+        records.append(storage.read_json(rel))
+    return records
+
+
+def _plain(value: Any) -> Any:
+    """A cell as a plain Python value (TableRecord refuses NumPy scalars); NaN → None."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def table_metadata(table: pd.DataFrame) -> MetadataValue:
+    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty."""
+    kinds = {"b": "bool", "i": "int", "f": "float"}
+    schema = TableSchema(
+        columns=[TableColumn(c, kinds.get(table[c].dtype.kind, "string")) for c in table.columns]
+    )
+    records = [
+        TableRecord({k: _plain(v) for k, v in row.items()})
+        for row in table.astype(object).to_dict("records")
+    ]
+    return MetadataValue.table(records, schema)
+
+
+@asset(deps=[evaluation], group_name=GROUP_EVALUATION, kinds={"pandas", "png"})
+def evaluation_summary(
+    context: AssetExecutionContext, storage: StorageResource
+) -> MaterializeResult:
+    """All episodes' scores in one table, pooled corpus rates, and a WER/DER chart.
+
+    Reads the stored ``evaluation/*.json`` (whatever partitions exist), so materialise it
+    after a backfill of ``evaluation``. Pooled rates sum errors over reference words or
+    seconds (long episodes weigh more), not a mean of per-episode rates. Writes
+    ``evaluation/summary.csv``, ``.md`` and ``.png``.
+    """
+    records = stored_evaluations(storage)
+    table = summary_table(records)
+    pooled = pooled_scores(records)
+    files = {
+        "csv": storage.write_text(SUMMARY_CSV, table.to_csv(index=False)),
+        "markdown": storage.write_text(
+            SUMMARY_MD, "# Evaluation summary\n\n" + markdown_table(table) + "\n"
+        ),
+    }
+    metadata: dict[str, Any] = {
+        "episodes": pooled["episodes"],
+        "episodes_with_reference": pooled["episodes_with_reference"],
+        **{f"pooled_{m}": round(pooled[m], 4) for m in METRICS if pooled[m] is not None},
+        "reference_words": pooled["reference_words"],
+        "reference_speech_s": pooled["reference_speech_s"],
+        "table": table_metadata(table),
+        "table_md": MetadataValue.md(markdown_table(table) if len(table) else "_no evaluations_"),
+    }
+    if pooled["episodes_with_reference"]:
+        png = chart_png(table)
+        files["chart"] = storage.write_bytes(SUMMARY_PNG, png)
+        if len(png) <= MAX_INLINE_PNG_BYTES:
+            data = base64.b64encode(png).decode("ascii")
+            metadata["chart"] = MetadataValue.md(f"![WER and DER](data:image/png;base64,{data})")
+    else:
+        context.log.info("no episode has a reference yet: no chart")
+    return MaterializeResult(metadata={**metadata, **files_metadata(files)})
+
+
+# -- model comparison ---------------------------------------------------------------------------
+class ModelComparisonConfig(Config):
+    """Which engine configurations to compare on this episode's audio."""
+
+    configs: str = Field(
+        default="cpu-dev,cpu-fast",
+        description="Comma-separated profiles with optional overrides, e.g. "
+        "'cpu-dev,cpu-fast,cpu-dev:beam_size=1' (model_config.yml profiles).",
+    )
+    timeout_seconds: float = Field(
+        default=3600.0, gt=0, description="Limit for one configuration's worker process."
+    )
+    use_reference: bool = Field(
+        default=True, description="Score WER/DER/cpWER against the episode's reference."
+    )
+
+
+def best_reference(loaded: list[tuple[Path, Reference]]) -> tuple[Path, Reference] | None:
+    """The one reference giving the most metrics (compare takes a single reference)."""
+
+    def richness(item: tuple[Path, Reference]) -> int:
+        ref = item[1]
+        return 2 * ref.has_text + (ref.has_timestamps and ref.has_speakers) + ref.has_speakers
+
+    return max(loaded, key=richness, default=None)
+
+
+@asset(
+    partitions_def=episode_partitions,
+    deps=[raw_audio],
+    group_name=GROUP_EVALUATION,
+    kinds={"pandas"},
+    pool=GPU_POOL,
+)
+def model_comparison(
+    context: AssetExecutionContext,
+    config: ModelComparisonConfig,
+    storage: StorageResource,
+    quality: QualityResource,
+) -> MaterializeResult:
+    """Engine configurations side by side on this episode: ``comparisons/{key}.md`` / ``.csv``.
+
+    The stored audio is decoded once; each configuration runs in its own worker process
+    (its own wall time and peak memory), scored against the episode's reference when one
+    exists. Not part of the per-episode pipeline: run it from the UI or model_comparison_job.
+    """
+    from resources.audio import decode_audio
+    from twiml_assets.compare import compare, parse_configs, to_markdown, write_report
+
+    key = context.partition_key
+    try:
+        configs = parse_configs(config.configs)
+    except ValueError as exc:
+        raise Failure(
+            description=f"configs={config.configs!r}: {exc}", allow_retries=False
+        ) from exc
+    audio = read_json_or_fail(storage, audio_sidecar_path(key), key, "raw_audio")
+    waveform = decode_audio(storage.local_path(audio["path"]), label=key)
+
+    reference = None
+    if config.use_reference:
+        found, _ = resolve_references(
+            storage,
+            key,
+            quality.references_root,
+            _transcript_url(storage, key),
+            warn=context.log.warning,
+        )
+        chosen = best_reference(load_references(found)[0])
+        if chosen is not None:
+            context.log.info(f"{key}: scoring against {chosen[0].name}")
+            reference = chosen[1]
+    table = compare(waveform, configs, reference, timeout=config.timeout_seconds)
+    del waveform
+    files = write_report(storage, key, table)
+    failed = table[table["status"] != "ok"]
+    for row in failed.itertuples(index=False):
+        context.log.warning(f"{key}: configuration {row.config} {row.status}")
+    if len(failed) == len(table):
+        raise Failure(
+            description=f"{key}: every configuration failed: "
+            + "; ".join(f"{c}: {s}" for c, s in zip(table["config"], table["status"], strict=True)),
+            allow_retries=False,
+        )
+    return MaterializeResult(
+        metadata={
+            "configurations": len(table),
+            "succeeded": int((table["status"] == "ok").sum()),
+            "reference": reference.format if reference is not None else "none",
+            "table": table_metadata(table),
+            "comparison": MetadataValue.md(to_markdown(table, key)),
+            **files_metadata(files),
+        }
+    )
+
+
+EVALUATION_ASSETS = [evaluation, evaluation_summary, model_comparison]
+EVALUATION_CHECKS = [evaluation_limits]
