@@ -1,0 +1,222 @@
+"""Diarisation resource: accuracy on generated speech, edge cases, errors and model caching.
+
+Reference audio is generated with espeak-ng at test time (exact turns known); DER is
+pyannote.metrics' with collar 0 and overlap scored, the speaker count not given.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyannote.core import Annotation, Segment, Timeline
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+from resources.diarisation import (
+    PyannoteDiariser,
+    add_overlapping_speakers,
+    annotation_to_turns,
+    change_points,
+    hysteresis,
+    load_segmentation_model,
+    load_speaker_encoder,
+)
+from resources.model_paths import ModelNotFoundError
+from resources.schema import DiarisationResult, SpeakerTurn
+from twiml_assets.synth import SAMPLE_RATE, SyntheticEpisode, synthesize_dialogue
+
+THREE_SPEAKER_LINES: tuple[tuple[str, str], ...] = (
+    ("HOST", "Welcome everyone. Today two guests join us to talk about data pipelines."),
+    ("GUEST", "Thanks for having us. I lead the data platform team at a large retailer."),
+    ("EXTRA", "And I work on the machine learning side, mostly on feature stores and monitoring."),
+    ("HOST", "Let us begin with a simple question. Why do pipelines break?"),
+    ("GUEST", "Usually because the upstream schema changes and nobody tells the consumers."),
+    ("EXTRA", "I agree. Silent changes in the data are the worst kind of failure."),
+    ("HOST", "How do you catch them early?"),
+    ("EXTRA", "We run checks on every table, comparing distributions against the last week."),
+    ("GUEST", "And we version every dataset, so we can always go back to a known good state."),
+    ("HOST", "That sounds like a lot of work for a small team."),
+    ("GUEST", "It is at first, but it pays off quickly."),
+    ("EXTRA", "The first time it saves a model launch, everyone becomes a believer."),
+    ("HOST", "Great. Thank you both for joining."),
+)
+
+
+def to_annotation(turns: list[SpeakerTurn]) -> Annotation:
+    annotation = Annotation()
+    for turn in turns:
+        annotation[Segment(turn.start, turn.end)] = turn.speaker
+    return annotation
+
+
+def der(reference: list[SpeakerTurn], hypothesis: list[SpeakerTurn], duration: float) -> float:
+    """DER over the whole file, collar 0, overlap scored; labels mapped optimally."""
+    metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+    uem = Timeline([Segment(0.0, duration)])
+    return float(metric(to_annotation(reference), to_annotation(hypothesis), uem=uem))
+
+
+def read_wav(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    audio, rate = sf.read(path, dtype="float32")
+    assert rate == SAMPLE_RATE
+    return audio
+
+
+@pytest.fixture(scope="module")
+def diariser() -> PyannoteDiariser:
+    return PyannoteDiariser(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def default_waveform(dialogue: SyntheticEpisode) -> np.ndarray:
+    return read_wav(dialogue.audio_path)
+
+
+@pytest.fixture(scope="module")
+def default_result(diariser: PyannoteDiariser, default_waveform: np.ndarray) -> DiarisationResult:
+    """The default dialogue diarised once with an automatic speaker count."""
+    return diariser.diarise(default_waveform)
+
+
+# -- accuracy (real models) -----------------------------------------------------------------
+@pytest.mark.slow
+def test_default_dialogue_der_and_estimated_speaker_count(
+    dialogue: SyntheticEpisode, default_result: DiarisationResult
+) -> None:
+    error = der(dialogue.turns, default_result.turns, dialogue.duration)
+    assert error <= 0.12, f"DER {error:.3f}"
+    assert len(default_result.speakers) == 2
+    assert default_result.details["estimated_speakers"] == 2
+    assert default_result.model.startswith("offline")
+    assert default_result.config["num_speakers"] is None
+    assert default_result.config["device"] == "cpu"
+    assert default_result.duration == pytest.approx(dialogue.duration, abs=0.01)
+    assert 0 < default_result.seconds < default_result.duration  # faster than real time
+
+
+@pytest.mark.slow
+def test_forced_speaker_count_and_per_call_override(
+    dialogue: SyntheticEpisode, default_waveform: np.ndarray
+) -> None:
+    # The field says 3; the per-call value wins.
+    result = PyannoteDiariser(device="cpu", num_speakers=3).diarise(
+        default_waveform, num_speakers=2
+    )
+    assert result.config["num_speakers"] == 2
+    assert len(result.speakers) == 2
+    assert der(dialogue.turns, result.turns, dialogue.duration) <= 0.12
+
+
+@pytest.mark.slow
+def test_three_speakers_are_counted(tmp_path: Path, diariser: PyannoteDiariser) -> None:
+    episode = synthesize_dialogue(
+        tmp_path / "three.wav", lines=THREE_SPEAKER_LINES, gaps=(0.5, 0.3, 0.8, 0.4), seed=2
+    )
+    result = diariser.diarise(read_wav(episode.audio_path))
+    assert len(result.speakers) == 3
+    assert der(episode.turns, result.turns, episode.duration) <= 0.15
+
+
+@pytest.mark.slow
+def test_labels_are_ordered_by_first_appearance(default_result: DiarisationResult) -> None:
+    turns = default_result.turns
+    assert turns == sorted(turns, key=lambda t: (t.start, t.end))
+    assert all(re.fullmatch(r"SPEAKER_\d\d", t.speaker) for t in turns)
+    first_seen = list(dict.fromkeys(t.speaker for t in turns))
+    assert first_seen == [f"SPEAKER_{i:02d}" for i in range(len(first_seen))]
+    assert all(t.end > t.start for t in turns)
+
+
+@pytest.mark.slow
+def test_silence_and_tiny_input_give_no_turns(diariser: PyannoteDiariser) -> None:
+    silence = diariser.diarise(np.zeros(5 * SAMPLE_RATE, dtype=np.float32))
+    assert silence.turns == [] and silence.speakers == []
+    assert silence.duration == pytest.approx(5.0)
+    faint_noise = np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE).astype(np.float32)
+    assert diariser.diarise(faint_noise * 1e-4).turns == []
+    assert diariser.diarise(np.zeros(100, dtype=np.float32)).turns == []
+
+
+@pytest.mark.slow
+def test_models_load_once_and_are_shared_across_instances(default_waveform: np.ndarray) -> None:
+    PyannoteDiariser(device="cpu").diarise(default_waveform[: 8 * SAMPLE_RATE])
+    before = (load_segmentation_model.cache_info(), load_speaker_encoder.cache_info())
+    PyannoteDiariser(device="cpu", change_threshold=0.4).diarise(
+        default_waveform[: 8 * SAMPLE_RATE]
+    )
+    after = (load_segmentation_model.cache_info(), load_speaker_encoder.cache_info())
+    for old, new in zip(before, after, strict=True):
+        assert new.misses == old.misses
+        assert new.hits > old.hits
+
+
+# -- configuration errors (no model needed) -------------------------------------------------
+def test_min_speakers_above_max_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"min_speakers \(3\) is greater than max_speakers \(2\)"):
+        PyannoteDiariser().diarise(
+            np.zeros(SAMPLE_RATE, dtype=np.float32), min_speakers=3, max_speakers=2
+        )
+    with pytest.raises(ValueError, match="num_speakers must be >= 1"):
+        PyannoteDiariser(num_speakers=0).settings()
+
+
+def test_wrong_sample_rate_is_rejected() -> None:
+    with pytest.raises(ValueError, match="16000 Hz"):
+        PyannoteDiariser().diarise(np.zeros(8000, dtype=np.float32), 8000)
+
+
+def test_hub_pipeline_without_token_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    diariser = PyannoteDiariser(pipeline="pyannote/speaker-diarization-community-1")
+    with pytest.raises(ModelNotFoundError, match="accept the model's user conditions.*HF_TOKEN"):
+        diariser.diarise(np.zeros(SAMPLE_RATE, dtype=np.float32))
+
+
+def test_missing_local_pipeline_is_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "config.yaml"
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        PyannoteDiariser(pipeline=str(missing)).diarise(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    with pytest.raises(ModelNotFoundError, match="no config.yaml"):
+        PyannoteDiariser(pipeline=str(tmp_path)).diarise(np.zeros(SAMPLE_RATE, dtype=np.float32))
+
+
+# -- building blocks (pure functions) -------------------------------------------------------
+def test_hysteresis_needs_onset_to_start_and_offset_to_stop() -> None:
+    scores = np.array([0.1, 0.65, 0.75, 0.65, 0.55, 0.65])
+    expected = [False, False, True, True, False, False]
+    assert hysteresis(scores, onset=0.7, offset=0.6).tolist() == expected
+
+
+def test_change_points_are_peaks_above_threshold() -> None:
+    change = np.array([0.0, 0.1, 0.3, 0.2, 0.0, 0.6, 0.8, 0.5, 0.0])
+    assert change_points(change, 0.3).tolist() == [2, 6]
+
+
+def test_turns_join_short_gaps_per_speaker_and_rename_by_first_appearance() -> None:
+    annotation = Annotation()
+    annotation[Segment(5.0, 6.0)] = 7
+    annotation[Segment(0.0, 2.0)] = 3
+    annotation[Segment(2.2, 3.0)] = 3  # 0.2 s gap: same turn
+    annotation[Segment(3.1, 4.0)] = 7
+    annotation[Segment(9.0, 9.05)] = 3  # shorter than min_on: dropped
+    turns = annotation_to_turns(annotation, min_on=0.1, min_off=0.3)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [
+        (0.0, 3.0, "SPEAKER_00"),
+        (3.1, 4.0, "SPEAKER_01"),
+        (5.0, 6.0, "SPEAKER_01"),
+    ]
+
+
+def test_overlap_gets_the_nearest_other_speaker() -> None:
+    annotation = Annotation()
+    annotation[Segment(0.0, 4.0)] = "A"
+    annotation[Segment(4.0, 8.0)] = "B"
+    annotation[Segment(9.0, 12.0)] = "C"
+    out = add_overlapping_speakers(annotation, [(3.5, 4.5)])
+    assert out.label_timeline("B").support()[0] == Segment(3.5, 8.0)
+    assert out.label_timeline("A").support()[0] == Segment(0.0, 4.5)
+    assert out.label_timeline("C").duration() == pytest.approx(3.0)
