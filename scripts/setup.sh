@@ -19,6 +19,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     ffmpeg espeak-ng sox libsndfile1 >/dev/null
 fi
 
+# Headless browser for the web app's browser test: Playwright drives Debian's chromium
+# (tests/test_web_browser.py); `playwright install` is never needed.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing chromium (browser test of the web app)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    chromium fonts-dejavu-core >/dev/null
+fi
+
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "==> creating $VENV and installing the project (the torch stack takes a few minutes)"

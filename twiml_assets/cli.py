@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="storage root for comparisons/{key}.md/.csv "
                    "(default: TWIML_STORAGE_ROOT or ./data)")
     c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
+
+    w = sub.add_parser("web", help="serve the web app (episodes, transcripts, uploads)")
+    w.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    w.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    w.add_argument("--storage", help="storage root (default: TWIML_STORAGE_ROOT or ./data)")
+    w.add_argument("--dagster-url", help="Dagster GraphQL URL (default: DAGSTER_GRAPHQL_URL or "
+                   "http://127.0.0.1:3000/graphql)")
+    w.add_argument("--max-upload-mb", type=float, help="largest upload in MiB "
+                   "(default: TWIML_WEB_MAX_UPLOAD_MB or 500)")
     return parser
 
 
@@ -182,6 +191,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if (table["status"] == "ok").all() else 1
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve the FastAPI app with uvicorn; settings from the environment, options on top."""
+    import uvicorn
+
+    from twiml_assets.uploads import UploadLimits
+    from twiml_assets.web import WebSettings, create_app
+
+    settings = WebSettings.from_env(graphql_url=args.dagster_url, storage_root=args.storage)
+    if args.max_upload_mb is not None:
+        limits = UploadLimits(int(args.max_upload_mb * 1024 * 1024), settings.limits.types)
+        settings = WebSettings.from_env(
+            graphql_url=args.dagster_url, storage_root=args.storage, limits=limits
+        )
+    logging.getLogger("twiml_assets").setLevel(logging.INFO)
+    print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def diariser_settings(args: argparse.Namespace) -> dict:
     """Profile's diarisation section with explicit CLI options on top."""
     from resources.model_registry import profile_settings
@@ -208,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"transcribe": cmd_transcribe, "compare": cmd_compare}
+    handlers = {"transcribe": cmd_transcribe, "compare": cmd_compare, "web": cmd_web}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as exc:

@@ -1,0 +1,369 @@
+"""The web app's only way to Dagster: its GraphQL API over HTTP.
+
+The app never opens the Dagster instance itself, so it can run on another machine
+than the webserver and needs no access to DAGSTER_HOME. Runs are launched the way
+the UI's launchpad does it: ``addDynamicPartition`` for the key (a duplicate is
+fine), then ``launchRun`` of ``episode_pipeline`` with the ``dagster/partition`` tag;
+the run coordinator queues it and the daemon starts it, so a request never waits for
+a transcription. The repository is discovered through ``workspaceOrError`` (the one
+that has the job) rather than hard-coded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from twiml_assets.partitions import EPISODES
+from twiml_assets.web.settings import redact_url
+
+log = logging.getLogger(__name__)
+
+# twiml_assets.jobs.EPISODE_JOB (a test keeps them equal): importing the jobs module would
+# load every asset module into the web process for one string.
+EPISODE_JOB = "episode_pipeline"
+
+PARTITION_TAG = "dagster/partition"
+SOURCE_TAG = "twiml/launched_by"
+QUEUED = {"QUEUED", "NOT_STARTED"}
+RUNNING = {"STARTING", "STARTED", "CANCELING", "MANAGED", "SUSPENDED"}
+FAILED = {"FAILURE", "CANCELED"}
+
+WORKSPACE_QUERY = """
+query TwimlWorkspace {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        locationOrLoadError {
+          __typename
+          ... on RepositoryLocation { name repositories { name jobs { name } } }
+          ... on PythonError { message }
+        }
+      }
+    }
+    ... on PythonError { message }
+  }
+}
+"""
+
+ADD_PARTITION_MUTATION = """
+mutation TwimlAddPartition(
+  $repositorySelector: RepositorySelector!, $partitionsDefName: String!, $partitionKey: String!
+) {
+  addDynamicPartition(
+    repositorySelector: $repositorySelector
+    partitionsDefName: $partitionsDefName
+    partitionKey: $partitionKey
+  ) {
+    __typename
+    ... on AddDynamicPartitionSuccess { partitionKey }
+    ... on DuplicateDynamicPartitionError { partitionName }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUN_SUMMARY = """
+fragment TwimlRunSummary on Run {
+  runId
+  status
+  creationTime
+  startTime
+  endTime
+  tags { key value }
+}
+"""
+
+RUN_DETAIL = """
+fragment TwimlRunDetail on Run {
+  ...TwimlRunSummary
+  stepStats { stepKey status }
+  executionPlan { steps { key } }
+}
+"""
+
+LAUNCH_MUTATION = (
+    """
+mutation TwimlLaunch($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { ...TwimlRunSummary } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on Error { message }
+  }
+}
+"""
+    + RUN_SUMMARY
+)
+
+RUNS_QUERY = (
+    """
+query TwimlRuns($filter: RunsFilter, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename
+    ... on Runs { results { ...TwimlRunSummary } }
+    ... on Error { message }
+  }
+}
+"""
+    + RUN_SUMMARY
+)
+
+RUN_QUERY = (
+    """
+query TwimlRun($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { ...TwimlRunDetail }
+    ... on Error { message }
+  }
+}
+"""
+    + RUN_SUMMARY
+    + RUN_DETAIL
+)
+
+ALL_DOCUMENTS = {
+    "workspace": WORKSPACE_QUERY,
+    "add_partition": ADD_PARTITION_MUTATION,
+    "launch": LAUNCH_MUTATION,
+    "runs": RUNS_QUERY,
+    "run": RUN_QUERY,
+}
+
+
+class DagsterUnavailableError(RuntimeError):
+    """Dagster could not be reached or answered with an error; the message is page-safe."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """One run of ``episode_pipeline`` as the pages need it."""
+
+    run_id: str
+    status: str
+    partition: str | None
+    created: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    steps_total: int | None = None
+    steps_done: int = 0
+    current_step: str | None = None
+    failed_step: str | None = None
+
+    @property
+    def phase(self) -> str:
+        """``queued``, ``running``, ``succeeded`` or ``failed``."""
+        if self.status in QUEUED:
+            return "queued"
+        if self.status in RUNNING:
+            return "running"
+        if self.status in FAILED:
+            return "failed"
+        return "succeeded"
+
+    @property
+    def active(self) -> bool:
+        return self.phase in {"queued", "running"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.run_id,
+            "status": self.status,
+            "phase": self.phase,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+            "steps_total": self.steps_total,
+            "steps_done": self.steps_done,
+            "current_step": self.current_step,
+            "failed_step": self.failed_step,
+        }
+
+    @classmethod
+    def from_graphql(cls, run: dict[str, Any]) -> RunInfo:
+        tags = {t["key"]: t["value"] for t in run.get("tags") or []}
+        stats = run.get("stepStats")
+        plan = run.get("executionPlan")
+        done = current = failed = None
+        if stats is not None:
+            done = sum(1 for s in stats if s.get("status") in {"SUCCESS", "SKIPPED"})
+            current = next((s["stepKey"] for s in stats if s.get("status") == "IN_PROGRESS"), None)
+            failed = next((s["stepKey"] for s in stats if s.get("status") == "FAILURE"), None)
+        return cls(
+            run_id=run["runId"],
+            status=run["status"],
+            partition=tags.get(PARTITION_TAG),
+            created=run.get("creationTime"),
+            started=run.get("startTime"),
+            ended=run.get("endTime"),
+            steps_total=len(plan["steps"]) if plan else None,
+            steps_done=done or 0,
+            current_step=current,
+            failed_step=failed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    location: str
+    name: str
+
+    def selector(self) -> dict[str, str]:
+        return {"repositoryLocationName": self.location, "repositoryName": self.name}
+
+
+class DagsterClient:
+    """A small typed client for the five GraphQL operations the app uses."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+        job: str = EPISODE_JOB,
+        partitions_def: str = EPISODES,
+    ):
+        self.url = url
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.job = job
+        self.partitions_def = partitions_def
+        self._repository: Repository | None = None
+        self._lock = threading.Lock()
+
+    # -- transport --------------------------------------------------------------------------
+    def execute(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST one GraphQL document; raise DagsterUnavailableError on any transport error."""
+        where = redact_url(self.url)
+        try:
+            resp = self.session.post(
+                self.url,
+                json={"query": document, "variables": variables or {}},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            log.warning("Dagster GraphQL at %s unreachable: %s", where, type(exc).__name__)
+            raise DagsterUnavailableError("Dagster is not reachable") from None
+        if resp.status_code != 200:
+            log.warning("Dagster GraphQL at %s answered HTTP %s", where, resp.status_code)
+            raise DagsterUnavailableError(f"Dagster answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+        except ValueError:
+            raise DagsterUnavailableError("Dagster answered with something not JSON") from None
+        if body.get("errors"):
+            messages = "; ".join(str(e.get("message", e))[:300] for e in body["errors"])
+            log.warning("Dagster GraphQL error: %s", messages)
+            raise DagsterUnavailableError("Dagster rejected the request (see the server log)")
+        return body.get("data") or {}
+
+    # -- repository -------------------------------------------------------------------------
+    def repository(self, refresh: bool = False) -> Repository:
+        """The code location and repository that define the episode job (cached)."""
+        with self._lock:
+            if self._repository is not None and not refresh:
+                return self._repository
+        data = self.execute(WORKSPACE_QUERY)["workspaceOrError"]
+        if data["__typename"] != "Workspace":
+            log.warning("Dagster workspace error: %s", data.get("message", "")[:300])
+            raise DagsterUnavailableError("Dagster could not load its workspace")
+        for entry in data["locationEntries"]:
+            location = entry.get("locationOrLoadError") or {}
+            if location.get("__typename") == "PythonError":
+                log.warning(
+                    "code location %s failed to load: %s",
+                    entry["name"],
+                    location.get("message", "")[:300],
+                )
+                continue
+            for repo in location.get("repositories", []):
+                if any(job["name"] == self.job for job in repo["jobs"]):
+                    found = Repository(location["name"], repo["name"])
+                    with self._lock:
+                        self._repository = found
+                    return found
+        raise DagsterUnavailableError(
+            f"no loaded code location defines the job {self.job!r} (is it still loading?)"
+        )
+
+    # -- partitions and runs ----------------------------------------------------------------
+    def ensure_partition(self, key: str) -> None:
+        """Register ``key`` in the dynamic partitions definition; an existing key is fine."""
+        result = self.execute(
+            ADD_PARTITION_MUTATION,
+            {
+                "repositorySelector": self.repository().selector(),
+                "partitionsDefName": self.partitions_def,
+                "partitionKey": key,
+            },
+        )["addDynamicPartition"]
+        ok = {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}
+        if result["__typename"] not in ok:
+            log.warning("addDynamicPartition %s: %s", key, result.get("message", "")[:300])
+            raise DagsterUnavailableError(f"Dagster refused to add the partition {key}")
+
+    def launch(self, key: str) -> RunInfo:
+        """Queue one ``episode_pipeline`` run for partition ``key`` (registered first)."""
+        self.ensure_partition(key)
+        selector = {**self.repository().selector(), "jobName": self.job}
+        params = {
+            "selector": selector,
+            "runConfigData": {},
+            "executionMetadata": {
+                "tags": [
+                    {"key": PARTITION_TAG, "value": key},
+                    {"key": SOURCE_TAG, "value": "web"},
+                ]
+            },
+        }
+        result = self.execute(LAUNCH_MUTATION, {"executionParams": params})["launchRun"]
+        kind = result["__typename"]
+        if kind == "LaunchRunSuccess":
+            return RunInfo.from_graphql(result["run"])
+        if kind in {"PipelineNotFoundError", "RepositoryNotFoundError"}:
+            self._repository = None  # the workspace was reloaded: discover it again next time
+        detail = result.get("message") or "; ".join(e["message"] for e in result.get("errors", []))
+        log.warning("launchRun %s for %s: %s", kind, key, detail[:500])
+        raise DagsterUnavailableError(f"Dagster could not launch the run ({kind})")
+
+    def runs(self, key: str | None = None, limit: int = 1) -> list[RunInfo]:
+        """The newest runs of the job, of one partition when ``key`` is given."""
+        run_filter: dict[str, Any] = {"pipelineName": self.job}
+        if key is not None:
+            run_filter["tags"] = [{"key": PARTITION_TAG, "value": key}]
+        result = self.execute(RUNS_QUERY, {"filter": run_filter, "limit": limit})["runsOrError"]
+        if result["__typename"] != "Runs":
+            log.warning("runsOrError: %s", result.get("message", "")[:300])
+            raise DagsterUnavailableError("Dagster could not list runs")
+        return [RunInfo.from_graphql(r) for r in result["results"]]
+
+    def latest_runs(self, limit: int = 1000) -> dict[str, RunInfo]:
+        """The newest run of every partition among the last ``limit`` runs (one request)."""
+        latest: dict[str, RunInfo] = {}
+        for run in self.runs(limit=limit):  # newest first
+            if run.partition and run.partition not in latest:
+                latest[run.partition] = run
+        return latest
+
+    def run(self, run_id: str) -> RunInfo | None:
+        """One run with its step progress, None when Dagster does not know it."""
+        result = self.execute(RUN_QUERY, {"runId": run_id})["runOrError"]
+        if result["__typename"] == "Run":
+            return RunInfo.from_graphql(result)
+        if result["__typename"] == "RunNotFoundError":
+            return None
+        log.warning("runOrError %s: %s", run_id, result.get("message", "")[:300])
+        raise DagsterUnavailableError("Dagster could not read the run")
+
+    def latest_run(self, key: str) -> RunInfo | None:
+        """The newest run of partition ``key`` with its progress, or None."""
+        runs = self.runs(key, limit=1)
+        return self.run(runs[0].run_id) if runs else None

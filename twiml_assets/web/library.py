@@ -1,0 +1,269 @@
+"""What the pages show, read from the storage layout only (never from Dagster's database).
+
+Episodes are the feed snapshot (``feed/catalog.json``) plus stored entries that are
+not in it (``episodes/{key}.json``: uploads and episodes removed from the feed). An
+episode is *done* when ``transcripts/{key}.json`` exists; whether it is queued,
+running or failed comes from its latest Dagster run (see ``episode_status``).
+Every path here is built from a key that passed ``validate_key``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resources.storage import StorageError, StorageResource
+from twiml_assets import renderers
+from twiml_assets.catalog import episode_path, load_catalog
+from twiml_assets.download import KNOWN_SUFFIXES
+from twiml_assets.feed import EpisodeInfo, order_episodes
+from twiml_assets.keys import validate_key
+from twiml_assets.outputs import RagPaths, transcript_from_record
+from twiml_assets.uploads import UPLOAD_PREFIX
+from twiml_assets.web.dagster_client import RunInfo
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("not started", "queued", "running", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadFormat:
+    """A transcript file the browser can download: stored path, renderer and MIME type."""
+
+    suffix: str
+    label: str
+    media_type: str
+
+
+FORMATS: dict[str, DownloadFormat] = {
+    "md": DownloadFormat("md", "Markdown", "text/markdown; charset=utf-8"),
+    "json": DownloadFormat("json", "JSON", "application/json"),
+    "srt": DownloadFormat("srt", "SRT subtitles", "application/x-subrip; charset=utf-8"),
+    "vtt": DownloadFormat("vtt", "WebVTT subtitles", "text/vtt; charset=utf-8"),
+}
+
+AUDIO_TYPES = {
+    ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4",
+    ".mp4": "audio/mp4",
+    ".aac": "audio/aac",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".webm": "audio/webm",
+}
+
+
+def valid_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+def episode_status(done: bool, run: RunInfo | None) -> str:
+    """One of STATUSES: an active run wins (a re-run shows as running), then the transcript."""
+    if run is not None and run.active:
+        return run.phase
+    if done:
+        return "done"
+    if run is not None and run.phase in {"failed", "succeeded"}:
+        return "failed"  # a successful run without a transcript was stopped by a check
+    return "not started"
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One speaker turn as the episode page shows it."""
+
+    speaker: str
+    name: str
+    index: int
+    start: float
+    end: float
+    text: str
+
+    @property
+    def clock(self) -> str:
+        return clock(self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptView:
+    turns: list[Turn]
+    speakers: list[str]
+    duration: float
+    model: str
+
+
+class Library:
+    """Read-only views of the storage root for the pages (uploads write via uploads.py)."""
+
+    def __init__(self, storage: StorageResource):
+        self.storage = storage
+        self._stored: dict[str, EpisodeInfo] = {}
+
+    # -- episodes -------------------------------------------------------------------------
+    def _stored_episode(self, key: str) -> EpisodeInfo | None:
+        if key in self._stored:
+            return self._stored[key]
+        rel = episode_path(key)
+        try:
+            if not self.storage.exists(rel):
+                return None
+            episode = EpisodeInfo.from_dict(self.storage.read_json(rel))
+        except (StorageError, ValueError, TypeError) as exc:
+            log.warning("unreadable %s: %s", rel, exc)
+            return None
+        if episode.key != key:
+            return None
+        self._stored[key] = episode
+        return episode
+
+    def episodes(self) -> list[EpisodeInfo]:
+        """Feed episodes and stored-only ones (uploads), newest first."""
+        loaded = load_catalog(self.storage)
+        by_key = loaded[0].by_key() if loaded else {}
+        for rel in self.storage.list("episodes"):
+            key = rel.removeprefix("episodes/").removesuffix(".json")
+            if rel.endswith(".json") and key not in by_key and valid_key(key):
+                episode = self._stored_episode(key)
+                if episode is not None:
+                    by_key[key] = episode
+        return order_episodes(by_key.values(), newest_first=True)
+
+    def episode(self, key: str) -> EpisodeInfo | None:
+        """The episode for a valid key: the stored entry (what runs use), else the catalog."""
+        if not valid_key(key):
+            return None
+        stored = self._stored_episode(key)
+        if stored is not None:
+            return stored
+        loaded = load_catalog(self.storage)
+        return loaded[0].by_key().get(key) if loaded else None
+
+    def done_keys(self) -> set[str]:
+        """Keys with ``transcripts/{key}.json``: one listing, not one request per episode."""
+        done = set()
+        for rel in self.storage.list("transcripts"):
+            name = rel.removeprefix("transcripts/")
+            if name.endswith(".json") and not name.endswith(".corrected.json") and "/" not in name:
+                done.add(name.removesuffix(".json"))
+        return done
+
+    def is_done(self, key: str) -> bool:
+        return valid_key(key) and self.storage.exists(RagPaths(key).record)
+
+    # -- transcript -----------------------------------------------------------------------
+    def record(self, key: str) -> dict[str, Any] | None:
+        if not self.is_done(key):
+            return None
+        try:
+            return self.storage.read_json(RagPaths(key).record)
+        except (StorageError, ValueError) as exc:
+            log.warning("unreadable transcript of %s: %s", key, exc)
+            return None
+
+    def transcript(self, key: str) -> TranscriptView | None:
+        record = self.record(key)
+        if record is None:
+            return None
+        names = record.get("speaker_names") or {}
+        speakers = list(record.get("speakers") or [])
+        turns = []
+        for u in record.get("utterances", []):
+            label = u["speaker"]
+            if label not in speakers:
+                speakers.append(label)
+            turns.append(
+                Turn(
+                    label,
+                    names.get(label) or label,
+                    speakers.index(label),
+                    float(u["start"]),
+                    float(u["end"]),
+                    u.get("text", ""),
+                )
+            )
+        return TranscriptView(
+            turns,
+            speakers,
+            float(record.get("duration", 0.0)),
+            str((record.get("asr") or {}).get("model", "")),
+        )
+
+    def download(self, key: str, fmt: str) -> bytes | None:
+        """The stored file of format ``fmt``, else rendered from the full record."""
+        if fmt not in FORMATS or not self.is_done(key):
+            return None
+        paths = RagPaths(key)
+        stored = {"md": paths.markdown, "json": paths.corrected, "srt": paths.srt, "vtt": paths.vtt}
+        try:
+            if self.storage.exists(stored[fmt]):
+                return self.storage.read_bytes(stored[fmt])
+        except StorageError as exc:
+            log.warning("cannot read %s: %s", stored[fmt], exc)
+        record = self.record(key)
+        if record is None:
+            return None
+        transcript = transcript_from_record(record)
+        if fmt == "md":
+            return renderers.markdown(transcript).encode("utf-8")
+        if fmt == "json":
+            data = renderers.corrected_json(transcript)
+            return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+        render = renderers.srt if fmt == "srt" else renderers.vtt
+        return render(transcript).encode("utf-8")
+
+    # -- audio ----------------------------------------------------------------------------
+    def audio_relpath(self, key: str) -> str | None:
+        """``audio/{key}<ext>`` as recorded by the sidecar, else found by listing."""
+        if not valid_key(key):
+            return None
+        prefix = f"audio/{key}"
+        try:
+            sidecar = f"{prefix}.json"
+            if self.storage.exists(sidecar):
+                rel = self.storage.read_json(sidecar).get("path")
+                if (
+                    isinstance(rel, str)
+                    and rel.startswith(prefix)
+                    and rel[len(prefix) :] in KNOWN_SUFFIXES
+                    and self.storage.exists(rel)
+                ):
+                    return rel
+            for rel in self.storage.list("audio"):
+                if rel.startswith(prefix) and rel[len(prefix) :] in KNOWN_SUFFIXES:
+                    return rel
+        except (StorageError, ValueError) as exc:
+            log.warning("cannot look up the audio of %s: %s", key, exc)
+        return None
+
+    def audio_file(self, key: str) -> tuple[Path, str] | None:
+        """A local file to stream (S3: cached locally once) and its MIME type."""
+        rel = self.audio_relpath(key)
+        if rel is None:
+            return None
+        try:
+            path = self.storage.local_path(rel)
+        except StorageError:
+            return None
+        return path, AUDIO_TYPES.get(Path(rel).suffix, "application/octet-stream")
+
+
+def is_upload(key: str) -> bool:
+    return key.startswith(UPLOAD_PREFIX)
