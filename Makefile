@@ -2,7 +2,7 @@
 #   make run          Dagster UI + daemon on the TWIML feed  (make run DEMO=1: offline demo feed)
 #   make test         the whole test suite, slow end-to-end tests included
 # Both do their own set-up (system packages, venv, offline weights) on a fresh machine.
-.PHONY: setup run test test-fast lint bench
+.PHONY: setup run web test test-fast lint bench
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,6 +12,9 @@ setup:
 
 run: setup
 	DEMO=$(DEMO) bash scripts/run.sh
+
+web: setup
+	$(VENV)/bin/twiml-transcribe web
 
 test: setup
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)

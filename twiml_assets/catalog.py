@@ -88,6 +88,9 @@ def find_episode(storage: StorageResource, feed: FeedResource, key: str) -> tupl
 
     Raises LookupError with what to do when the key is nowhere.
     """
+    if key.startswith("up-") and storage.exists(episode_path(key)):
+        # Uploads are never in a feed: no network round-trip (or retries offline).
+        return EpisodeInfo.from_dict(storage.read_json(episode_path(key))), "stored"
     fetch_error: str | None = None
     try:
         parsed, _, _ = refresh_catalog(storage, feed)

@@ -15,6 +15,7 @@ from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
 from resources.storage import StorageError
 
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
 USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
 
 
@@ -51,24 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare engine configurations on one recording")
     c.add_argument("audio", help="audio file, http(s) URL, or an episode key in the storage root")
     c.add_argument(
-        "--configs", required=True,
+        "--configs",
+        required=True,
         help="comma-separated profiles with optional overrides, e.g. "
         "cpu-dev,cpu-fast,cpu-dev:beam_size=1:compute_type=float32",
     )
-    c.add_argument("--reference", help="reference transcript (STM, RTTM, corrected.json, md, srt, "
-                   "vtt, txt)")
-    c.add_argument("--out", default=None, help="storage root for comparisons/{key}.md/.csv "
-                   "(default: TWIML_STORAGE_ROOT or ./data)")
+    c.add_argument(
+        "--reference", help="reference transcript (STM, RTTM, corrected.json, md, srt, vtt, txt)"
+    )
+    c.add_argument(
+        "--out",
+        default=None,
+        help="storage root for comparisons/{key}.md/.csv (default: TWIML_STORAGE_ROOT or ./data)",
+    )
     c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
 
     w = sub.add_parser("web", help="serve the web app (episodes, transcripts, uploads)")
     w.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     w.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     w.add_argument("--storage", help="storage root (default: TWIML_STORAGE_ROOT or ./data)")
-    w.add_argument("--dagster-url", help="Dagster GraphQL URL (default: DAGSTER_GRAPHQL_URL or "
-                   "http://127.0.0.1:3000/graphql)")
-    w.add_argument("--max-upload-mb", type=float, help="largest upload in MiB "
-                   "(default: TWIML_WEB_MAX_UPLOAD_MB or 500)")
+    w.add_argument(
+        "--dagster-url",
+        help="Dagster GraphQL URL (default: DAGSTER_GRAPHQL_URL or http://127.0.0.1:3000/graphql)",
+    )
+    w.add_argument(
+        "--max-upload-mb",
+        type=float,
+        help="largest upload in MiB (default: TWIML_WEB_MAX_UPLOAD_MB or 500)",
+    )
     return parser
 
 
@@ -92,8 +103,11 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(
-                total=round(total, 1), desc=f"{stage:>10}", unit="s audio", leave=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
+                total=round(total, 1),
+                desc=f"{stage:>10}",
+                unit="s audio",
+                leave=True,
+                bar_format=BAR_FORMAT,
             )
         bar.n = round(min(done, total), 1)
         bar.refresh()
@@ -104,9 +118,8 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from resources.diarisation import PyannoteDiariser
-
     from resources.asr import WhisperASR
+    from resources.diarisation import PyannoteDiariser
     from twiml_assets.engine import transcribe_file
 
     asr = WhisperASR(
@@ -160,8 +173,8 @@ def resolve_audio(source: str, storage_root: str | None, tmp: Path) -> tuple[Pat
     matches = [p for p in storage.list("audio") if Path(p).stem == source]
     if not matches:
         raise AudioDecodeError(
-            f"{source!r} is neither an audio file nor an episode with audio in {storage.root}/audio; "
-            "materialise its raw_audio asset first or pass a file"
+            f"{source!r} is neither an audio file nor an episode with audio in "
+            f"{storage.root}/audio; materialise its raw_audio asset first or pass a file"
         )
     return storage.local_path(matches[0]), source
 
