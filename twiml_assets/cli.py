@@ -14,6 +14,7 @@ from resources.audio import AudioDecodeError
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
 from resources.storage import StorageError
+from twiml_assets.naming.cli import add_speakers_parser, cmd_speakers
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
 USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage root for comparisons/{key}.md/.csv (default: TWIML_STORAGE_ROOT or ./data)",
     )
     c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
+
+    add_speakers_parser(sub)
 
     w = sub.add_parser("web", help="serve the web app (episodes, transcripts, uploads)")
     w.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
@@ -249,7 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"transcribe": cmd_transcribe, "compare": cmd_compare, "web": cmd_web}
+    handlers = {
+        "transcribe": cmd_transcribe,
+        "compare": cmd_compare,
+        "web": cmd_web,
+        "speakers": cmd_speakers,
+    }
     try:
         return handlers[args.command](args)
     except USER_ERRORS as exc:

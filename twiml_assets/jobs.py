@@ -17,6 +17,9 @@ from twiml_assets.assets import (
     evaluation_summary,
     feed_catalog,
     model_comparison,
+    rag_outputs,
+    speaker_names,
+    subtitles,
 )
 
 EPISODE_JOB = "episode_pipeline"
@@ -52,4 +55,18 @@ model_comparison_job = define_asset_job(
     "the launchpad); each configuration runs in its own worker process.",
 )
 
-ALL_JOBS = [episode_pipeline, refresh_feed, evaluation_summary_job, model_comparison_job]
+speaker_naming_job = define_asset_job(
+    "speaker_naming_job",
+    selection=AssetSelection.assets(speaker_names, rag_outputs, subtitles),
+    executor_def=in_process_executor,
+    description="Name the speakers again (registry changed, host now recognisable) and re-render "
+    "the RAG files and subtitles, from the stored voiceprints: no decoding, no transcription.",
+)
+
+ALL_JOBS = [
+    episode_pipeline,
+    refresh_feed,
+    evaluation_summary_job,
+    model_comparison_job,
+    speaker_naming_job,
+]

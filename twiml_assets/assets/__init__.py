@@ -8,6 +8,7 @@ on demand) are not.
 from twiml_assets.assets.evaluation import evaluation, evaluation_summary, model_comparison
 from twiml_assets.assets.ingest import episode_metadata, feed_catalog, raw_audio
 from twiml_assets.assets.models import GPU_POOL, transcribe_and_diarise
+from twiml_assets.assets.naming import speaker_names
 from twiml_assets.assets.outputs import rag_outputs, speaker_transcript, subtitles
 
 PER_EPISODE_ASSETS = [
@@ -15,6 +16,7 @@ PER_EPISODE_ASSETS = [
     raw_audio,
     transcribe_and_diarise,
     speaker_transcript,
+    speaker_names,
     rag_outputs,
     subtitles,
     evaluation,
@@ -32,6 +34,7 @@ __all__ = [
     "model_comparison",
     "rag_outputs",
     "raw_audio",
+    "speaker_names",
     "speaker_transcript",
     "subtitles",
     "transcribe_and_diarise",

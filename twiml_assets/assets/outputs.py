@@ -22,6 +22,7 @@ from twiml_assets.assets.common import (
     word_count,
 )
 from twiml_assets.merge import merge_words
+from twiml_assets.naming.service import with_names
 from twiml_assets.outputs import (
     asr_from_dict,
     diarisation_from_dict,
@@ -92,13 +93,14 @@ def speaker_transcript(
 
 
 def _load_transcript(storage: StorageResource, key: str):
+    """The full record with the names of ``speaker_names`` (``speakers/{key}.json``) applied."""
     record = read_json_or_fail(storage, paths(key).record, key, "speaker_transcript")
-    return transcript_from_record(record)
+    return with_names(storage, transcript_from_record(record))
 
 
 @asset(
     partitions_def=episode_partitions,
-    deps=[speaker_transcript],
+    deps=[speaker_transcript, AssetKey("speaker_names")],
     group_name=GROUP_OUTPUTS,
     kinds={"json", "markdown"},
 )
@@ -128,7 +130,7 @@ def rag_outputs(context: AssetExecutionContext, storage: StorageResource) -> Mat
 
 @asset(
     partitions_def=episode_partitions,
-    deps=[speaker_transcript],
+    deps=[speaker_transcript, AssetKey("speaker_names")],
     group_name=GROUP_OUTPUTS,
     kinds={"file"},
 )
