@@ -214,7 +214,7 @@ def stored_names(storage: StorageResource, key: str) -> dict[str, str]:
 
 def with_names(storage: StorageResource, transcript: SpeakerTranscript) -> SpeakerTranscript:
     """``transcript`` with the stored names applied (raw labels stay in ``speakers``)."""
-    names = stored_names(storage, transcript.key)
+    names = {**transcript.speaker_names, **stored_names(storage, transcript.key)}
     transcript.speaker_names = {lb: n for lb, n in names.items() if lb in transcript.speakers}
     return transcript
 

@@ -21,6 +21,7 @@ from twiml_assets.catalog import episode_path, load_catalog
 from twiml_assets.download import KNOWN_SUFFIXES
 from twiml_assets.feed import EpisodeInfo, order_episodes
 from twiml_assets.keys import validate_key
+from twiml_assets.naming.service import with_names
 from twiml_assets.outputs import RagPaths, transcript_from_record
 from twiml_assets.uploads import UPLOAD_PREFIX
 from twiml_assets.web.dagster_client import RunInfo
@@ -182,7 +183,8 @@ class Library:
         record = self.record(key)
         if record is None:
             return None
-        names = record.get("speaker_names") or {}
+        # Names decided by the speaker_names step (speakers/{key}.json) win over the record's.
+        names = with_names(self.storage, transcript_from_record(record)).speaker_names
         speakers = list(record.get("speakers") or [])
         turns = []
         for u in record.get("utterances", []):
@@ -220,7 +222,7 @@ class Library:
         record = self.record(key)
         if record is None:
             return None
-        transcript = transcript_from_record(record)
+        transcript = with_names(self.storage, transcript_from_record(record))
         if fmt == "md":
             return renderers.markdown(transcript).encode("utf-8")
         if fmt == "json":
