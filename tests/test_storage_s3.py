@@ -77,3 +77,48 @@ def test_server_down_is_a_retryable_error_and_leaves_nothing(monkeypatch, tmp_pa
     process.wait(timeout=10)
     with pytest.raises(StorageUnavailableError, match="retried"):
         storage.write_text("after.txt", "lost?")
+
+
+@pytest.mark.slow
+def test_full_episode_materialisation_lands_the_layout_on_s3(
+    s3, monkeypatch, http_server, short_episodes
+) -> None:
+    """The real episode_pipeline with storage on the S3 server: same keys as locally, twice."""
+    from dagster import instance_for_test
+
+    from tests.test_dagster_assets import publish
+    from twiml_assets.definitions import build_definitions
+    from twiml_assets.feed import FeedResource
+
+    use_keys(monkeypatch, s3.writer)
+    (key,) = publish(http_server, [short_episodes[0].audio_path])
+    storage = StorageResource(root=f"s3://{s3.bucket}/pipeline", endpoint_url=s3.endpoint)
+    defs = build_definitions(
+        resources={"feed": FeedResource(url=http_server.url("feed.xml")), "storage": storage},
+        env={},
+    )
+    job = defs.resolve_job_def("episode_pipeline")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", [key])
+        first = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert first.success, [e.message for e in first.all_events if e.is_failure]
+        keys_first = list(storage.list())
+        corrected = storage.read_text("transcripts/1.corrected.json")
+        second = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert second.success
+    expected = {
+        "transcripts/1.corrected.json",
+        "asr/1.speakers.json",
+        "markdown/1.md",
+        "info/1.info.json",
+        f"transcripts/{key}.json",
+        f"subtitles/{key}.srt",
+        f"subtitles/{key}.vtt",
+        f"diarisation/{key}.rttm",
+        f"audio/{key}.mp3",
+        f"episodes/{key}.json",
+    }
+    assert expected <= set(keys_first)
+    assert list(storage.list()) == keys_first  # re-run: same objects, no duplicates
+    assert storage.read_text("transcripts/1.corrected.json") == corrected
+    assert not [k for k in keys_first if k.endswith(".part")]
