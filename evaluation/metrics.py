@@ -357,7 +357,10 @@ def cp_word_error_rate(
         if (i, j) in pair_counts:
             c = pair_counts[i, j]
             hits, subs, dels, ins = (
-                hits + c.hits, subs + c.substitutions, dels + c.deletions, ins + c.insertions
+                hits + c.hits,
+                subs + c.substitutions,
+                dels + c.deletions,
+                ins + c.insertions,
             )
             mapping[hyp_spk[j]] = ref_spk[i]
         elif i < len(ref_spk):

@@ -70,9 +70,7 @@ class Reference:
         """Speaker turns for DER; raises when the source has no timestamps."""
         if not self.has_timestamps:
             raise ValueError(f"{self.source or 'reference'} has no timestamps: no turns for DER")
-        return [
-            SpeakerTurn(u.start, u.end, u.speaker) for u in self._ordered() if u.end > u.start
-        ]
+        return [SpeakerTurn(u.start, u.end, u.speaker) for u in self._ordered() if u.end > u.start]
 
     @property
     def speaker_texts(self) -> dict[str, str]:
@@ -251,9 +249,7 @@ def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
 
 
 # -- RAG corrected.json (and our full transcript record) -----------------------------------
-def _dialogs(
-    path: Path, dialogs: Any, speakers: list[str] | None
-) -> tuple[list[Utterance], bool]:
+def _dialogs(path: Path, dialogs: Any, speakers: list[str] | None) -> tuple[list[Utterance], bool]:
     """Parse ``dialogs``/``utterances`` entries; return the utterances and whether any words."""
     if not isinstance(dialogs, list):
         raise ReferenceFormatError(path, "'dialogs' must be a list")

@@ -64,8 +64,13 @@ def test_wer_one_substitution_deletion_insertion() -> None:
     # Unique optimum: without the shift, the->red, red->mat, mat->today costs 1 + 3 = 4.
     result = word_error_rate("we sat on the red mat", "we sit on red mat today")
     assert result == WerResult(
-        wer=0.5, substitutions=1, deletions=1, insertions=1, hits=4,
-        reference_words=6, hypothesis_words=6,
+        wer=0.5,
+        substitutions=1,
+        deletions=1,
+        insertions=1,
+        hits=4,
+        reference_words=6,
+        hypothesis_words=6,
     )
     assert result.errors == 3
 
@@ -134,7 +139,9 @@ def test_der_collar_is_total_width() -> None:
     result = diarisation_error_rate(DER_REF, DER_HYP, collar=1.0)
     assert result.total == pytest.approx(18.0)
     assert (result.missed_seconds, result.false_alarm_seconds, result.confusion_seconds) == (
-        pytest.approx(1.0), pytest.approx(4.5), pytest.approx(5.0)
+        pytest.approx(1.0),
+        pytest.approx(4.5),
+        pytest.approx(5.0),
     )
     assert result.der == pytest.approx(10.5 / 18)
 
@@ -336,11 +343,18 @@ def test_rttm_short_line_is_an_error(tmp_path: Path) -> None:
 def _corrected_doc() -> dict:
     return {
         "dialogs": [
-            {"speaker": 0, "start": 0.5, "end": 2.0, "text": "Welcome to the show.",
-             "words": [{"word": " Welcome", "start": 0.5, "end": 0.9, "probability": 0.9},
-                       {"word": " to", "start": 0.9, "end": 1.0, "probability": 0.9},
-                       {"word": " the", "start": 1.0, "end": 1.2, "probability": 0.9},
-                       {"word": " show.", "start": 1.2, "end": 2.0, "probability": 0.9}]},
+            {
+                "speaker": 0,
+                "start": 0.5,
+                "end": 2.0,
+                "text": "Welcome to the show.",
+                "words": [
+                    {"word": " Welcome", "start": 0.5, "end": 0.9, "probability": 0.9},
+                    {"word": " to", "start": 0.9, "end": 1.0, "probability": 0.9},
+                    {"word": " the", "start": 1.0, "end": 1.2, "probability": 0.9},
+                    {"word": " show.", "start": 1.2, "end": 2.0, "probability": 0.9},
+                ],
+            },
             {"speaker": 1, "start": 2.0, "end": 3.0, "text": "Glad to be here.", "words": []},
             {"speaker": 0, "start": 3.0, "end": 4.0, "text": "Let's start.", "words": []},
         ],
