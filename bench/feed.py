@@ -1,6 +1,6 @@
 """Feed parsing speed: our ElementTree parser vs feedparser on one generated 800-entry feed.
 
-    .venv/bin/python bench/feed.py [--entries 800] [--repeats 5]
+.venv/bin/python bench/feed.py [--entries 800] [--repeats 5]
 """
 
 from __future__ import annotations

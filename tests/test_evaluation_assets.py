@@ -262,6 +262,29 @@ def test_thresholds_judge_and_come_from_the_environment() -> None:
         build_definitions(env={"TWIML_WER_WARN": "0.5"})
 
 
+def test_reference_checks_warn_at_the_soft_evaluation_limits(tmp_path: Path) -> None:
+    """The quick WER/DER checks on transcript/diarisation use the evaluation's soft limits."""
+    from twiml_assets.checks import reference_outcomes
+
+    reference = tmp_path / "ep-1.stm"
+    reference.write_text(stm())
+    words = " ".join(text for _, text, _, _ in LINES).split()
+    hypothesis = " ".join(words[:-3])  # 3 deletions of 39 words: WER 0.077
+    turns = [SpeakerTurn(a, b, LABELS[s]) for s, _, a, b in LINES]
+
+    def verdicts(thresholds: EvaluationThresholds | None) -> dict[str, bool]:
+        outcomes = reference_outcomes(
+            "ep-1", hypothesis, turns, [reference], QualityResource(der_collar=0.0), thresholds
+        )
+        return {o.name: o.passed for o in outcomes}
+
+    assert verdicts(None) == {"wer_vs_reference": True, "der_vs_reference": True}
+    strict = EvaluationThresholds(wer_warn=0.05, der_warn=0.0)
+    assert verdicts(strict) == {"wer_vs_reference": False, "der_vs_reference": True}
+    outcomes = reference_outcomes("ep-1", hypothesis, turns, [reference], QualityResource(), strict)
+    assert "warn above 5%" in outcomes[0].description
+
+
 # -- the evaluation asset, its checks and the summary -------------------------------------------
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory):

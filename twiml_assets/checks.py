@@ -2,8 +2,9 @@
 
 The integrity checks are *blocking*: if one fails, rag_outputs and subtitles do not run
 for that episode, so the RAG pipeline never ingests an empty, speakerless or garbled
-transcript. The reference checks (WER, DER) only warn: a model that is worse than
-expected still produces a usable transcript, and the number is what matters.
+transcript. The reference checks (WER, DER) only warn, above the same soft limits as the
+evaluation checks (``twiml_assets.thresholds``): a model that is worse than expected still
+produces a usable transcript, and the number is what matters.
 
 The measurements are plain functions over the stored files (no Dagster), so tests and
 notebooks can call them directly.
@@ -30,6 +31,7 @@ from resources.storage import StorageResource
 from twiml_assets.outputs import RagPaths
 from twiml_assets.references import find_references as _find_references
 from twiml_assets.references import load_references
+from twiml_assets.thresholds import EvaluationThresholds
 
 # By key, not by import: the evaluation assets import this module for QualityResource.
 SPEAKER_TRANSCRIPT = AssetKey("speaker_transcript")
@@ -57,8 +59,6 @@ class QualityResource(ConfigurableResource):
     timestamp_tolerance: float = Field(
         default=0.5, description="Seconds a word may end past the audio's end."
     )
-    max_wer: float = Field(default=0.3, description="WER above this warns.")
-    max_der: float = Field(default=0.35, description="DER above this warns.")
     der_collar: float = Field(
         default=0.5, description="DER forgiveness collar in seconds (total width)."
     )
@@ -223,10 +223,13 @@ def reference_outcomes(
     hypothesis_turns: list[Any],
     references: list[Path],
     quality: QualityResource,
+    thresholds: EvaluationThresholds | None = None,
 ) -> list[Outcome]:
-    """WER and DER against the first reference that can give each."""
+    """WER and DER against the first reference that can give each, passing at or below
+    the soft (``*_warn``) limits of ``thresholds`` (default: the default limits)."""
     from evaluation.metrics import diarisation_error_rate, word_error_rate
 
+    thresholds = thresholds or EvaluationThresholds()
     loaded, errors = load_references(references)
     note = {"unreadable_references": MetadataValue.md("\n".join(errors))} if errors else {}
     where = (
@@ -252,8 +255,8 @@ def reference_outcomes(
         out.append(
             Outcome(
                 "wer_vs_reference",
-                result.wer <= quality.max_wer,
-                f"WER {result.wer:.1%} against {path.name} (warn above {quality.max_wer:.0%})",
+                result.wer <= thresholds.wer_warn,
+                f"WER {result.wer:.1%} against {path.name} (warn above {thresholds.wer_warn:.0%})",
                 {
                     "wer": round(result.wer, 4),
                     **{k: v for k, v in result.to_dict().items() if k != "wer"},
@@ -279,9 +282,9 @@ def reference_outcomes(
         out.append(
             Outcome(
                 "der_vs_reference",
-                result.der <= quality.max_der,
+                result.der <= thresholds.der_warn,
                 f"DER {result.der:.1%} against {path.name}, collar {quality.der_collar} s "
-                f"(warn above {quality.max_der:.0%})",
+                f"(warn above {thresholds.der_warn:.0%})",
                 {
                     "der": round(result.der, 4),
                     "missed": round(result.missed, 4),
@@ -345,9 +348,13 @@ def transcript_integrity(
     name="reference_quality",
 )
 def reference_quality(
-    context: AssetCheckExecutionContext, storage: StorageResource, quality: QualityResource
+    context: AssetCheckExecutionContext,
+    storage: StorageResource,
+    quality: QualityResource,
+    evaluation_thresholds: EvaluationThresholds,
 ) -> Iterator[AssetCheckResult]:
-    """WER/DER against references (severity WARN: never blocks the outputs)."""
+    """WER/DER against references at the evaluation's soft limits (severity WARN: never
+    blocks the outputs)."""
     from twiml_assets.outputs import asr_from_dict, diarisation_from_dict
 
     key = context.partition_key
@@ -355,7 +362,9 @@ def reference_quality(
     asr = asr_from_dict(storage.read_json(p.asr_result))
     diarisation = diarisation_from_dict(storage.read_json(p.diarisation_result))
     references = find_references(storage, quality, key)
-    outcomes = reference_outcomes(key, asr.text, diarisation.turns, references, quality)
+    outcomes = reference_outcomes(
+        key, asr.text, diarisation.turns, references, quality, evaluation_thresholds
+    )
     targets = {
         "wer_vs_reference": AssetKey("transcript"),
         "der_vs_reference": AssetKey("diarisation"),
