@@ -15,24 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import feedparser  # noqa: E402
 
-from twiml_assets.demo_feed import DemoEpisode, render_rss  # noqa: E402
+from twiml_assets.demo_feed import catalogue_entries, render_rss  # noqa: E402
 from twiml_assets.feed import parse_feed  # noqa: E402
-
-
-def episodes(n: int) -> list[DemoEpisode]:
-    return [
-        DemoEpisode(
-            number=i,
-            title=f"Episode {i} with Guest {i} - #{i}",
-            description=f"<p>About topic {i}. " + "Filler words. " * 40 + "</p>",
-            filename=f"audio/{i}.mp3",
-            size=1000 + i,
-            duration=3600.0,
-            published=f"Mon, 01 Jan 2024 00:{i // 60 % 60:02d}:{i % 60:02d} +0000",
-            guid=f"guid-{i}",
-        )
-        for i in range(1, n + 1)
-    ]
 
 
 def median_seconds(fn, data: bytes, repeats: int) -> float:  # noqa: ANN001
@@ -50,7 +34,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    data = render_rss(episodes(args.entries), "https://cdn.example.com")
+    data = render_rss(catalogue_entries(args.entries), "https://cdn.example.com")
     ours = median_seconds(parse_feed, data, args.repeats)
     reference = median_seconds(feedparser.parse, data, args.repeats)
     print(f"entries                 {args.entries}")

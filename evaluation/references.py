@@ -185,23 +185,35 @@ def load_stm(path: str | Path, file_id: str | None = None) -> Reference:
             continue
         rows.append((file, _utterance(speaker, start, stop, " ".join(text.split()))))
 
-    files = sorted({f for f, _ in rows})
-    if file_id is not None:
-        rows = [(f, u) for f, u in rows if f == file_id]
-        if not rows:
-            raise ReferenceFormatError(path, f"no segments for file {file_id!r} (has {files})")
-    elif len(files) > 1:
-        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
-    if not rows:
-        raise ReferenceFormatError(path, "no STM segments found")
     return Reference(
-        utterances=[u for _, u in rows],
+        utterances=_one_recording(path, rows, file_id, "segments", "no STM segments found"),
         has_speakers=True,
         has_timestamps=True,
         has_words=False,
         source=str(path),
         format="stm",
     )
+
+
+def _one_recording(
+    path: Path,
+    rows: list[tuple[str, Utterance]],
+    file_id: str | None,
+    what: str,
+    none_found: str,
+) -> list[Utterance]:
+    """The utterances of one recording of an STM/RTTM file (both may hold several):
+    ``file_id``'s, or the only one there is; a clear error otherwise."""
+    files = sorted({f for f, _ in rows})
+    if file_id is not None:
+        rows = [(f, u) for f, u in rows if f == file_id]
+        if not rows:
+            raise ReferenceFormatError(path, f"no {what} for file {file_id!r} (has {files})")
+    elif len(files) > 1:
+        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
+    if not rows:
+        raise ReferenceFormatError(path, none_found)
+    return [u for _, u in rows]
 
 
 # -- RTTM ----------------------------------------------------------------------------------
@@ -228,17 +240,8 @@ def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
             raise ReferenceFormatError(path, f"negative duration {duration}", number)
         rows.append((fields[1], _utterance(fields[7], onset, onset + duration, "")))
 
-    files = sorted({f for f, _ in rows})
-    if file_id is not None:
-        rows = [(f, u) for f, u in rows if f == file_id]
-        if not rows:
-            raise ReferenceFormatError(path, f"no turns for file {file_id!r} (has {files})")
-    elif len(files) > 1:
-        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
-    if not rows:
-        raise ReferenceFormatError(path, "no SPEAKER lines found")
     return Reference(
-        utterances=[u for _, u in rows],
+        utterances=_one_recording(path, rows, file_id, "turns", "no SPEAKER lines found"),
         has_speakers=True,
         has_timestamps=True,
         has_words=False,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from twiml_assets.demo_feed import DemoEpisode, render_rss
+from twiml_assets.demo_feed import catalogue_entries, render_rss
 from twiml_assets.feed import (
     EpisodeInfo,
     FeedError,
@@ -55,22 +55,6 @@ def item(
         parts.append(enclosure)
     parts.append(extra)
     return "<item>" + "".join(parts) + "</item>"
-
-
-def demo_episodes(n: int) -> list[DemoEpisode]:
-    return [
-        DemoEpisode(
-            number=i,
-            title=f"Episode {i} with Guest {i} - #{i}",
-            description=f"<p>About topic {i} &amp; more. " + "Filler words. " * 40 + "</p>",
-            filename=f"audio/{i}.mp3",
-            size=1000 + i,
-            duration=3600.0,
-            published=f"Mon, 01 Jan 2024 00:{i // 60 % 60:02d}:{i % 60:02d} +0000",
-            guid=f"guid-{i}",
-        )
-        for i in range(1, n + 1)
-    ]
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -207,7 +191,7 @@ def test_non_feeds_raise_a_clear_error(body: bytes) -> None:
 
 def test_800_entries_parse_completely() -> None:
     """Speed is measured in bench/feed.py (no timing assertions in unit tests)."""
-    data = render_rss(demo_episodes(800), "https://cdn.example.com")
+    data = render_rss(catalogue_entries(800), "https://cdn.example.com")
     assert len(data) > 500_000
     feed = parse_feed(data)
     assert len(feed.episodes) == 800 and not feed.skipped
@@ -218,7 +202,7 @@ def test_800_entries_parse_completely() -> None:
 
 # -- HTTP -------------------------------------------------------------------------------------
 def test_fetch_conditional_requests(http_server) -> None:
-    http_server.put("feed.xml", render_rss(demo_episodes(3), http_server.base_url))
+    http_server.put("feed.xml", render_rss(catalogue_entries(3), http_server.base_url))
     feed = FeedResource(url=http_server.url("feed.xml"), backoff_seconds=0.01)
     first = feed.fetch()
     assert first.status == 200 and first.etag and first.last_modified
@@ -233,7 +217,7 @@ def test_fetch_conditional_requests(http_server) -> None:
     # Last-Modified alone also works (servers without ETags).
     assert feed.fetch(last_modified=first.last_modified).not_modified
 
-    http_server.put("feed.xml", render_rss(demo_episodes(4), http_server.base_url))
+    http_server.put("feed.xml", render_rss(catalogue_entries(4), http_server.base_url))
     changed = feed.fetch(etag=first.etag, last_modified=first.last_modified)
     assert changed.status == 200 and changed.etag != first.etag
     assert len(parse_feed(changed.body).episodes) == 4
@@ -247,7 +231,7 @@ def test_fetch_404_is_a_clear_error_without_retries(http_server) -> None:
 
 
 def test_fetch_retries_transient_errors(http_server) -> None:
-    http_server.put("feed.xml", render_rss(demo_episodes(2), http_server.base_url))
+    http_server.put("feed.xml", render_rss(catalogue_entries(2), http_server.base_url))
     failures = {"left": 2}
 
     def flaky(handler) -> bool:
@@ -279,7 +263,7 @@ def test_fetch_times_out_and_gives_up(http_server) -> None:
 
 def test_fetch_local_file(tmp_path) -> None:
     path = tmp_path / "feed.xml"
-    path.write_bytes(render_rss(demo_episodes(2), "https://cdn.example.com"))
+    path.write_bytes(render_rss(catalogue_entries(2), "https://cdn.example.com"))
     assert len(FeedResource(url=str(path)).load().episodes) == 2
     with pytest.raises(FeedError, match="cannot read"):
         FeedResource(url=str(tmp_path / "nope.xml")).fetch()
@@ -292,7 +276,7 @@ def test_find_episode_from_feed_then_snapshot_then_stored_copy(http_server, tmp_
 
     storage = StorageResource(root=str(tmp_path / "data"))
     feed = FeedResource(url=http_server.url("feed.xml"), retries=0, backoff_seconds=0.01)
-    http_server.put("feed.xml", render_rss(demo_episodes(3), http_server.base_url))
+    http_server.put("feed.xml", render_rss(catalogue_entries(3), http_server.base_url))
 
     episode, source = find_episode(storage, feed, "ep-2")
     assert (episode.key, source) == ("ep-2", "feed") and storage.exists(CATALOG_PATH)

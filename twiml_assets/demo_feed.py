@@ -189,6 +189,25 @@ def load_manifest(directory: str | Path) -> list[DemoEpisode]:
     return [DemoEpisode(**e) for e in data["episodes"]]
 
 
+def catalogue_entries(count: int) -> list[DemoEpisode]:
+    """``count`` feed entries shaped like a long podcast back catalogue (title with guest and
+    ``#n``, a long HTML description, distinct dates), without audio: what feed parsing
+    tests and ``bench/feed.py`` run on."""
+    return [
+        DemoEpisode(
+            number=i,
+            title=f"Episode {i} with Guest {i} - #{i}",
+            description=f"<p>About topic {i} &amp; more. " + "Filler words. " * 40 + "</p>",
+            filename=f"audio/{i}.mp3",
+            size=1000 + i,
+            duration=3600.0,
+            published=f"Mon, 01 Jan 2024 00:{i // 60 % 60:02d}:{i % 60:02d} +0000",
+            guid=f"guid-{i}",
+        )
+        for i in range(1, count + 1)
+    ]
+
+
 def render_rss(
     episodes: Sequence[DemoEpisode],
     base_url: str,
