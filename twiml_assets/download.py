@@ -60,7 +60,20 @@ EXTENSIONS = {
     "audio/opus": ".opus",
     "audio/webm": ".webm",
 }
-KNOWN_SUFFIXES = set(EXTENSIONS.values()) | {".oga"}
+#: Stored audio extension → the media type it is served with (the web player, downloads).
+MEDIA_TYPES = {
+    ".mp3": "audio/mpeg",
+    ".m4a": "audio/mp4",
+    ".mp4": "audio/mp4",
+    ".aac": "audio/aac",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".webm": "audio/webm",
+}
+KNOWN_SUFFIXES = set(MEDIA_TYPES)
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 ProgressCallback = Callable[[int, int | None], None]

@@ -18,7 +18,7 @@ from typing import Any
 from resources.storage import StorageError, StorageResource
 from twiml_assets import renderers
 from twiml_assets.catalog import episode_path, load_catalog
-from twiml_assets.download import KNOWN_SUFFIXES
+from twiml_assets.download import KNOWN_SUFFIXES, MEDIA_TYPES
 from twiml_assets.feed import EpisodeInfo, order_episodes
 from twiml_assets.keys import validate_key
 from twiml_assets.naming.service import with_names
@@ -45,19 +45,6 @@ FORMATS: dict[str, DownloadFormat] = {
     "json": DownloadFormat("json", "JSON", "application/json"),
     "srt": DownloadFormat("srt", "SRT subtitles", "application/x-subrip; charset=utf-8"),
     "vtt": DownloadFormat("vtt", "WebVTT subtitles", "text/vtt; charset=utf-8"),
-}
-
-AUDIO_TYPES = {
-    ".mp3": "audio/mpeg",
-    ".m4a": "audio/mp4",
-    ".mp4": "audio/mp4",
-    ".aac": "audio/aac",
-    ".wav": "audio/wav",
-    ".flac": "audio/flac",
-    ".ogg": "audio/ogg",
-    ".oga": "audio/ogg",
-    ".opus": "audio/ogg",
-    ".webm": "audio/webm",
 }
 
 
@@ -264,7 +251,7 @@ class Library:
             path = self.storage.local_path(rel)
         except StorageError:
             return None
-        return path, AUDIO_TYPES.get(Path(rel).suffix, "application/octet-stream")
+        return path, MEDIA_TYPES.get(Path(rel).suffix, "application/octet-stream")
 
 
 def is_upload(key: str) -> bool:
