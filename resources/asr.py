@@ -19,10 +19,11 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.audio import SAMPLE_RATE
+from resources.audio import SAMPLE_RATE, AudioSource
+from resources.long_form import DecodeFn, transcribe_long_form
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import hub_hint, profile_settings, resolve_whisper_model
-from resources.schema import AsrResult, AsrSegment, Word
+from resources.schema import AsrResult
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +179,13 @@ class WhisperASR(ConfigurableResource):
 
     def transcribe(
         self,
-        waveform: np.ndarray,
+        waveform: AudioSource,
         *,
         initial_prompt: str | None = None,
         progress: ProgressCallback | None = None,
         **overrides: Any,
     ) -> AsrResult:
-        """Transcribe one waveform (16 kHz mono float32) into segments with word timings."""
+        """Transcribe one waveform (16 kHz mono array or ``Waveform``) with word timings."""
         s = self.settings(initial_prompt=initial_prompt, **overrides)
         device, compute_type = effective_device_and_type(s.device, s.compute_type)
         model = load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
@@ -198,49 +199,50 @@ class WhisperASR(ConfigurableResource):
             language=s.language,
             beam_size=s.beam_size,
             word_timestamps=True,
-            initial_prompt=s.initial_prompt,
             condition_on_previous_text=s.condition_on_previous_text,
             vad_filter=s.vad_filter,
-            vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms}
-            if s.vad_filter
-            else None,
+            vad_parameters=vad_options(s) if s.vad_filter else None,
         )
-        if s.batched:
-            from faster_whisper import BatchedInferencePipeline
-
-            pipeline = BatchedInferencePipeline(model)
-            if not s.vad_filter:
-                # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
-                common["clip_timestamps"] = [
-                    {"start": t, "end": min(t + 30.0, duration)}
-                    for t in np.arange(0.0, duration, 30.0)
-                ]
-            segments_iter, info = pipeline.transcribe(waveform, batch_size=s.batch_size, **common)
-        else:
-            segments_iter, info = model.transcribe(waveform, **common)
-
-        segments: list[AsrSegment] = []
-        for seg in segments_iter:
-            segments.append(to_segment(seg))
-            if progress is not None:
-                progress(min(seg.end, duration), duration)
+        result = transcribe_long_form(
+            waveform,
+            decoder(model, s, common),
+            vad_options=vad_options(s),
+            prompt=s.initial_prompt,
+            carry_prompt=s.condition_on_previous_text and not s.batched,
+            progress=progress,
+        )
         if progress is not None:
             progress(duration, duration)
         seconds = time.perf_counter() - started
-        return AsrResult(segments, info.language, duration, s.model, config, seconds)
+        language = result.language or s.language or "en"
+        return AsrResult(
+            result.segments, language, duration, s.model, config, seconds, result.details
+        )
 
 
-def to_segment(seg: Any) -> AsrSegment:
-    """Copy a faster-whisper Segment (namedtuple-like) into our data model."""
-    words = [
-        Word(start=float(w.start), end=float(w.end), text=w.word, probability=float(w.probability))
-        for w in (seg.words or [])
-    ]
-    return AsrSegment(
-        start=float(seg.start),
-        end=float(seg.end),
-        text=seg.text,
-        words=words,
-        avg_logprob=float(seg.avg_logprob),
-        no_speech_prob=float(seg.no_speech_prob),
-    )
+def vad_options(s: AsrSettings) -> dict[str, Any]:
+    """The Silero options the engine and a bare faster-whisper call both use."""
+    return {"min_silence_duration_ms": s.vad_min_silence_ms}
+
+
+def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:
+    """One faster-whisper call on a stretch of audio, with per-call option overrides."""
+    if not s.batched:
+        return lambda audio, extra: model.transcribe(audio, **{**common, **extra})
+
+    from faster_whisper import BatchedInferencePipeline
+
+    pipeline = BatchedInferencePipeline(model)
+
+    def decode(audio: np.ndarray, extra: dict[str, Any]) -> Any:
+        kwargs = {**common, **extra}
+        if not kwargs["vad_filter"]:
+            # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
+            duration = len(audio) / SAMPLE_RATE
+            kwargs["clip_timestamps"] = [
+                {"start": float(t), "end": min(float(t) + 30.0, duration)}
+                for t in np.arange(0.0, duration, 30.0)
+            ]
+        return pipeline.transcribe(audio, batch_size=s.batch_size, **kwargs)
+
+    return decode

@@ -1,37 +1,104 @@
 """Decode any audio file once into the 16 kHz mono waveform both engines consume.
 
 faster-whisper and pyannote both work on 16 kHz mono float32. Decoding once (with
-PyAV, which faster-whisper already depends on) and handing the same array to both
+PyAV, which faster-whisper already depends on) and handing the same samples to both
 saves a full decode per episode, and gives one place where bad input becomes a clear
 message instead of a traceback from deep inside FFmpeg.
+
+An hour of such audio is 230 MB, three hours 690 MB: too much to hold next to the
+models on a small worker. ``open_waveform`` therefore streams the decoded samples into
+an unlinked scratch file and returns a ``Waveform`` that reads slices on demand; the
+engines only ever slice it, so memory does not grow with the episode. ``decode_audio``
+returns the same samples as one array, for short clips.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
 SAMPLE_RATE = 16_000
 SUPPORTED_HINT = "mp3, m4a/aac, wav, flac, ogg/opus or any format FFmpeg reads"
+BYTES_PER_SAMPLE = 4  # float32
+
+
+AudioSource = Union[np.ndarray, "Waveform"]
+"""What the engines accept: an in-memory array or a ``Waveform``; both are only sliced."""
+
+
+def is_silent(waveform: AudioSource) -> bool:
+    """True when every sample is zero (read a block at a time)."""
+    if isinstance(waveform, np.ndarray):
+        return not np.any(waveform)
+    return waveform.is_silent()
 
 
 class AudioDecodeError(ValueError):
     """The input is missing, empty, not audio, or unreadable."""
 
 
-def decode_audio(
-    source: str | Path, sample_rate: int = SAMPLE_RATE, label: str | None = None
-) -> np.ndarray:
-    """Return the file's audio as mono float32 at ``sample_rate``.
+class Waveform:
+    """16 kHz mono float32 samples in a scratch file, read by slices (``w[a:b]``).
 
-    A truncated file (an interrupted download, say) decodes up to the damage: PyAV
-    stops at the first undecodable packet, which is what a listener would hear.
-    ``label`` (an episode key, say) is put in error messages so the user knows which
-    input failed.
+    Behaves like a read-only 1-D array for ``len`` and slicing, which is all the
+    engines need. The file is unlinked as soon as it is opened, so nothing is left
+    behind even if the process is killed; ``close`` (or ``with``) releases it.
     """
-    path = Path(source)
-    what = f"{label} ({path})" if label else str(path)
+
+    def __init__(self, fd: int, n_samples: int, label: str = ""):
+        self._fd = fd
+        self._n = n_samples
+        self.label = label
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def duration(self) -> float:
+        return self._n / SAMPLE_RATE
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a Waveform is read by contiguous slices: w[start:end]")
+        start, stop, _ = key.indices(self._n)
+        if stop <= start:
+            return np.zeros(0, dtype=np.float32)
+        data = os.pread(self._fd, (stop - start) * BYTES_PER_SAMPLE, start * BYTES_PER_SAMPLE)
+        return np.frombuffer(data, dtype=np.float32).copy()
+
+    def blocks(self, samples: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, samples) of consecutive blocks of at most ``samples``."""
+        for start in range(0, self._n, samples):
+            yield start, self[start : start + samples]
+
+    def is_silent(self) -> bool:
+        return not any(np.any(block) for _, block in self.blocks(SAMPLE_RATE * 60))
+
+    def to_array(self) -> np.ndarray:
+        """All samples as one array (fine for clips; avoid for whole episodes)."""
+        return self[0 : self._n]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Waveform:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def check_file(path: Path, what: str) -> None:
     if not path.exists():
         raise AudioDecodeError(f"audio file not found: {what}")
     if path.is_dir():
@@ -41,26 +108,62 @@ def decode_audio(
             f"audio file is empty (0 bytes): {what}; re-download or re-export it"
         )
 
-    import av
-    from faster_whisper.audio import decode_audio as _decode
 
+def open_waveform(
+    source: str | Path, label: str | None = None, scratch_dir: str | None = None
+) -> Waveform:
+    """Decode ``source`` to 16 kHz mono into a scratch file; a ``Waveform`` over it.
+
+    The samples are exactly faster-whisper's ``decode_audio``: the same PyAV resampler
+    to 16-bit mono, the same frame grouping, then / 32768. A truncated file (an
+    interrupted download, say) decodes up to the damage, which is what a listener would
+    hear. ``label`` (an episode key, say) goes into error messages.
+    """
+    import av
+    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
+
+    path = Path(source)
+    what = f"{label} ({path})" if label else str(path)
+    check_file(path, what)
+    fd, name = tempfile.mkstemp(prefix="twiml-waveform-", suffix=".f32", dir=scratch_dir)
+    os.unlink(name)
+    written = 0
     try:
-        audio = _decode(str(path), sampling_rate=sample_rate)
+        resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            frames = _ignore_invalid_frames(container.decode(audio=0))
+            for frame in _resample_frames(_group_frames(frames, 500_000), resampler):
+                samples = frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                os.write(fd, samples.tobytes())
+                written += len(samples)
     except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError) as exc:
+        os.close(fd)
         raise AudioDecodeError(
             f"cannot decode {what}: not audio FFmpeg can read ({SUPPORTED_HINT}); "
             "check the file is complete and really audio"
         ) from exc
     except av.error.FFmpegError as exc:
+        os.close(fd)
         raise AudioDecodeError(f"cannot decode {what}: {exc}") from exc
     except (IndexError, StopIteration) as exc:  # PyAV: container has no audio stream
+        os.close(fd)
         raise AudioDecodeError(f"{what} has no audio stream ({SUPPORTED_HINT})") from exc
-    if audio.size == 0:
+    except BaseException:
+        os.close(fd)
+        raise
+    if written == 0:
+        os.close(fd)
         raise AudioDecodeError(
             f"{what} contains no decodable audio samples; the file may be truncated"
         )
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return Waveform(fd, written, label or "")
 
 
-def duration_of(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    return float(len(waveform)) / sample_rate
+def decode_audio(
+    source: str | Path, sample_rate: int = SAMPLE_RATE, label: str | None = None
+) -> np.ndarray:
+    """The file's audio as one mono float32 array at 16 kHz (see ``open_waveform``)."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"only {SAMPLE_RATE} Hz is supported, got {sample_rate}")
+    with open_waveform(source, label=label) as waveform:
+        return waveform.to_array()

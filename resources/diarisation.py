@@ -70,7 +70,7 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.audio import SAMPLE_RATE
+from resources.audio import SAMPLE_RATE, AudioSource, is_silent
 from resources.model_paths import ModelNotFoundError, resemblyzer_encoder, segmentation_checkpoint
 from resources.schema import DiarisationResult, SpeakerTurn
 
@@ -95,6 +95,7 @@ CLUSTER_MIN_SEGMENT = 1.0  # seconds; shorter segments embed too noisily to shap
 WHITENING_REGULARISER = 0.1  # fraction of the mean eigenvalue added before whitening
 MEL_FRAMES_PER_SECOND = 100  # resemblyzer's mel hop is 10 ms
 MEL_BLOCK_FRAMES = 6000  # mel spectrogram computed a minute at a time
+SEGMENTATION_BLOCK_SECONDS = 300.0  # audio read per segmentation pass
 TARGET_DBFS = -30.0  # resemblyzer normalises its training utterances to this level
 MAX_INITIAL_CLUSTERS = 40  # bound on the deliberately over-split first clustering
 MIN_CLUSTER_SHARE = 0.03  # a speaker needs this share of the speech too (long recordings)
@@ -325,7 +326,7 @@ class PyannoteDiariser(ConfigurableResource):
 
     def diarise(
         self,
-        waveform: np.ndarray,
+        waveform: AudioSource,
         sample_rate: int = SAMPLE_RATE,
         *,
         num_speakers: int | None = None,
@@ -333,7 +334,7 @@ class PyannoteDiariser(ConfigurableResource):
         max_speakers: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> DiarisationResult:
-        """Speaker turns of one waveform (mono float32, 16 kHz, decoded once by the caller)."""
+        """Speaker turns of one waveform (16 kHz mono array or ``Waveform``, decoded once)."""
         s = self.settings(
             num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
         )
@@ -342,7 +343,8 @@ class PyannoteDiariser(ConfigurableResource):
                 f"expected {SAMPLE_RATE} Hz audio, got {sample_rate} Hz: decode with "
                 "resources.audio.decode_audio, which resamples"
             )
-        waveform = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        if isinstance(waveform, np.ndarray):
+            waveform = np.ascontiguousarray(waveform, dtype=np.float32).reshape(-1)
         duration = len(waveform) / SAMPLE_RATE
         device = resolve_device(s.device)
         config = {**asdict(s), "device": device, "hf_token_set": self.token() is not None}
@@ -360,7 +362,7 @@ class PyannoteDiariser(ConfigurableResource):
         load_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        if duration < MIN_AUDIO_SECONDS or not np.any(waveform):
+        if duration < MIN_AUDIO_SECONDS or is_silent(waveform):
             turns, details = [], {"num_speakers": 0, "reason": "silent or too short"}
         elif s.pipeline == OFFLINE:
             turns, details = diarise_offline(waveform, s, *models, progress=progress)
@@ -379,7 +381,7 @@ class PyannoteDiariser(ConfigurableResource):
 
 # -- hub / local pyannote pipeline -----------------------------------------------------------
 def diarise_with_pipeline(
-    waveform: np.ndarray, s: DiarisationSettings, pipeline: Any
+    waveform: AudioSource, s: DiarisationSettings, pipeline: Any
 ) -> tuple[list[SpeakerTurn], dict[str, Any]]:
     """Run a pyannote ``Pipeline`` on the in-memory waveform (never re-reading the file)."""
     import torch
@@ -393,8 +395,9 @@ def diarise_with_pipeline(
         )
         if v is not None
     }
+    samples = np.ascontiguousarray(waveform[0 : len(waveform)], dtype=np.float32)
     output = pipeline(
-        {"waveform": torch.from_numpy(waveform)[None], "sample_rate": SAMPLE_RATE}, **kwargs
+        {"waveform": torch.from_numpy(samples)[None], "sample_rate": SAMPLE_RATE}, **kwargs
     )
     annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps it
     turns = annotation_to_turns(annotation, s.min_duration_on, 0.0)
@@ -416,7 +419,7 @@ class Segments:
 
 
 def diarise_offline(
-    waveform: np.ndarray,
+    waveform: AudioSource,
     s: DiarisationSettings,
     segmentation_model: Any,
     encoder: Any,
@@ -471,30 +474,48 @@ def rounded(values: dict[str, float]) -> dict[str, float]:
 
 # 1. segmentation
 def segment_chunks(
-    model: Any, waveform: np.ndarray, step: float, progress: ProgressCallback | None
+    model: Any, waveform: AudioSource, step: float, progress: ProgressCallback | None
 ) -> np.ndarray:
-    """Per-window local speaker activations, shape (windows, frames, local speakers)."""
+    """Per-window local speaker activations, shape (windows, frames, local speakers).
+
+    The waveform is read in blocks of ``SEGMENTATION_BLOCK_SECONDS`` that overlap by one
+    window minus one step and start on the step grid, so the windows (each scored on its
+    own) are exactly those of one pass over the whole waveform, without holding it.
+    """
     import torch
     from pyannote.audio import Inference
 
     duration = len(waveform) / SAMPLE_RATE
     window = float(model.specifications.duration)
-    hook = None
-    if progress is not None:
-
-        def hook(completed: int = 0, total: int = 1, **_: Any) -> None:
-            progress(float(min(duration, 0.7 * duration * completed / max(total, 1))), duration)
-
+    step = min(step, window)
     inference = Inference(
         model,
         window="sliding",
         duration=window,
-        step=min(step, window),
+        step=step,
         skip_aggregation=True,
         device=next(model.parameters()).device,
     )
-    audio = {"waveform": torch.from_numpy(waveform)[None], "sample_rate": SAMPLE_RATE}
-    return np.asarray(inference(audio, hook=hook).data, dtype=np.float32)
+    step_samples = round(step * SAMPLE_RATE)
+    window_samples = round(window * SAMPLE_RATE)
+    block = max(1, round(SEGMENTATION_BLOCK_SECONDS / step)) * step_samples
+    n = len(waveform)
+    outputs: list[np.ndarray] = []
+    start = 0
+    while True:
+        end = start + block + window_samples - step_samples
+        last = n - (start + block) < window_samples  # the tail goes with this block
+        audio = waveform[start : n if last else end]
+        tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+        data = inference({"waveform": tensor, "sample_rate": SAMPLE_RATE}).data
+        outputs.append(np.asarray(data, dtype=np.float32))
+        if progress is not None:
+            done = min(n, start + block) / SAMPLE_RATE
+            progress(float(0.7 * done), duration)
+        if last:
+            break
+        start += block
+    return np.concatenate(outputs, axis=0)
 
 
 def frame_geometry(model: Any) -> tuple[float, float]:
@@ -595,7 +616,7 @@ def single_voice_segments(
 
 # 2. embeddings
 def embed_segments(
-    encoder: Any, waveform: np.ndarray, bounds: np.ndarray, window: float, step: float
+    encoder: Any, waveform: AudioSource, bounds: np.ndarray, window: float, step: float
 ) -> Segments:
     """Whitened and raw GE2E embeddings of each segment, from windows inside it."""
     mel = mel_spectrogram(waveform, bounds)
@@ -611,38 +632,60 @@ def embed_segments(
     return Segments(bounds=bounds, whitened=unit_rows(seg_whitened), raw=seg_raw)
 
 
-def mel_spectrogram(waveform: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+def mel_spectrogram(waveform: AudioSource, bounds: np.ndarray) -> np.ndarray:
     """resemblyzer's (power, not log) mel spectrogram: 10 ms frames, speech at -30 dBFS.
 
     Identical to ``resemblyzer.audio.wav_to_mel_spectrogram`` on the whole waveform, but
-    computed in blocks so that an hour of audio does not hold a gigabyte of STFT.
+    computed a block at a time from slices, so an hour of audio holds neither a gigabyte
+    of STFT nor a second copy of the samples.
     """
     import librosa
     from resemblyzer import hparams
 
-    mask = np.zeros(len(waveform), dtype=bool)
-    for start, end in bounds:
-        mask[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)] = True
-    rms = float(np.sqrt(np.mean(waveform[mask] ** 2))) if mask.any() else 0.0
-    gain = 10 ** (TARGET_DBFS / 20) / rms if rms > 1e-6 else 1.0
+    gain = speech_gain(waveform, bounds)
     hop = int(SAMPLE_RATE * hparams.mel_window_step / 1000)
     n_fft = int(SAMPLE_RATE * hparams.mel_window_length / 1000)
     n_frames = 1 + len(waveform) // hop
-    padded = np.pad((waveform * gain).astype(np.float32), n_fft // 2)  # librosa's centring
-    blocks = []
+    mel = np.empty((n_frames, hparams.mel_n_channels), dtype=np.float32)
     for first in range(0, n_frames, MEL_BLOCK_FRAMES):
         last = min(n_frames, first + MEL_BLOCK_FRAMES)
-        blocks.append(
-            librosa.feature.melspectrogram(
-                y=padded[first * hop : (last - 1) * hop + n_fft],
-                sr=SAMPLE_RATE,
-                n_fft=n_fft,
-                hop_length=hop,
-                n_mels=hparams.mel_n_channels,
-                center=False,
-            )
-        )
-    return np.concatenate(blocks, axis=1).T.astype(np.float32)
+        # Samples of frames first..last-1 of the centred (zero-padded by n_fft/2) signal.
+        a, b = first * hop - n_fft // 2, (last - 1) * hop + n_fft - n_fft // 2
+        y = np.zeros(b - a, dtype=np.float32)
+        lo, hi = max(a, 0), min(b, len(waveform))
+        if hi > lo:
+            y[lo - a : hi - a] = waveform[lo:hi] * gain
+        mel[first:last] = librosa.feature.melspectrogram(
+            y=y,
+            sr=SAMPLE_RATE,
+            n_fft=n_fft,
+            hop_length=hop,
+            n_mels=hparams.mel_n_channels,
+            center=False,
+        ).T
+    return mel
+
+
+def speech_gain(waveform: AudioSource, bounds: np.ndarray) -> float:
+    """The gain that brings the speech in ``bounds`` to resemblyzer's -30 dBFS."""
+    energy, count = 0.0, 0
+    for start, end in merged_bounds(bounds):
+        samples = waveform[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+        energy += float(np.dot(samples, samples))
+        count += len(samples)
+    rms = float(np.sqrt(energy / count)) if count else 0.0
+    return 10 ** (TARGET_DBFS / 20) / rms if rms > 1e-6 else 1.0
+
+
+def merged_bounds(bounds: np.ndarray) -> list[tuple[float, float]]:
+    """Sorted, non-overlapping union of (start, end) spans: each sample counted once."""
+    out: list[list[float]] = []
+    for start, end in sorted(map(tuple, np.asarray(bounds, dtype=float).reshape(-1, 2))):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
 
 
 def embedding_windows(

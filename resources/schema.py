@@ -95,6 +95,7 @@ class AsrResult:
     model: str
     config: dict[str, Any]
     seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def words(self) -> list[Word]:

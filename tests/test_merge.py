@@ -72,3 +72,19 @@ def test_no_words_gives_empty_transcript() -> None:
     asr = AsrResult([], "en", 5.0, "m", {})
     t = merge_words(asr, diar_of((0.0, 1.0, "A"), duration=5.0), "k")
     assert t.utterances == [] and t.speakers == [] and t.duration == 5.0
+
+
+def test_words_said_over_a_backchannel_stay_with_the_main_speaker() -> None:
+    # B says "yeah" (2.0-2.6) inside A's long turn; A's word at 2.1-2.5 is A's.
+    turns = [SpeakerTurn(0.0, 6.0, "A"), SpeakerTurn(2.0, 2.6, "B"), SpeakerTurn(6.5, 9.0, "B")]
+    over, later = assign_speakers(words((2.1, 2.5, "during"), (7.0, 7.4, "later")), turns)
+    assert (over.speaker, later.speaker) == ("A", "B")
+    # A backchannel heard on its own (no other voice under the word) keeps its speaker.
+    (alone,) = assign_speakers(words((2.0, 2.3, "yeah")), [SpeakerTurn(2.0, 2.6, "B")])
+    assert alone.speaker == "B"
+
+
+def test_a_short_turn_between_turns_is_not_a_backchannel() -> None:
+    turns = [SpeakerTurn(0.0, 2.0, "A"), SpeakerTurn(2.1, 2.9, "B"), SpeakerTurn(3.0, 5.0, "A")]
+    (w,) = assign_speakers(words((2.2, 2.7, "sure")), turns)
+    assert w.speaker == "B"

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from resources.asr import WhisperASR
-from resources.audio import SAMPLE_RATE, decode_audio
+from resources.audio import SAMPLE_RATE, AudioSource, open_waveform
 from resources.diarisation import PyannoteDiariser
 from resources.schema import AsrResult, DiarisationResult, SpeakerTranscript
 from resources.storage import StorageResource
@@ -55,7 +53,7 @@ def episode_prompt(title: str | None, description: str | None, limit: int = 600)
 
 
 def run_models(
-    waveform: np.ndarray,
+    waveform: AudioSource,
     key: str,
     asr: WhisperASR,
     diariser: PyannoteDiariser,
@@ -66,7 +64,7 @@ def run_models(
     max_speakers: int | None = None,
     progress: StageCallback | None = None,
 ) -> tuple[SpeakerTranscript, AsrResult, DiarisationResult, dict[str, float]]:
-    """ASR + diarisation + merge of one decoded waveform."""
+    """ASR + diarisation + merge of one decoded waveform (an array or a ``Waveform``)."""
     timings: dict[str, float] = {}
     asr_progress = (lambda done, total: progress("transcribe", done, total)) if progress else None
     asr_result = asr.transcribe(waveform, initial_prompt=initial_prompt, progress=asr_progress)
@@ -124,19 +122,19 @@ def transcribe_file(
     key = validate_key(key) if key else upload_key_for_file(audio)
 
     started = time.perf_counter()
-    waveform = decode_audio(audio, label=key)
-    timings = {"decode": time.perf_counter() - started}
-    transcript, asr_result, diarisation, model_timings = run_models(
-        waveform,
-        key,
-        asr,
-        diariser,
-        initial_prompt=episode_prompt(title, description),
-        num_speakers=num_speakers,
-        min_speakers=min_speakers,
-        max_speakers=max_speakers,
-        progress=progress,
-    )
+    with open_waveform(audio, label=key) as waveform:
+        timings = {"decode": time.perf_counter() - started}
+        transcript, asr_result, diarisation, model_timings = run_models(
+            waveform,
+            key,
+            asr,
+            diariser,
+            initial_prompt=episode_prompt(title, description),
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            progress=progress,
+        )
     timings.update(model_timings)
 
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from resources.schema import (
 )
 
 FALLBACK_SPEAKER = "SPEAKER_00"
+BACKCHANNEL_SECONDS = 1.5  # a turn this short inside another speaker's turn is a backchannel
 
 
 class TurnIndex:
@@ -33,23 +34,42 @@ class TurnIndex:
         for i, turn in enumerate(self.turns):
             best = self.max_end_at[-1] if self.max_end_at else i
             self.max_end_at.append(i if turn.end >= self.turns[best].end else best)
+        self.backchannel = [self.is_backchannel(i) for i in range(len(self.turns))]
+
+    def is_backchannel(self, i: int) -> bool:
+        """A short turn lying inside another speaker's turn ("yeah", "right" over them)."""
+        turn = self.turns[i]
+        if turn.duration >= BACKCHANNEL_SECONDS:
+            return False
+        j = bisect.bisect_right(self.starts, turn.start) - 1
+        while j >= 0 and self.max_end[j] >= turn.end:
+            other = self.turns[j]
+            if j != i and other.speaker != turn.speaker and other.end >= turn.end:
+                return True
+            j -= 1
+        return False
 
     def speaker_for(self, start: float, end: float) -> str | None:
-        """The speaker overlapping [start, end] most; else the nearest turn's speaker."""
+        """The speaker overlapping [start, end] most; else the nearest turn's speaker.
+
+        Where a word overlaps a backchannel and the turn it was said over, it goes to the
+        turn: Whisper writes the main voice and rarely the quiet reply under it.
+        """
         if not self.turns:
             return None
         overlap_by_speaker: dict[str, float] = {}
+        backchannel_overlap: dict[str, float] = {}
         j = bisect.bisect_right(self.starts, end) - 1
         while j >= 0 and self.max_end[j] > start:
             turn = self.turns[j]
             overlap = min(end, turn.end) - max(start, turn.start)
             if overlap > 0:
-                overlap_by_speaker[turn.speaker] = (
-                    overlap_by_speaker.get(turn.speaker, 0.0) + overlap
-                )
+                target = backchannel_overlap if self.backchannel[j] else overlap_by_speaker
+                target[turn.speaker] = target.get(turn.speaker, 0.0) + overlap
             j -= 1
-        if overlap_by_speaker:
-            return max(overlap_by_speaker.items(), key=lambda item: item[1])[0]
+        for candidates in (overlap_by_speaker, backchannel_overlap):
+            if candidates:
+                return max(candidates.items(), key=lambda item: item[1])[0]
         return self.nearest(0.5 * (start + end))
 
     def nearest(self, t: float) -> str:
@@ -116,5 +136,5 @@ def merge_words(asr: AsrResult, diarisation: DiarisationResult, key: str) -> Spe
         speakers=speakers,
         speaker_names={s: s for s in speakers},
         language=asr.language,
-        metadata={"diarisation_labels": mapping},
+        metadata={"diarisation_labels": mapping, "long_form": dict(asr.details)},
     )

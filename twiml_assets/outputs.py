@@ -156,6 +156,7 @@ def asr_to_dict(asr: AsrResult) -> dict[str, Any]:
         "model": asr.model,
         "config": asr.config,
         "seconds": asr.seconds,
+        "details": asr.details,
         "segments": [
             {
                 "start": s.start,
@@ -183,7 +184,13 @@ def asr_from_dict(data: dict[str, Any]) -> AsrResult:
         for s in data["segments"]
     ]
     return AsrResult(
-        segments, data["language"], data["duration"], data["model"], data["config"], data["seconds"]
+        segments,
+        data["language"],
+        data["duration"],
+        data["model"],
+        data["config"],
+        data["seconds"],
+        dict(data.get("details") or {}),
     )
 
 

@@ -23,7 +23,7 @@ from dagster import (
 from pydantic import Field
 
 from resources.asr import WhisperASR
-from resources.audio import SAMPLE_RATE, AudioDecodeError, decode_audio
+from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
 from resources.storage import StorageResource
 from twiml_assets.assets.common import (
@@ -92,7 +92,7 @@ def transcribe_and_diarise(
     audio = read_json_or_fail(storage, audio_sidecar_path(key), key, "raw_audio")
     started = time.perf_counter()
     try:
-        waveform = decode_audio(storage.local_path(audio["path"]), label=key)
+        waveform = open_waveform(storage.local_path(audio["path"]), label=key)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this episode's bad audio
         reason = (
             str(exc)
@@ -123,7 +123,7 @@ def transcribe_and_diarise(
         max_speakers=config.max_speakers,
         progress=_progress(context, key, "diarised"),
     )
-    del waveform
+    waveform.close()
 
     p = paths(key)
     source = {
@@ -153,6 +153,8 @@ def transcribe_and_diarise(
             "asr_seconds": round(asr_result.seconds, 2),
             "decode_seconds": round(decode_seconds, 2),
             "real_time_factor": rtf(asr_result.seconds, duration),
+            "recovered_stretches": asr_result.details.get("recovered_stretches", 0),
+            "unrecovered_stretches": asr_result.details.get("unrecovered_stretches", 0),
             "model": asr_result.model,
             "config": MetadataValue.json(asr_result.config),
             "preview": MetadataValue.md(asr_result.text[:600] or "_(no speech recognised)_"),

@@ -1,0 +1,87 @@
+"""Long episodes end to end: no lost speech, parity with bare faster-whisper, bounded memory.
+
+A 20-minute generated episode (three voices, backchannels, overlaps, noise, stereo mp3)
+goes through the engine's model step and through bare faster-whisper with the same
+settings, each in a fresh process (``twiml_assets.model_step``). These are accuracy,
+coverage and memory assertions; the timings are in ``bench/long_episode.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluation.coverage import speech_without_words
+from evaluation.metrics import word_error_rate
+from resources.schema import Word
+from twiml_assets.model_step import measure
+from twiml_assets.synth import SyntheticEpisode
+from twiml_assets.synth_long import generate_long_episode
+
+pytestmark = pytest.mark.slow
+
+LONG_MINUTES, SHORT_MINUTES, SEED = 20, 5, 23
+
+
+@pytest.fixture(scope="module")
+def long_episode(tmp_path_factory: pytest.TempPathFactory) -> SyntheticEpisode:
+    out = tmp_path_factory.mktemp("long") / "long.mp3"
+    return generate_long_episode(out, LONG_MINUTES, speakers=3, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def engine_run(long_episode: SyntheticEpisode) -> dict[str, Any]:
+    return measure(long_episode.audio_path, "cpu-dev")
+
+
+def words_of(run: dict[str, Any]) -> list[Word]:
+    return [Word.from_dict(w) for w in run["words"]]
+
+
+def test_the_generated_episode_is_what_a_podcast_serves(long_episode: SyntheticEpisode) -> None:
+    import av
+
+    with av.open(str(long_episode.audio_path)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.codec_context.name, stream.rate, stream.channels) == ("mp3", 44100, 2)
+    assert long_episode.duration >= LONG_MINUTES * 60
+    assert set(long_episode.speakers) == {"HOST", "GUEST", "GUEST2"}
+    overlapped = sum(
+        1
+        for a, b in zip(long_episode.turns, long_episode.turns[1:], strict=False)
+        if b.start < a.end
+    )
+    assert overlapped >= 10  # backchannels and early starts
+
+
+def test_no_speech_is_lost_and_engine_is_no_worse_than_bare_faster_whisper(
+    long_episode: SyntheticEpisode, engine_run: dict[str, Any]
+) -> None:
+    bare_run = measure(long_episode.audio_path, "cpu-dev", bare=True)
+    engine_words, bare_words = words_of(engine_run), words_of(bare_run)
+    lost = [
+        (round(a, 1), round(b - a, 1))
+        for a, b in speech_without_words(long_episode.turns, engine_words)
+        if b - a > 5.0
+    ]
+    assert lost == [], f"reference speech without words (start, seconds): {lost}"
+    engine_wer = word_error_rate(long_episode.text, "".join(w.text for w in engine_words)).wer
+    bare_wer = word_error_rate(long_episode.text, "".join(w.text for w in bare_words)).wer
+    assert engine_wer <= bare_wer + 0.005, (engine_wer, bare_wer)
+    details = engine_run["asr_details"]
+    assert details["blocks"] >= 4  # 20 minutes are decoded in bounded blocks
+    assert details["recovered_stretches"] <= details["speech_stretches_without_words"]
+
+
+def test_model_step_memory_does_not_grow_with_the_episode(
+    tmp_path: Path, engine_run: dict[str, Any]
+) -> None:
+    short = generate_long_episode(tmp_path / "short.mp3", SHORT_MINUTES, speakers=3, seed=SEED)
+    short_run = measure(short.audio_path, "cpu-dev")
+    growth = engine_run["peak_rss_mb"] - short_run["peak_rss_mb"]
+    assert growth <= 200, (
+        f"peak RSS {engine_run['peak_rss_mb']:.0f} MB for {LONG_MINUTES} min vs "
+        f"{short_run['peak_rss_mb']:.0f} MB for {SHORT_MINUTES} min"
+    )

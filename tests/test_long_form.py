@@ -1,0 +1,208 @@
+"""Long-form decoding: streamed VAD, block planning, failure filtering and hole recovery.
+
+The planning and repair logic is tested here with a scripted decoder (what faster-whisper
+would return); the real decoder runs in ``test_long_audio.py`` on a 20-minute episode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from resources.audio import SAMPLE_RATE
+from resources.long_form import (
+    LongFormOptions,
+    Repairs,
+    drop_failures,
+    find_holes,
+    plan_blocks,
+    recover_holes,
+    split_long_regions,
+    transcribe_long_form,
+)
+from resources.schema import AsrSegment, Word
+from resources.vad import SpeechRegion, regions_from_probabilities, speech_regions
+
+SR = SAMPLE_RATE
+
+
+def region(a: float, b: float) -> SpeechRegion:
+    return SpeechRegion(int(a * SR), int(b * SR))
+
+
+@dataclass
+class FakeWord:
+    start: float
+    end: float
+    word: str
+    probability: float = 0.9
+
+
+@dataclass
+class FakeSegment:
+    start: float
+    end: float
+    text: str
+    words: list[FakeWord] = field(default_factory=list)
+    avg_logprob: float = -0.3
+    compression_ratio: float = 1.2
+    no_speech_prob: float = 0.05
+
+
+@dataclass
+class FakeInfo:
+    language: str = "en"
+
+
+def segment_of(*words: tuple[float, float, str], **kw: Any) -> FakeSegment:
+    ws = [FakeWord(a, b, f" {t}") for a, b, t in words]
+    return FakeSegment(ws[0].start, ws[-1].end, "".join(w.word for w in ws), ws, **kw)
+
+
+def test_blocks_are_cut_in_silence_and_keep_every_region() -> None:
+    regions = [region(t, t + 50) for t in range(0, 1000, 60)]  # 50 s speech, 10 s pauses
+    blocks = plan_blocks(regions, 1000 * SR, block_seconds=300)
+    assert [r for b in blocks for r in b.regions] == regions
+    assert blocks[0].start == 0 and blocks[-1].end == 1000 * SR
+    for before, after in zip(blocks, blocks[1:], strict=False):
+        assert before.end == after.start  # contiguous, nothing falls between blocks
+        gap = (before.regions[-1].end, after.regions[0].start)
+        assert gap[0] <= before.end <= gap[1]  # the cut lies in the silence
+        assert before.end - before.start <= 310 * SR
+
+
+def test_a_region_longer_than_a_block_is_split_where_the_voice_is_least_likely() -> None:
+    probs = np.full(int(700 * SR / 512) + 1, 0.9, dtype=np.float32)
+    pause = int(250 * SR / 512)
+    probs[pause] = 0.01
+    pieces = split_long_regions([region(0, 700)], probs, max_seconds=300)
+    assert pieces[0].start == 0 and pieces[0].end == pause * 512  # cut at the pause
+    assert pieces[-1].end == 700 * SR
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
+    assert all(r.duration <= 300 for r in pieces)
+
+
+def test_vad_state_machine_matches_faster_whisper_on_probabilities() -> None:
+    from unittest import mock
+
+    from faster_whisper import vad
+
+    rng = np.random.default_rng(3)
+    probs = np.clip(
+        np.repeat(rng.random(400) > 0.45, 12) * 0.8 + rng.normal(0, 0.1, 4800), 0, 1
+    ).astype(np.float32)
+    n = (len(probs) - 1) * 512 + 100
+    options = dict(min_silence_duration_ms=500, speech_pad_ms=400, min_speech_duration_ms=250)
+    with mock.patch.object(vad, "get_vad_model", return_value=lambda _audio: probs):
+        upstream = vad.get_speech_timestamps(np.zeros(n, np.float32), vad.VadOptions(**options))
+    ours = regions_from_probabilities(probs, n, **options)
+    assert len(ours) > 20
+    assert [(r.start, r.end) for r in ours] == [(u["start"], u["end"]) for u in upstream]
+
+
+@pytest.mark.slow
+def test_streamed_vad_equals_faster_whisper_on_a_six_minute_episode(tmp_path) -> None:
+    """Over 320 s the model runs in several batches: the carried state must match upstream."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    from resources.audio import decode_audio, open_waveform
+    from twiml_assets.synth_long import generate_long_episode
+
+    ep = generate_long_episode(tmp_path / "six.mp3", 6, speakers=2, seed=5)
+    upstream = get_speech_timestamps(
+        decode_audio(ep.audio_path), VadOptions(min_silence_duration_ms=500)
+    )
+    with open_waveform(ep.audio_path) as waveform:
+        ours = speech_regions(waveform, min_silence_duration_ms=500)
+    assert len(ours) > 5
+    assert [(r.start, r.end) for r in ours] == [(u["start"], u["end"]) for u in upstream]
+
+
+def test_failed_fallbacks_and_verbatim_repeats_are_dropped() -> None:
+    def seg(text: str, start: float) -> AsrSegment:
+        return AsrSegment(start, start + 2, text, [Word(start, start + 1, text)])
+
+    repairs = Repairs()
+    kept = drop_failures(
+        [
+            seg("The model reads thirty seconds at a time.", 0),
+            seg("the the the the the the the the the the the the the the the the", 2),
+            seg("And then it moves on.", 4),
+            seg("And then it moves on.", 6),
+            seg("Yes.", 8),
+            seg("Yes.", 10),
+        ],
+        LongFormOptions(),
+        repairs,
+    )
+    assert [s.start for s in kept] == [0, 4, 8, 10]  # short answers may repeat for real
+    assert (repairs.dropped_repetitive, repairs.dropped_repeats) == (1, 1)
+
+
+def test_holes_are_speech_without_words() -> None:
+    regions = [region(0, 30), region(40, 45)]
+    words = [Word(t, t + 0.3, "w") for t in np.arange(0.5, 10, 0.5)]  # 0.5-10 s covered
+    words += [Word(t, t + 0.3, "w") for t in np.arange(22, 30, 0.5)]  # 22-30 s covered
+    holes = find_holes(regions, words, min_seconds=2.0)
+    assert [(round(a, 1), round(b, 1)) for a, b in holes] == [(10.1, 21.7), (40.0, 45.0)]
+    assert find_holes(regions, words, min_seconds=20.0) == []
+
+
+def test_holes_are_decoded_again_without_conditioning_and_merged() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def decode(audio: np.ndarray, overrides: dict[str, Any]):
+        calls.append(overrides)
+        duration = len(audio) / SR
+        return iter(
+            [
+                segment_of((0.3, 0.8, "recovered"), (0.9, 1.4, "words")),
+                segment_of((duration - 0.1, duration + 0.5, "outside")),  # beyond the hole
+                segment_of((1.5, 2.0, "noise"), avg_logprob=-1.6),  # fails Whisper's gate
+            ]
+        )
+
+    repairs = Repairs()
+    waveform = np.zeros(60 * SR, dtype=np.float32)
+    recovered = recover_holes(waveform, [(20.0, 24.0)], decode, LongFormOptions(), repairs)
+    assert calls[0]["condition_on_previous_text"] is False and calls[0]["initial_prompt"] is None
+    words = [w for s in recovered for w in s.words]
+    assert [w.text for w in words] == [" recovered", " words"]
+    assert 20.0 <= words[0].start < words[-1].end <= 24.0  # shifted into episode time
+    assert (repairs.recovered_stretches, repairs.recovered_words) == (1, 2)
+
+
+def test_a_skipped_window_is_recovered_and_counted(monkeypatch) -> None:
+    """A decoder that drops 20 s of speech (a skipped window): the hole is filled."""
+    import resources.long_form as long_form
+
+    speech = [region(1, 60)]
+    monkeypatch.setattr(long_form, "speech_probabilities", lambda w: np.zeros(1))
+    monkeypatch.setattr(long_form, "regions_from_probabilities", lambda *a, **k: speech)
+
+    def decode(audio: np.ndarray, extra: dict[str, Any]):
+        if "condition_on_previous_text" in extra:  # the second pass, on one hole
+            span = len(audio) / SR
+            words = [(t, t + 0.4, "again") for t in np.arange(0.5, span - 0.5, 0.5)]
+            return iter([segment_of(*words)]), FakeInfo()
+        # First pass: words everywhere except 20-40 s.
+        ts = [t for t in np.arange(1.0, 59.5, 0.5) if not 20 <= t < 40]
+        return iter([segment_of(*[(t, t + 0.4, "first") for t in ts])]), FakeInfo()
+
+    result = transcribe_long_form(
+        np.zeros(61 * SR, dtype=np.float32),
+        decode,
+        vad_options={},
+        prompt=None,
+        carry_prompt=True,
+    )
+    assert result.details["speech_stretches_without_words"] == 1
+    assert result.details["recovered_stretches"] == 1
+    assert result.details["unrecovered_stretches"] == 0
+    starts = [w.start for s in result.segments for w in s.words]
+    assert starts == sorted(starts)
+    assert any(20 <= t < 40 for t in starts)
+    assert result.language == "en"
