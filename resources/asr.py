@@ -4,6 +4,8 @@ Settings resolve in three layers: built-in defaults < a named profile from
 ``model_config.yml`` < fields set explicitly (config, launchpad, notebook). Loaded
 models are cached per process, keyed by what changes the weights in memory, so every
 episode of a run (and every resource instance with the same model) shares one model.
+Whole episodes go through ``resources.long_form``: one VAD pass, bounded blocks, Whisper's
+long-form failures dropped and speech left without words decoded again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import Field
 
 from resources.audio import SAMPLE_RATE, AudioSource
 from resources.long_form import DecodeFn, transcribe_long_form
+from resources.memory import trim_heap
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import hub_hint, profile_settings, resolve_whisper_model
 from resources.schema import AsrResult
@@ -213,6 +216,7 @@ class WhisperASR(ConfigurableResource):
         )
         if progress is not None:
             progress(duration, duration)
+        trim_heap()  # the blocks' freed buffers go back before diarisation allocates
         seconds = time.perf_counter() - started
         language = result.language or s.language or "en"
         return AsrResult(
