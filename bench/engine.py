@@ -22,7 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resources.asr import WhisperASR, effective_device_and_type  # noqa: E402
+from resources.asr import (  # noqa: E402
+    WhisperASR,
+    effective_device_and_type,
+    transcribe_options,
+)
 from resources.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from resources.diarisation import PyannoteDiariser  # noqa: E402
 from resources.model_registry import profile_settings  # noqa: E402
@@ -38,15 +42,7 @@ def bare_faster_whisper(model, waveform, s) -> float:  # noqa: ANN001 - faster-w
     from faster_whisper import BatchedInferencePipeline
 
     started = time.perf_counter()
-    kwargs = dict(
-        language=s.language,
-        beam_size=s.beam_size,
-        word_timestamps=True,
-        initial_prompt=s.initial_prompt,
-        condition_on_previous_text=s.condition_on_previous_text,
-        vad_filter=s.vad_filter,
-        vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms} if s.vad_filter else None,
-    )
+    kwargs = transcribe_options(s)
     if s.batched:
         segments, _ = BatchedInferencePipeline(model).transcribe(
             waveform, batch_size=s.batch_size, **kwargs

@@ -198,14 +198,8 @@ class WhisperASR(ConfigurableResource):
         if duration < 0.1:
             return AsrResult([], s.language or "en", duration, s.model, config, 0.0)
 
-        common = dict(
-            language=s.language,
-            beam_size=s.beam_size,
-            word_timestamps=True,
-            condition_on_previous_text=s.condition_on_previous_text,
-            vad_filter=s.vad_filter,
-            vad_parameters=vad_options(s) if s.vad_filter else None,
-        )
+        common = transcribe_options(s)
+        del common["initial_prompt"]  # set per block by the long-form pass
         result = transcribe_long_form(
             waveform,
             decoder(model, s, common),
@@ -227,6 +221,23 @@ class WhisperASR(ConfigurableResource):
 def vad_options(s: AsrSettings) -> dict[str, Any]:
     """The Silero options the engine and a bare faster-whisper call both use."""
     return {"min_silence_duration_ms": s.vad_min_silence_ms}
+
+
+def transcribe_options(s: AsrSettings) -> dict[str, Any]:
+    """``WhisperModel.transcribe`` keyword arguments for these settings.
+
+    The engine and the bare faster-whisper baselines (benchmarks, tests) both use this,
+    so "the same settings" cannot drift apart.
+    """
+    return dict(
+        language=s.language,
+        beam_size=s.beam_size,
+        word_timestamps=True,
+        initial_prompt=s.initial_prompt,
+        condition_on_previous_text=s.condition_on_previous_text,
+        vad_filter=s.vad_filter,
+        vad_parameters=vad_options(s) if s.vad_filter else None,
+    )
 
 
 def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:

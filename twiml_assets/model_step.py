@@ -53,7 +53,7 @@ def run_bare(audio: str, profile: str | None) -> dict[str, Any]:
     from faster_whisper import BatchedInferencePipeline
     from faster_whisper.audio import decode_audio
 
-    from resources.asr import WhisperASR
+    from resources.asr import WhisperASR, transcribe_options
 
     asr = WhisperASR(profile=profile)
     s = asr.settings()
@@ -61,15 +61,7 @@ def run_bare(audio: str, profile: str | None) -> dict[str, Any]:
     started = time.perf_counter()
     waveform = decode_audio(audio)
     decode_s = time.perf_counter() - started
-    kwargs = dict(
-        language=s.language,
-        beam_size=s.beam_size,
-        word_timestamps=True,
-        initial_prompt=s.initial_prompt,
-        condition_on_previous_text=s.condition_on_previous_text,
-        vad_filter=s.vad_filter,
-        vad_parameters={"min_silence_duration_ms": s.vad_min_silence_ms} if s.vad_filter else None,
-    )
+    kwargs = transcribe_options(s)
     started = time.perf_counter()
     if s.batched:
         segments, _ = BatchedInferencePipeline(model).transcribe(
