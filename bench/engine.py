@@ -29,8 +29,7 @@ from resources.asr import (  # noqa: E402
 )
 from resources.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from resources.diarisation import PyannoteDiariser  # noqa: E402
-from resources.model_registry import profile_settings  # noqa: E402
-from twiml_assets.merge import merge_words  # noqa: E402
+from twiml_assets.speech.merge import merge_words  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -69,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         audio = args.audio
         if audio is None:
-            from twiml_assets.synth import synthesize_dialogue
+            from twiml_assets.demo.synth import synthesize_dialogue
 
             audio = synthesize_dialogue(Path(tmp) / "dialogue.wav").audio_path
 
@@ -102,11 +101,7 @@ def main() -> None:
     assert result is not None
     rss_after_asr = peak_rss_mb()
 
-    diariser = PyannoteDiariser(**profile_settings(args.profile, "diarisation"))
-    if args.device:
-        diariser = PyannoteDiariser(
-            **{**profile_settings(args.profile, "diarisation"), "device": args.device}
-        )
+    diariser = PyannoteDiariser.for_profile(args.profile, device=args.device)
     diariser.diarise(waveform[: SAMPLE_RATE * 10])  # load models outside the timing
     started = time.perf_counter()
     diarisation = diariser.diarise(waveform)

@@ -1,9 +1,9 @@
 """Long-episode benchmark: lost speech, accuracy, speaker attribution, speed and memory.
 
-For each length, one generated episode (``twiml_assets.synth_long``: three espeak-ng voices,
+For each length, one generated episode (``twiml_assets.demo.synth_long``: three espeak-ng voices,
 stdlib-docstring text, backchannels, overlaps, noise, 44.1 kHz stereo mp3) goes through
 the engine's model step and through bare faster-whisper with the same resolved settings,
-each in its own fresh process (``twiml_assets.model_step``), so peak RSS is the step's own.
+each in its own fresh process (``twiml_assets.speech.model_step``), so peak RSS is the step's own.
 Printed per length: engine WER against bare faster-whisper WER, the longest stretch of
 reference speech with no word, peak RSS, RTF per stage and in all, DER, cpWER, speakers
 found, and what the long-form pass repaired.
@@ -23,14 +23,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.coverage import longest_without_words  # noqa: E402
-from evaluation.metrics import (  # noqa: E402
-    cp_word_error_rate,
-    diarisation_error_rate,
-    word_error_rate,
-)
+from evaluation.metrics import diarisation_error_rate, word_error_rate  # noqa: E402
+from evaluation.speaker_metrics import cp_word_error_rate  # noqa: E402
 from resources.schema import SpeakerTurn, Utterance, Word  # noqa: E402
-from twiml_assets.model_step import measure  # noqa: E402
-from twiml_assets.synth_long import generate_long_episode  # noqa: E402
+from twiml_assets.demo.synth_long import generate_long_episode  # noqa: E402
+from twiml_assets.speech.model_step import measure  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "twiml-transcribe" / "bench"
 

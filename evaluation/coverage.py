@@ -9,26 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from resources.intervals import merge_intervals
 from resources.schema import SpeakerTurn, Word
-
-
-def merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Union of intervals, as sorted disjoint intervals."""
-    out: list[list[float]] = []
-    for start, end in sorted(spans):
-        if out and start <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], end)
-        else:
-            out.append([start, end])
-    return [(a, b) for a, b in out]
 
 
 def speech_without_words(
     reference: Sequence[SpeakerTurn], words: Iterable[Word]
 ) -> list[tuple[float, float]]:
     """Stretches of reference speech (any speaker) that no hypothesis word overlaps."""
-    speech = merged((t.start, t.end) for t in reference)
-    covered = merged((w.start, w.end) for w in words)
+    speech = merge_intervals((t.start, t.end) for t in reference)
+    covered = merge_intervals((w.start, w.end) for w in words)
     gaps: list[tuple[float, float]] = []
     j = 0
     for start, end in speech:

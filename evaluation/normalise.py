@@ -37,8 +37,3 @@ def normalise_text(text: str) -> str:
     if not text or not text.strip():
         return ""
     return " ".join(_normaliser()(text).split())
-
-
-def normalise_words(text: str) -> list[str]:
-    """The normalised text split into words: the tokens every metric here counts."""
-    return normalise_text(text).split()

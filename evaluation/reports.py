@@ -17,16 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.metrics import (
-    CpWerResult,
-    DerResult,
-    WerResult,
-    cp_word_error_rate,
-    diarisation_error_rate,
-    word_diarisation_error_rate,
-    word_error_rate,
-)
+from evaluation.metrics import DerResult, WerResult, diarisation_error_rate, word_error_rate
 from evaluation.references import Reference
+from evaluation.speaker_metrics import CpWerResult, cp_word_error_rate, word_diarisation_error_rate
 from resources.schema import SpeakerTranscript, SpeakerTurn
 
 METRICS = ("wer", "der", "cpwer", "wder")

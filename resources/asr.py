@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from dagster import ConfigurableResource
@@ -30,9 +30,6 @@ from resources.schema import AsrResult
 
 log = logging.getLogger(__name__)
 
-ComputeType = Literal[
-    "default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"
-]
 ProgressCallback = Callable[[float, float], None]
 """Called with (seconds of audio done, total seconds)."""
 

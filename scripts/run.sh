@@ -26,9 +26,9 @@ if [ "${DEMO:-}" = "1" ] || [ "${DEMO:-}" = "true" ]; then
   export TWIML_REFERENCES_DIR="${TWIML_REFERENCES_DIR:-$DEMO_DIR/references}"
   export TWIML_SENSOR_INTERVAL="${TWIML_SENSOR_INTERVAL:-15}"
   echo "==> demo feed: generating episodes in $DEMO_DIR (espeak-ng, first time only)"
-  python -m twiml_assets.demo_feed generate --dir "$DEMO_DIR"
-  # The server exits with this process: after `exec`, $$ is dagster dev's pid.
-  python -m twiml_assets.demo_feed serve --dir "$DEMO_DIR" --port "$DEMO_PORT" \
+  python -m twiml_assets.demo.feed_server generate --dir "$DEMO_DIR"
+  # The server exits with this process: after `exec`, $$ is dg dev's pid.
+  python -m twiml_assets.demo.feed_server serve --dir "$DEMO_DIR" --port "$DEMO_PORT" \
     --initial 3 --release-every "${DEMO_RELEASE_EVERY:-240}" --parent-pid $$ &
   for _ in $(seq 1 50); do
     python - "$TWIML_FEED_URL" <<'PY' && break
@@ -50,4 +50,4 @@ fi
 dagster instance concurrency set gpu 1 >/dev/null 2>&1 || true
 
 echo "==> Dagster UI: http://${HOST}:${PORT}  (sensor 'episode_feed_sensor' starts on its own)"
-exec dagster dev -w workspace.yaml -h "$HOST" -p "$PORT"
+exec dg dev --host "$HOST" --port "$PORT"

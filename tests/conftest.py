@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from twiml_assets.synth import SyntheticEpisode, synthesize_dialogue
+from twiml_assets.demo.synth import SyntheticEpisode, synthesize_dialogue
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ SHORT_EPISODE_LINES: tuple[tuple[tuple[str, str], ...], ...] = (
 @pytest.fixture
 def http_server(tmp_path: Path):
     """A fresh LocalHTTPServer on 127.0.0.1 (ephemeral port) serving ``tmp_path/www``."""
-    from twiml_assets.demo_feed import LocalHTTPServer
+    from twiml_assets.demo.feed_server import LocalHTTPServer
 
     root = tmp_path / "www"
     root.mkdir()
@@ -72,7 +72,7 @@ def http_server(tmp_path: Path):
 @pytest.fixture(scope="session")
 def short_episodes(tmp_path_factory: pytest.TempPathFactory):
     """Three short (≈10 s) two-speaker MP3 episodes with different lines, made once."""
-    from twiml_assets.synth import synthesize_dialogue
+    from twiml_assets.demo.synth import synthesize_dialogue
 
     out = tmp_path_factory.mktemp("short_episodes")
     return [

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from twiml_assets.cli import main
-from twiml_assets.compare import parse_config, parse_configs
+from twiml_assets.quality.compare import parse_config, parse_configs
 
 
 def test_config_specs_parse_profiles_and_typed_overrides() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from twiml_assets.download import (
+from twiml_assets.audio.download import (
     DownloadError,
     NotAudioError,
     audio_extension,
@@ -179,8 +179,10 @@ def test_gives_up_after_retries_and_keeps_the_partial_file(http_server, tmp_path
 
     http_server.hooks["/ep.mp3"] = always_cut
     dest = tmp_path / "ep-3.mp3"
-    with pytest.raises(DownloadError, match=r"ep-3: could not download .* after 3 attempts"):
+    with pytest.raises(DownloadError, match=r"ep-3: could not download .*HTTP 503") as failed:
         download_audio(url, dest, label="ep-3", retries=2, **FAST)
+    sent = len(http_server.requests_to("/ep.mp3"))  # the cut one, then a resume tried 3 times
+    assert sent == 4 and f"after {sent} attempts" in str(failed.value)
     assert not dest.exists()
     part, _ = part_paths(dest)
     # Whole chunks received before the cut are kept for the next run to resume from.

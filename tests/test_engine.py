@@ -19,9 +19,9 @@ import pytest
 
 from evaluation.metrics import diarisation_error_rate, word_error_rate
 from resources.schema import SpeakerTurn
-from twiml_assets import output_schemas
 from twiml_assets.cli import main
-from twiml_assets.synth import synthesize_silence
+from twiml_assets.demo.synth import synthesize_silence
+from twiml_assets.outputs import schemas as output_schemas
 
 CLI = [sys.executable, "-m", "twiml_assets.cli"]
 

@@ -11,28 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.metrics import (
-    CpWerResult,
-    DerResult,
-    WerResult,
-    cp_word_error_rate,
-    diarisation_error_rate,
-    word_diarisation_error_rate,
-    word_error_rate,
-)
+from evaluation.formats import load_rttm, load_stm, load_subtitles, load_text
+from evaluation.loaders import load_reference
+from evaluation.metrics import DerResult, WerResult, diarisation_error_rate, word_error_rate
 from evaluation.normalise import normalise_text
-from evaluation.references import (
-    UNKNOWN_SPEAKER,
-    Reference,
-    ReferenceFormatError,
-    load_rag_corrected,
-    load_rag_markdown,
-    load_reference,
-    load_rttm,
-    load_stm,
-    load_subtitles,
-    load_text,
-)
+from evaluation.rag_formats import load_rag_corrected, load_rag_markdown
+from evaluation.references import UNKNOWN_SPEAKER, Reference, ReferenceFormatError
+from evaluation.speaker_metrics import CpWerResult, cp_word_error_rate, word_diarisation_error_rate
 from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word
 
 # -- normalisation ---------------------------------------------------------------------------
@@ -546,7 +531,7 @@ def _transcript() -> SpeakerTranscript:
 
 
 def test_rendered_outputs_load_back_with_perfect_scores(tmp_path: Path) -> None:
-    from twiml_assets import renderers
+    from twiml_assets.outputs import renderers
 
     transcript = _transcript()
     hyp = Reference.from_transcript(transcript)

@@ -1,7 +1,7 @@
 """Evaluation in Dagster: where references come from, the evaluation asset and its limits,
 the summary across episodes, and model comparison on one partition.
 
-Transcripts are written straight into storage with ``twiml_assets.outputs`` (no models), so
+Transcripts are written straight into storage with ``twiml_assets.outputs.files`` (no models), so
 everything but the model comparison runs in seconds against real temporary Dagster
 instances; feed transcripts are served over real HTTP on 127.0.0.1.
 """
@@ -15,6 +15,11 @@ from typing import Any
 import pytest
 from dagster import AssetCheckSeverity, instance_for_test, materialize
 
+from evaluation.feed_transcript import fetch_feed_transcript, html_to_text
+from evaluation.formats import load_podcast_json
+from evaluation.loaders import load_reference
+from evaluation.lookup import find_references, resolve_references
+from resources.quality import QualityResource, judge
 from resources.schema import (
     AsrResult,
     AsrSegment,
@@ -25,25 +30,10 @@ from resources.schema import (
     Word,
 )
 from resources.storage import StorageResource
-from twiml_assets.assets.evaluation import (
-    EvaluationThresholds,
-    evaluation,
-    evaluation_limits,
-    evaluation_summary,
-    judge,
-)
-from twiml_assets.catalog import episode_path
-from twiml_assets.checks import QualityResource
-from twiml_assets.checks import find_references as checks_find_references
-from twiml_assets.outputs import write_full_record
-from twiml_assets.references import (
-    fetch_feed_transcript,
-    find_references,
-    html_to_text,
-    load_podcast_json,
-    load_reference_file,
-    resolve_references,
-)
+from twiml_assets.layout import EpisodeFiles
+from twiml_assets.outputs.files import write_full_record
+from twiml_assets.quality.assets import evaluation, evaluation_summary
+from twiml_assets.quality.checks import evaluation_limits
 
 LINES: list[tuple[str, str, float, float]] = [
     ("HOST", "Welcome to the show today we talk about speech recognition", 0.5, 4.5),
@@ -107,7 +97,7 @@ def write_transcript(storage: StorageResource, key: str, wrong: bool = False) ->
 
 def write_episode(storage: StorageResource, key: str, transcript_url: str | None = None) -> None:
     storage.write_json(
-        episode_path(key),
+        EpisodeFiles(key).episode,
         {
             "key": key,
             "number": key.removeprefix("ep-"),
@@ -122,7 +112,6 @@ def resources(root: Path, **overrides: Any) -> dict[str, Any]:
     return {
         "storage": StorageResource(root=str(root)),
         "quality": QualityResource(),
-        "evaluation_thresholds": EvaluationThresholds(),
         **overrides,
     }
 
@@ -162,11 +151,6 @@ def test_lookup_by_key_and_number_in_a_local_dir_and_the_storage_root(tmp_path: 
     assert names == ["ep-7.stm", "7.txt", "7.corrected.json", "ep-7.rttm"]
     assert [p.name for p in find_references(storage, "ep-7")] == ["7.corrected.json", "ep-7.rttm"]
     assert find_references(storage, "ep-8", str(local)) == []
-    # The checks use the same lookup.
-    quality = QualityResource(references_root=str(local))
-    assert checks_find_references(storage, quality, "ep-7") == find_references(
-        storage, "ep-7", str(local)
-    )
 
 
 def test_podcasting_json_and_html_transcripts_load(tmp_path: Path) -> None:
@@ -175,7 +159,7 @@ def test_podcasting_json_and_html_transcripts_load(tmp_path: Path) -> None:
     ref = load_podcast_json(path)
     assert ref.format == "podcast-json" and ref.has_speakers and ref.has_timestamps
     assert ref.speakers == ["GUEST", "HOST"] and ref.text.startswith("Welcome to the show")
-    assert load_reference_file(path).format == "podcast-json"
+    assert load_reference(path).format == "podcast-json"
     rag = tmp_path / "ep-2.json"
     rag.write_text(
         json.dumps(
@@ -185,7 +169,7 @@ def test_podcasting_json_and_html_transcripts_load(tmp_path: Path) -> None:
             }
         )
     )
-    assert load_reference_file(rag).format == "rag-json"
+    assert load_reference(rag).format == "rag-json"
     text = html_to_text(
         "<html><head><title>T</title><style>p{}</style></head><body><h1>Episode 1</h1>"
         "<p>Sam: Hello &amp; welcome.</p><p>Guest:\n thanks</p><script>x()</script></body></html>"
@@ -211,7 +195,7 @@ def test_podcast_transcript_is_downloaded_once_into_storage(
     first = fetch_feed_transcript(storage, "ep-3", url)
     ext = "txt" if fmt == "html" else fmt
     assert (first.status, first.format, first.path) == ("fetched", fmt, f"references/ep-3.{ext}")
-    ref = load_reference_file(storage.local_path(first.path))
+    ref = load_reference(storage.local_path(first.path))
     assert "welcome to the show" in ref.text.lower()
     if fmt != "html":
         assert ref.has_speakers and ref.has_timestamps and ref.speakers == ["GUEST", "HOST"]
@@ -245,44 +229,21 @@ def test_unusable_transcripts_are_recorded_and_network_errors_retried(
 
 
 # -- thresholds ---------------------------------------------------------------------------------
-def test_thresholds_judge_and_come_from_the_environment() -> None:
+def test_limits_judge_and_come_from_the_environment() -> None:
     from twiml_assets.definitions import ConfigError, build_definitions, resources_from_env
 
     assert judge(0.10, 0.15, 0.35) == (True, AssetCheckSeverity.WARN)
     assert judge(0.20, 0.15, 0.35) == (False, AssetCheckSeverity.WARN)
     assert judge(0.50, 0.15, 0.35) == (False, AssetCheckSeverity.ERROR)
-    defaults = EvaluationThresholds()
+    defaults = QualityResource()
     assert defaults.limits("wer") == (0.15, 0.35) and defaults.limits("der") == (0.15, 0.35)
     env = {"TWIML_WER_WARN": "0.1", "TWIML_WER_ERROR": "0.2", "TWIML_DER_ERROR": "0.5"}
-    limits = resources_from_env(env)["evaluation_thresholds"]
-    assert limits.limits("wer") == (0.1, 0.2) and limits.limits("der") == (0.15, 0.5)
-    with pytest.raises(ConfigError, match="TWIML_WER_WARN='high' is not a number"):
+    quality = resources_from_env(env)["quality"]
+    assert quality.limits("wer") == (0.1, 0.2) and quality.limits("der") == (0.15, 0.5)
+    with pytest.raises(ConfigError, match="TWIML_WER_WARN='high': Input should be a valid number"):
         build_definitions(env={"TWIML_WER_WARN": "high"})
     with pytest.raises(ConfigError, match="wer_warn=0.5 is above wer_error=0.35"):
         build_definitions(env={"TWIML_WER_WARN": "0.5"})
-
-
-def test_reference_checks_warn_at_the_soft_evaluation_limits(tmp_path: Path) -> None:
-    """The quick WER/DER checks on transcript/diarisation use the evaluation's soft limits."""
-    from twiml_assets.checks import reference_outcomes
-
-    reference = tmp_path / "ep-1.stm"
-    reference.write_text(stm())
-    words = " ".join(text for _, text, _, _ in LINES).split()
-    hypothesis = " ".join(words[:-3])  # 3 deletions of 39 words: WER 0.077
-    turns = [SpeakerTurn(a, b, LABELS[s]) for s, _, a, b in LINES]
-
-    def verdicts(thresholds: EvaluationThresholds | None) -> dict[str, bool]:
-        outcomes = reference_outcomes(
-            "ep-1", hypothesis, turns, [reference], QualityResource(der_collar=0.0), thresholds
-        )
-        return {o.name: o.passed for o in outcomes}
-
-    assert verdicts(None) == {"wer_vs_reference": True, "der_vs_reference": True}
-    strict = EvaluationThresholds(wer_warn=0.05, der_warn=0.0)
-    assert verdicts(strict) == {"wer_vs_reference": False, "der_vs_reference": True}
-    outcomes = reference_outcomes("ep-1", hypothesis, turns, [reference], QualityResource(), strict)
-    assert "warn above 5%" in outcomes[0].description
 
 
 # -- the evaluation asset, its checks and the summary -------------------------------------------
@@ -413,15 +374,14 @@ def test_evaluation_uses_the_feed_transcript_when_there_is_no_reference(
 # -- model comparison ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_model_comparison_for_one_partition(tmp_path: Path) -> None:
-    from twiml_assets.assets.common import audio_sidecar_path
-    from twiml_assets.assets.evaluation import model_comparison
-    from twiml_assets.synth import DEFAULT_DIALOGUE, synthesize_dialogue
+    from twiml_assets.demo.synth import DEFAULT_DIALOGUE, synthesize_dialogue
+    from twiml_assets.quality.assets import model_comparison
 
     root = tmp_path / "data"
     storage = StorageResource(root=str(root))
     clip = synthesize_dialogue(root / "audio/ep-9.wav", DEFAULT_DIALOGUE[:4])
     assert 15 < clip.duration < 40
-    storage.write_json(audio_sidecar_path("ep-9"), {"path": "audio/ep-9.wav"})
+    storage.write_json(EpisodeFiles("ep-9").audio_sidecar, {"path": "audio/ep-9.wav"})
     storage.write_text("references/ep-9.stm", clip.stm("ep-9"))
     configs = "cpu-dev,cpu-dev:beam_size=1"
     with instance_for_test() as instance:
@@ -435,7 +395,8 @@ def test_model_comparison_for_one_partition(tmp_path: Path) -> None:
         )
     assert result.success
     meta = metadata_of(result, "model_comparison")
-    assert meta["configurations"] == 2 and meta["succeeded"] == 2 and meta["reference"] == "stm"
+    assert meta["configurations"] == 2 and meta["succeeded"] == 2
+    assert meta["references"] == "ep-9.stm"
     rows = [r.data for r in meta["table"].records]
     assert [r["config"] for r in rows] == ["cpu-dev", "cpu-dev:beam_size=1"]
     for row in rows:

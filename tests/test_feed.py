@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 import pytest
 
-from twiml_assets.demo_feed import catalogue_entries, render_rss
-from twiml_assets.feed import (
+from twiml_assets.demo.feed_server import catalogue_entries, render_rss
+from twiml_assets.feed.resource import FeedResource
+from twiml_assets.feed.source import (
     EpisodeInfo,
     FeedError,
-    FeedResource,
     episode_key,
     guid_key,
     parse_feed,
@@ -146,7 +147,7 @@ def test_malformed_entries_are_skipped_with_reasons(caplog: pytest.LogCaptureFix
         ),
         item("Empty URL - #5", guid="g5", enclosure='<enclosure url="" type="audio/mpeg"/>'),
     )
-    with caplog.at_level(logging.WARNING, logger="twiml_assets.feed"):
+    with caplog.at_level(logging.WARNING, logger="twiml_assets.feed.source"):
         feed = parse_feed(data)
     assert [e.key for e in feed.episodes] == ["ep-1", "ep-4"]
     bad_date = feed.episodes[1]
@@ -173,6 +174,27 @@ def test_not_well_formed_xml_is_parsed_leniently() -> None:
     feed = parse_feed(broken)
     assert feed.parser == "feedparser"
     assert {e.key for e in feed.episodes} == {"ep-1", "ep-2"}
+
+
+@pytest.mark.parametrize("prefix", ["podcast", "pc"])
+def test_transcripts_and_media_content_whatever_the_xml_shape(prefix: str) -> None:
+    extra = (
+        f'<{prefix}:transcript url="https://x.example/t.json" type="application/json" '
+        f'language="en" rel="captions"/><{prefix}:transcript url="https://x.example/t.html" '
+        'type="text/html"/><media:group><media:content url="https://x.example/m.mp3" '
+        'type="audio/mpeg" fileSize="77" duration="61.5"/></media:group>'
+    )
+    ns = f'{PODCAST.replace("podcast", prefix, 1)} xmlns:media="http://search.yahoo.com/mrss/"'
+    good = rss(item("Media only - #8", enclosure=None, extra=extra), extra_ns=ns)
+    broken = good.replace(b"#8</title>", b"#8 & more</title>")  # not well-formed XML
+    (well,), (lenient,) = parse_feed(good).episodes, parse_feed(broken).episodes
+    assert dataclasses.replace(lenient, title=well.title) == well
+    assert well.transcript_url == "https://x.example/t.json"  # timed beats HTML, in any order
+    assert (well.audio_url, well.audio_length, well.duration) == (
+        "https://x.example/m.mp3",
+        77,
+        61.5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -257,8 +279,9 @@ def test_fetch_times_out_and_gives_up(http_server) -> None:
     feed = FeedResource(
         url=http_server.url("slow.xml"), timeout_seconds=0.2, retries=1, backoff_seconds=0.01
     )
-    with pytest.raises(FeedError, match="after 2 attempts.*Timeout"):
+    with pytest.raises(FeedError, match="Read timed out.*did not answer in time.*tick retries"):
         feed.fetch()
+    assert len(http_server.requests_to("/slow.xml")) == 2  # the first try and one retry
 
 
 def test_fetch_local_file(tmp_path) -> None:
@@ -272,27 +295,28 @@ def test_fetch_local_file(tmp_path) -> None:
 # -- episode lookup from the key alone (catalog.py) -------------------------------------------
 def test_find_episode_from_feed_then_snapshot_then_stored_copy(http_server, tmp_path) -> None:
     from resources.storage import StorageResource
-    from twiml_assets.catalog import CATALOG_PATH, episode_path, find_episode
+    from twiml_assets.feed.catalog import CATALOG, find_episode
+    from twiml_assets.layout import EpisodeFiles
 
     storage = StorageResource(root=str(tmp_path / "data"))
     feed = FeedResource(url=http_server.url("feed.xml"), retries=0, backoff_seconds=0.01)
     http_server.put("feed.xml", render_rss(catalogue_entries(3), http_server.base_url))
 
     episode, source = find_episode(storage, feed, "ep-2")
-    assert (episode.key, source) == ("ep-2", "feed") and storage.exists(CATALOG_PATH)
+    assert (episode.key, source) == ("ep-2", "feed") and storage.exists(CATALOG)
     assert find_episode(storage, feed, "ep-3")[1] == "feed"
     assert "If-None-Match" in http_server.requests_to("/feed.xml")[-1]  # 304, snapshot reused
 
     http_server.remove("feed.xml")  # the feed is gone (404): the snapshot still answers
     assert find_episode(storage, feed, "ep-1") == (episode_from(storage, "ep-1"), "catalog")
 
-    storage.write_json(episode_path("ep-77"), {**episode.to_dict(), "key": "ep-77"})
+    storage.write_json(EpisodeFiles("ep-77").episode, {**episode.to_dict(), "key": "ep-77"})
     assert find_episode(storage, feed, "ep-77")[1] == "stored"
     with pytest.raises(LookupError, match="ep-99 is not in the stored feed snapshot.*HTTP 404"):
         find_episode(storage, feed, "ep-99")
 
 
 def episode_from(storage, key: str) -> EpisodeInfo:
-    from twiml_assets.catalog import load_catalog
+    from twiml_assets.feed.catalog import load_catalog
 
     return load_catalog(storage)[0].by_key()[key]

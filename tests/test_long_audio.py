@@ -2,7 +2,7 @@
 
 A 20-minute generated episode (three voices, backchannels, overlaps, noise, stereo mp3)
 goes through the engine's model step and through bare faster-whisper with the same
-settings, each in a fresh process (``twiml_assets.model_step``). These are accuracy,
+settings, each in a fresh process (``twiml_assets.speech.model_step``). These are accuracy,
 coverage and memory assertions; the timings are in ``bench/long_episode.py``.
 """
 
@@ -16,9 +16,9 @@ import pytest
 from evaluation.coverage import speech_without_words
 from evaluation.metrics import word_error_rate
 from resources.schema import Word
-from twiml_assets.model_step import measure
-from twiml_assets.synth import SyntheticEpisode
-from twiml_assets.synth_long import generate_long_episode
+from twiml_assets.demo.synth import SyntheticEpisode
+from twiml_assets.demo.synth_long import generate_long_episode
+from twiml_assets.speech.model_step import measure
 
 pytestmark = pytest.mark.slow
 

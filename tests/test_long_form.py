@@ -109,7 +109,7 @@ def test_streamed_vad_equals_faster_whisper_on_a_six_minute_episode(tmp_path) ->
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     from resources.audio import decode_audio, open_waveform
-    from twiml_assets.synth_long import generate_long_episode
+    from twiml_assets.demo.synth_long import generate_long_episode
 
     ep = generate_long_episode(tmp_path / "six.mp3", 6, speakers=2, seed=5)
     upstream = get_speech_timestamps(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from resources.schema import AsrResult, AsrSegment, DiarisationResult, SpeakerTurn, Word
-from twiml_assets.merge import assign_speakers, merge_words
+from twiml_assets.speech.merge import assign_speakers, merge_words
 
 
 def words(*spans: tuple[float, float, str]) -> list[Word]:

@@ -26,12 +26,12 @@ from resources.schema import (
     Word,
 )
 from resources.storage import StorageResource
-from twiml_assets.naming.assign import NAME_THRESHOLD, assign_names
-from twiml_assets.naming.embeddings import MATCH_THRESHOLD, VoicePrint, cosine, unit
-from twiml_assets.naming.hosts import recurring_voice
-from twiml_assets.naming.metadata import guest_names
-from twiml_assets.naming.registry import SpeakerRegistry
-from twiml_assets.synth import EXTRA_VOICE, GUEST_VOICE, Voice, synthesize_dialogue
+from twiml_assets.demo.synth import EXTRA_VOICE, GUEST_VOICE, Voice, synthesize_dialogue
+from twiml_assets.speakers.assign import NAME_THRESHOLD, assign_names
+from twiml_assets.speakers.hosts import recurring_voice
+from twiml_assets.speakers.metadata import guest_names
+from twiml_assets.speakers.registry import SpeakerRegistry
+from twiml_assets.speakers.voiceprints import MATCH_THRESHOLD, VoicePrint, cosine, unit
 
 HOST = "Sam Charrington"
 
@@ -197,7 +197,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def corpus_prints(corpus) -> dict[str, dict[str, VoicePrint]]:
     """Voiceprints of every corpus episode from its truth turns, computed once."""
     from resources.audio import decode_audio
-    from twiml_assets.naming.embeddings import default_encoder, label_voiceprints
+    from twiml_assets.speakers.voiceprints import default_encoder, label_voiceprints
 
     encoder = default_encoder()
     return {
@@ -256,7 +256,7 @@ def _store(root: Path, ep: Episode, author: str | None) -> StorageResource:
     labels = sorted({t.speaker for t in ep.turns})
     transcript = SpeakerTranscript(ep.key, ep.duration, utterances, labels)
     asr = AsrResult([], "en", ep.duration, "truth", {})
-    from twiml_assets.outputs import write_full_record
+    from twiml_assets.outputs.files import write_full_record
 
     write_full_record(storage, transcript, asr, diar)
     return storage
@@ -266,7 +266,8 @@ def _name(root: Path, keys: list[str]) -> dict[str, dict]:
     """Materialise speaker_names, rag_outputs and subtitles for ``keys``, one run each."""
     from dagster import DagsterInstance, materialize
 
-    from twiml_assets.assets import rag_outputs, speaker_names, subtitles
+    from twiml_assets.outputs.assets import rag_outputs, subtitles
+    from twiml_assets.speakers.assets import speaker_names
 
     metadata = {}
     with DagsterInstance.ephemeral() as instance:
@@ -347,7 +348,7 @@ def test_host_without_enrolment_after_three_episodes_and_confirm(
     tmp_path: Path, corpus, corpus_prints, capsys
 ) -> None:
     from twiml_assets.cli import main
-    from twiml_assets.naming.service import write_voiceprints
+    from twiml_assets.speakers.service import write_voiceprints
 
     root = tmp_path / "data"
     episodes = corpus["episodes"]

@@ -16,8 +16,9 @@ from resources.schema import (
     Word,
 )
 from resources.storage import StorageError, StorageResource
-from twiml_assets import output_schemas, renderers
-from twiml_assets.outputs import (
+from twiml_assets.outputs import renderers
+from twiml_assets.outputs import schemas as output_schemas
+from twiml_assets.outputs.files import (
     asr_from_dict,
     asr_to_dict,
     diarisation_from_dict,

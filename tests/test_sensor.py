@@ -10,12 +10,12 @@ from dagster import DagsterRunStatus, SensorResult, build_sensor_context, instan
 from dagster._core.test_utils import create_run_for_test
 
 from resources.storage import StorageResource
-from twiml_assets.catalog import CATALOG_PATH
-from twiml_assets.demo_feed import DemoEpisode, render_rss
-from twiml_assets.feed import FeedResource
+from twiml_assets.demo.feed_server import DemoEpisode, render_rss
+from twiml_assets.feed.catalog import CATALOG
+from twiml_assets.feed.partitions import EPISODES
+from twiml_assets.feed.resource import FeedResource
+from twiml_assets.feed.sensor import CatchUpSettings, FeedCursor, build_feed_sensor
 from twiml_assets.jobs import EPISODE_JOB
-from twiml_assets.partitions import EPISODES
-from twiml_assets.sensors import CatchUpSettings, FeedCursor, build_feed_sensor
 
 
 def episodes(numbers) -> list[DemoEpisode]:
@@ -90,7 +90,7 @@ def test_new_feed_adds_partitions_and_catches_up_newest_first(harness: Harness) 
     first = harness.tick()
     assert harness.partitions == ["ep-1", "ep-2", "ep-3"]  # oldest first in the UI
     assert requested(first) == ["ep-3", "ep-2"]  # at most 2 per tick, newest first
-    assert harness.storage.exists(CATALOG_PATH)
+    assert harness.storage.exists(CATALOG)
     state = FeedCursor.parse(harness.cursor)
     assert state.etag and state.requested == ["ep-3", "ep-2"]
 
@@ -174,7 +174,7 @@ def test_malformed_entries_are_skipped_and_the_rest_processed(harness: Harness) 
     result = harness.tick()
     assert harness.partitions == ["ep-1", "ep-2"]
     assert sorted(requested(result)) == ["ep-1", "ep-2"]
-    catalog = harness.storage.read_json(CATALOG_PATH)
+    catalog = harness.storage.read_json(CATALOG)
     assert {s["title"] for s in catalog["skipped"]} == {"No audio - #99", "Broken enclosure - #98"}
 
 

@@ -8,7 +8,7 @@ from resources.schema import AsrResult, DiarisationResult, SpeakerTurn
 from resources.storage import StorageError, StorageResource, StorageUnavailableError, s3_client
 from tests.s3_server import S3Server, provision, start_server
 from tests.test_renderers import sample_transcript
-from twiml_assets.outputs import write_all_outputs
+from twiml_assets.outputs.files import write_all_outputs
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_full_episode_materialisation_lands_the_layout_on_s3(
 
     from tests.test_dagster_assets import publish
     from twiml_assets.definitions import build_definitions
-    from twiml_assets.feed import FeedResource
+    from twiml_assets.feed.resource import FeedResource
 
     use_keys(monkeypatch, s3.writer)
     (key,) = publish(http_server, [short_episodes[0].audio_path])

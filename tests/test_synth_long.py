@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twiml_assets.synth_long import (
+from twiml_assets.demo.synth_long import (
     BACKCHANNELS,
     generate_long_episode,
     plan_lines,

@@ -26,9 +26,8 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from resources.storage import StorageResource
-from twiml_assets.download import audio_extension
-from twiml_assets.feed import EpisodeInfo, ParsedFeed
-from twiml_assets.uploads import (
+from twiml_assets.audio.download import audio_extension
+from twiml_assets.audio.uploads import (
     KINDS,
     SidecarIndex,
     UploadLimits,
@@ -37,6 +36,7 @@ from twiml_assets.uploads import (
     sniff_audio,
     stage_upload,
 )
+from twiml_assets.feed.source import EpisodeInfo, ParsedFeed
 from twiml_assets.web import WebSettings, create_app
 from twiml_assets.web.dagster_client import ALL_DOCUMENTS, EPISODE_JOB, DagsterClient
 from twiml_assets.web.settings import redact_url
@@ -306,8 +306,8 @@ def test_graphql_documents_match_the_installed_dagster_schema() -> None:
 
 
 def test_job_name_matches_the_code_location() -> None:
+    from twiml_assets.feed.partitions import EPISODES
     from twiml_assets.jobs import EPISODE_JOB as JOB
-    from twiml_assets.partitions import EPISODES
 
     assert EPISODE_JOB == JOB and DagsterClient("http://x").partitions_def == EPISODES
 
@@ -399,7 +399,7 @@ def test_stage_upload_stops_at_the_limit(tmp_path: Path) -> None:
     assert staged.sha256 == hashlib.sha256(data).hexdigest() and staged.size == len(data)
     assert staged.key == "up-" + staged.sha256[:12] and staged.kind.name == "wav"
     staged.discard()
-    from twiml_assets.uploads import UploadTooLargeError
+    from twiml_assets.audio.uploads import UploadTooLargeError
 
     with pytest.raises(UploadTooLargeError):
         stage_upload(io.BytesIO(data), UploadLimits(max_bytes=len(data) - 1), "a.wav", tmp_path)
@@ -833,9 +833,10 @@ def test_an_upload_runs_through_episode_metadata_and_raw_audio_without_a_downloa
 
     from dagster import instance_for_test, materialize
 
-    from twiml_assets.assets import episode_metadata, raw_audio
-    from twiml_assets.demo_feed import render_rss
-    from twiml_assets.feed import FeedResource
+    from twiml_assets.audio.assets import raw_audio
+    from twiml_assets.demo.feed_server import render_rss
+    from twiml_assets.feed.assets import episode_metadata
+    from twiml_assets.feed.resource import FeedResource
 
     http_server.put("feed.xml", render_rss([], http_server.base_url))  # the upload is not in it
     storage = StorageResource(root=str(root))

@@ -26,10 +26,10 @@ import pytest
 import requests
 
 from resources.storage import StorageResource
-from twiml_assets.catalog import refresh_catalog
-from twiml_assets.demo_feed import DemoEpisode, LocalHTTPServer, render_rss
-from twiml_assets.feed import FeedResource
-from twiml_assets.synth import synthesize_dialogue
+from twiml_assets.demo.feed_server import DemoEpisode, LocalHTTPServer, render_rss
+from twiml_assets.demo.synth import synthesize_dialogue
+from twiml_assets.feed.catalog import refresh_catalog
+from twiml_assets.feed.resource import FeedResource
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

@@ -14,7 +14,7 @@ from resources.audio import AudioDecodeError
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
 from resources.storage import StorageError
-from twiml_assets.naming.cli import add_speakers_parser, cmd_speakers
+from twiml_assets.speakers.cli import add_speakers_parser, cmd_speakers
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
 USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def fetch_url(url: str, directory: Path) -> Path:
     """Download an http(s) URL to ``directory`` (streamed, atomic)."""
-    from twiml_assets.download import download_audio
+    from twiml_assets.audio.download import download_audio
 
     name = Path(urlparse(url).path).name or "audio"
     return Path(download_audio(url, directory / name).path)
@@ -123,7 +123,7 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from resources.asr import WhisperASR
     from resources.diarisation import PyannoteDiariser
-    from twiml_assets.engine import transcribe_file
+    from twiml_assets.speech.engine import transcribe_file
 
     asr = WhisperASR(
         profile=args.profile,
@@ -135,7 +135,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         language=args.language,
     )
-    diariser = PyannoteDiariser(**diariser_settings(args))
+    diariser = PyannoteDiariser.for_profile(
+        args.profile, pipeline=args.pipeline, device=args.device
+    )
     with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
         source = args.audio
         if urlparse(source).scheme in {"http", "https"}:
@@ -185,20 +187,20 @@ def resolve_audio(source: str, storage_root: str | None, tmp: Path) -> tuple[Pat
 def cmd_compare(args: argparse.Namespace) -> int:
     from resources.audio import decode_audio
     from resources.storage import StorageResource
-    from twiml_assets.compare import compare, parse_configs, write_report
     from twiml_assets.keys import upload_key_for_file
+    from twiml_assets.quality.compare import compare, parse_configs, write_report
 
     configs = parse_configs(args.configs)
-    reference = None
+    references = []
     if args.reference:
-        from evaluation.references import load_reference
+        from evaluation.loaders import load_reference
 
-        reference = load_reference(args.reference)
+        references = [(Path(args.reference), load_reference(args.reference))]
     with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
         audio, episode_key = resolve_audio(args.audio, args.out, Path(tmp))
         key = args.key or episode_key or upload_key_for_file(audio)
         waveform = decode_audio(audio, label=key)
-    table = compare(waveform, configs, reference)
+    table = compare(waveform, configs, references)
     storage = StorageResource(root=args.out) if args.out else StorageResource()
     files = write_report(storage, key, table)
     print(Path(files["markdown"]).read_text() if storage.is_local else table.to_string())
@@ -211,7 +213,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     """Serve the FastAPI app with uvicorn; settings from the environment, options on top."""
     import uvicorn
 
-    from twiml_assets.uploads import UploadLimits
+    from twiml_assets.audio.uploads import UploadLimits
     from twiml_assets.web import WebSettings, create_app
 
     settings = WebSettings.from_env(graphql_url=args.dagster_url, storage_root=args.storage)
@@ -224,18 +226,6 @@ def cmd_web(args: argparse.Namespace) -> int:
     print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
-
-
-def diariser_settings(args: argparse.Namespace) -> dict:
-    """Profile's diarisation section with explicit CLI options on top."""
-    from resources.model_registry import profile_settings
-
-    settings = profile_settings(args.profile, "diarisation")
-    if args.pipeline:
-        settings["pipeline"] = args.pipeline
-    if args.device:
-        settings["device"] = args.device
-    return settings
 
 
 def load_dotenv_if_present() -> None:

@@ -1,28 +1,30 @@
 """Jobs: the per-episode pipeline (one run per partition), a feed refresh, the evaluation
-summary and model comparison (on demand).
+summary, model comparison and re-naming speakers (on demand).
 
-The pipeline runs with the in-process executor: every step of a run shares one
-process, so the ASR and diarisation models (cached per process by their resources)
-load once per run, not once per step, and no step pays a fresh Python/torch import.
-Parallelism comes from running several episodes (runs) at once; the ``gpu`` pool keeps
-the model step of those runs one at a time.
+The pipeline spans every stage, so its selection names assets by key rather than importing
+the stages. It runs with the in-process executor: every step of a run shares one process,
+so the ASR and diarisation models (cached per process by their resources) load once per
+run, not once per step, and no step pays a fresh Python/torch import. Parallelism comes
+from running several episodes (runs) at once; the ``gpu`` pool keeps the model step of
+those runs one at a time.
 """
 
 from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from twiml_assets.assets import (
-    PER_EPISODE_ASSETS,
-    evaluation_summary,
-    feed_catalog,
-    model_comparison,
-    rag_outputs,
-    speaker_names,
-    subtitles,
-)
-
 EPISODE_JOB = "episode_pipeline"
+PER_EPISODE_ASSETS = (
+    "episode_metadata",
+    "raw_audio",
+    "transcript",
+    "diarisation",
+    "speaker_transcript",
+    "speaker_names",
+    "rag_outputs",
+    "subtitles",
+    "evaluation",
+)
 
 episode_pipeline = define_asset_job(
     EPISODE_JOB,
@@ -35,21 +37,21 @@ episode_pipeline = define_asset_job(
 
 refresh_feed = define_asset_job(
     "refresh_feed",
-    selection=AssetSelection.assets(feed_catalog),
+    selection=AssetSelection.assets("feed_catalog"),
     executor_def=in_process_executor,
     description="Re-read the feed and register any new episode partitions.",
 )
 
 evaluation_summary_job = define_asset_job(
     "evaluation_summary_job",
-    selection=AssetSelection.assets(evaluation_summary),
+    selection=AssetSelection.assets("evaluation_summary"),
     executor_def=in_process_executor,
     description="Gather every episode's evaluation into one table, pooled WER/DER and a chart.",
 )
 
 model_comparison_job = define_asset_job(
     "model_comparison_job",
-    selection=AssetSelection.assets(model_comparison),
+    selection=AssetSelection.assets("model_comparison"),
     executor_def=in_process_executor,
     description="Engine configurations side by side on one episode's audio (set 'configs' in "
     "the launchpad); each configuration runs in its own worker process.",
@@ -57,7 +59,7 @@ model_comparison_job = define_asset_job(
 
 speaker_naming_job = define_asset_job(
     "speaker_naming_job",
-    selection=AssetSelection.assets(speaker_names, rag_outputs, subtitles),
+    selection=AssetSelection.assets("speaker_names", "rag_outputs", "subtitles"),
     executor_def=in_process_executor,
     description="Name the speakers again (registry changed, host now recognisable) and re-render "
     "the RAG files and subtitles, from the stored voiceprints: no decoding, no transcription.",

@@ -20,10 +20,6 @@ def rag_stem(key: str) -> str:
     return match.group(1) if match else key
 
 
-def upload_key_for_bytes(data: bytes) -> str:
-    return "up-" + hashlib.sha256(data).hexdigest()[:12]
-
-
 def upload_key_for_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """``up-<first 12 hex of sha256(audio bytes)>`` without reading the file into memory."""
     digest = hashlib.sha256()

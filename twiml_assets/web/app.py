@@ -35,14 +35,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resources.storage import StorageError, StorageResource
-from twiml_assets.feed import EpisodeInfo
-from twiml_assets.uploads import (
+from twiml_assets.audio.uploads import (
     SidecarIndex,
     UploadError,
     format_size,
     register_upload,
     stage_upload,
 )
+from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
 from twiml_assets.web.http import SecurityHeaders, read_limited_form, same_origin, wants_json
 from twiml_assets.web.library import (

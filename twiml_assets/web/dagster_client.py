@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from twiml_assets.partitions import EPISODES
+from twiml_assets.feed.partitions import EPISODES
 from twiml_assets.web.settings import redact_url
 
 log = logging.getLogger(__name__)

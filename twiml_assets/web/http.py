@@ -11,7 +11,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from twiml_assets.uploads import too_large
+from twiml_assets.audio.uploads import too_large
 
 # Multipart framing and the small form fields on top of the file itself.
 FORM_OVERHEAD = 64 * 1024

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from resources.storage import StorageError, StorageResource
-from twiml_assets import renderers
-from twiml_assets.catalog import episode_path, load_catalog
-from twiml_assets.download import KNOWN_SUFFIXES, MEDIA_TYPES
-from twiml_assets.feed import EpisodeInfo, order_episodes
+from twiml_assets.audio.download import KNOWN_SUFFIXES, MEDIA_TYPES
+from twiml_assets.audio.uploads import UPLOAD_PREFIX
+from twiml_assets.feed.catalog import load_catalog
+from twiml_assets.feed.source import EpisodeInfo, order_episodes
 from twiml_assets.keys import validate_key
-from twiml_assets.naming.service import with_names
-from twiml_assets.outputs import RagPaths, transcript_from_record
-from twiml_assets.uploads import UPLOAD_PREFIX
+from twiml_assets.layout import EpisodeFiles
+from twiml_assets.outputs import renderers
+from twiml_assets.outputs.files import transcript_from_record
+from twiml_assets.speakers.service import with_names
 from twiml_assets.web.dagster_client import RunInfo
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Library:
     def _stored_episode(self, key: str) -> EpisodeInfo | None:
         if key in self._stored:
             return self._stored[key]
-        rel = episode_path(key)
+        rel = EpisodeFiles(key).episode
         try:
             if not self.storage.exists(rel):
                 return None
@@ -154,14 +155,14 @@ class Library:
         return done
 
     def is_done(self, key: str) -> bool:
-        return valid_key(key) and self.storage.exists(RagPaths(key).record)
+        return valid_key(key) and self.storage.exists(EpisodeFiles(key).record)
 
     # -- transcript -----------------------------------------------------------------------
     def record(self, key: str) -> dict[str, Any] | None:
         if not self.is_done(key):
             return None
         try:
-            return self.storage.read_json(RagPaths(key).record)
+            return self.storage.read_json(EpisodeFiles(key).record)
         except (StorageError, ValueError) as exc:
             log.warning("unreadable transcript of %s: %s", key, exc)
             return None
@@ -199,7 +200,7 @@ class Library:
         """The stored file of format ``fmt``, else rendered from the full record."""
         if fmt not in FORMATS or not self.is_done(key):
             return None
-        paths = RagPaths(key)
+        paths = EpisodeFiles(key)
         stored = {"md": paths.markdown, "json": paths.corrected, "srt": paths.srt, "vtt": paths.vtt}
         try:
             if self.storage.exists(stored[fmt]):
@@ -223,9 +224,9 @@ class Library:
         """``audio/{key}<ext>`` as recorded by the sidecar, else found by listing."""
         if not valid_key(key):
             return None
-        prefix = f"audio/{key}"
+        prefix = EpisodeFiles(key).audio("")
         try:
-            sidecar = f"{prefix}.json"
+            sidecar = EpisodeFiles(key).audio_sidecar
             if self.storage.exists(sidecar):
                 rel = self.storage.read_json(sidecar).get("path")
                 if (

@@ -1,27 +1,20 @@
-"""Web app settings from the environment, validated once at start-up.
+"""Web app settings: the ``web_*`` fields of the platform settings, validated once.
 
-=========================  =====================================  ==============================
-variable                   meaning                                default
-=========================  =====================================  ==============================
-DAGSTER_GRAPHQL_URL        Dagster webserver's GraphQL endpoint   http://127.0.0.1:3000/graphql
-TWIML_STORAGE_ROOT         the storage root the pipeline writes   data
-TWIML_WEB_MAX_UPLOAD_MB    largest accepted upload, in MiB        500
-TWIML_WEB_UPLOAD_TYPES     accepted containers (by content)       all: mp3,wav,flac,ogg,opus,
-                                                                  m4a,aac,webm
-TWIML_WEB_POLL_SECONDS     how often a page polls run progress    2
-=========================  =====================================  ==============================
+``DAGSTER_GRAPHQL_URL`` (the webserver's GraphQL endpoint), ``TWIML_STORAGE_ROOT``,
+``TWIML_WEB_MAX_UPLOAD_MB``, ``TWIML_WEB_UPLOAD_TYPES`` (accepted containers, by content)
+and ``TWIML_WEB_POLL_SECONDS``: see ``twiml_assets.settings`` and the README.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from twiml_assets.uploads import DEFAULT_TYPES, UploadLimits
+from twiml_assets.audio.uploads import DEFAULT_TYPES, UploadLimits
+from twiml_assets.settings import PlatformSettings
 
-DEFAULT_GRAPHQL_URL = "http://127.0.0.1:3000/graphql"
+DEFAULT_GRAPHQL_URL = PlatformSettings.model_fields["dagster_graphql_url"].default
 
 
 def redact_url(url: str) -> str:
@@ -45,22 +38,20 @@ class WebSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WebSettings:
-        env = os.environ if env is None else env
-        try:
-            max_mb = float(env.get("TWIML_WEB_MAX_UPLOAD_MB") or 500)
-            poll = float(env.get("TWIML_WEB_POLL_SECONDS") or 2)
-        except ValueError as exc:
-            raise ValueError(f"TWIML_WEB_MAX_UPLOAD_MB / TWIML_WEB_POLL_SECONDS: {exc}") from None
+        """Settings from ``env`` (default: the process environment), ``overrides`` on top."""
+        platform = PlatformSettings.from_env(env)
         types = tuple(
             t.strip().lower().lstrip(".")
-            for t in (env.get("TWIML_WEB_UPLOAD_TYPES") or ",".join(DEFAULT_TYPES)).split(",")
+            for t in (platform.web_upload_types or ",".join(DEFAULT_TYPES)).split(",")
             if t.strip()
         )
         values: dict[str, object] = {
-            "graphql_url": env.get("DAGSTER_GRAPHQL_URL") or DEFAULT_GRAPHQL_URL,
-            "storage_root": env.get("TWIML_STORAGE_ROOT") or None,
-            "limits": UploadLimits(max_bytes=int(max_mb * 1024 * 1024), types=types),
-            "poll_seconds": max(0.5, poll),
+            "graphql_url": platform.dagster_graphql_url,
+            "storage_root": platform.storage_root,
+            "limits": UploadLimits(
+                max_bytes=int(platform.web_max_upload_mb * 1024 * 1024), types=types
+            ),
+            "poll_seconds": platform.web_poll_seconds,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

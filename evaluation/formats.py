@@ -1,0 +1,307 @@
+"""Reference formats of scoring tools and publishers: STM, RTTM, SRT/VTT, plain text and
+Podcasting 2.0 JSON."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+from evaluation.references import (
+    UNKNOWN_SPEAKER,
+    Reference,
+    ReferenceFormatError,
+    parse_float,
+    read_lines,
+    text_utterance,
+)
+from resources.schema import Utterance
+
+# -- STM -----------------------------------------------------------------------------------
+_STM_SKIP_SPEAKERS = {"inter_segment_gap", "excluded_region"}
+_STM_IGNORE = "ignore_time_segment_in_scoring"
+
+
+def load_stm(path: str | Path, file_id: str | None = None) -> Reference:
+    """NIST STM: ``<file> <channel> <speaker> <begin> <end> [<label>] <transcript>``.
+
+    ``;;`` lines are comments; segments marked ``ignore_time_segment_in_scoring`` and
+    ``inter_segment_gap``/``excluded_region`` pseudo-speakers are dropped. An STM can hold many
+    recordings: pass ``file_id`` to choose one; it is an error to leave it out when there are
+    several, since mixing recordings would silently corrupt every metric.
+    """
+    path = Path(path)
+    rows: list[tuple[str, Utterance]] = []
+    for number, raw in enumerate(read_lines(path), 1):
+        line = raw.strip()
+        if not line or line.startswith(";;"):
+            continue
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5:
+            raise ReferenceFormatError(
+                path, "STM line needs <file> <channel> <speaker> <begin> <end>", number
+            )
+        file, _channel, speaker, begin, end = fields[:5]
+        text = fields[5] if len(fields) > 5 else ""
+        if text.startswith("<"):  # optional <label> field, e.g. <o,f0,male>
+            label_end = text.find(">")
+            if label_end < 0:
+                raise ReferenceFormatError(path, "unterminated <label> field", number)
+            text = text[label_end + 1 :].strip()
+        start = parse_float(path, begin, "begin time", number)
+        stop = parse_float(path, end, "end time", number)
+        if speaker in _STM_SKIP_SPEAKERS or text.strip() == _STM_IGNORE:
+            continue
+        rows.append((file, text_utterance(speaker, start, stop, " ".join(text.split()))))
+
+    return Reference(
+        utterances=_one_recording(path, rows, file_id, "segments", "no STM segments found"),
+        has_speakers=True,
+        has_timestamps=True,
+        has_words=False,
+        source=str(path),
+        format="stm",
+    )
+
+
+def _one_recording(
+    path: Path,
+    rows: list[tuple[str, Utterance]],
+    file_id: str | None,
+    what: str,
+    none_found: str,
+) -> list[Utterance]:
+    """The utterances of one recording of an STM/RTTM file (both may hold several):
+    ``file_id``'s, or the only one there is; a clear error otherwise."""
+    files = sorted({f for f, _ in rows})
+    if file_id is not None:
+        rows = [(f, u) for f, u in rows if f == file_id]
+        if not rows:
+            raise ReferenceFormatError(path, f"no {what} for file {file_id!r} (has {files})")
+    elif len(files) > 1:
+        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
+    if not rows:
+        raise ReferenceFormatError(path, none_found)
+    return [u for _, u in rows]
+
+
+# -- RTTM ----------------------------------------------------------------------------------
+def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
+    """NIST RTTM ``SPEAKER`` lines: turns only (``has_text`` False), enough for DER.
+
+    ``SPEAKER <file> <channel> <onset> <duration> <NA> <NA> <speaker> <NA> <NA>``; other
+    record types are skipped. ``file_id`` chooses one recording as in ``load_stm``.
+    """
+    path = Path(path)
+    rows: list[tuple[str, Utterance]] = []
+    for number, raw in enumerate(read_lines(path), 1):
+        line = raw.strip()
+        if not line or line.startswith((";;", "#")):
+            continue
+        fields = line.split()
+        if fields[0] != "SPEAKER":
+            continue
+        if len(fields) < 8:
+            raise ReferenceFormatError(path, "RTTM SPEAKER line needs at least 8 fields", number)
+        onset = parse_float(path, fields[3], "onset", number)
+        duration = parse_float(path, fields[4], "duration", number)
+        if duration < 0:
+            raise ReferenceFormatError(path, f"negative duration {duration}", number)
+        rows.append((fields[1], text_utterance(fields[7], onset, onset + duration, "")))
+
+    return Reference(
+        utterances=_one_recording(path, rows, file_id, "turns", "no SPEAKER lines found"),
+        has_speakers=True,
+        has_timestamps=True,
+        has_words=False,
+        has_text=False,
+        source=str(path),
+        format="rttm",
+    )
+
+
+# -- SRT / VTT -----------------------------------------------------------------------------
+_CUE_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[.,](\d{1,3}))?"
+_CUE_TIMING = re.compile(rf"^\s*{_CUE_TIME}\s*-->\s*{_CUE_TIME}")
+_VOICE = re.compile(r"<v(?:\.[\w.-]+)?\s+([^>]+)>", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")  # HTML-like tags and ASS overrides ({\an8})
+# "Name: text" or "[Name] text"/"[Name]: text". A name is 1-4 words each starting with an
+# upper-case letter or digit (SPEAKER_00, Sam Charrington, Dr. Jane Doe), so sentence openings
+# such as "Here's the thing: ..." are not taken for speakers.
+_NAME = r"[A-Z0-9][\w.'’-]*(?:\s+[A-Z0-9][\w.'’-]*){0,3}"
+_PREFIX = re.compile(rf"^(?:\[(?P<bracket>[^\]]{{1,40}})\]\s*:?|(?P<name>{_NAME})\s*:)\s+(?=\S)")
+
+
+def _cue_seconds(groups: tuple[str | None, ...]) -> float:
+    h, m, s, frac = groups
+    seconds = int(h or 0) * 3600 + int(m or 0) * 60 + int(s or 0)
+    if frac:
+        seconds += int(frac) / 10 ** len(frac)
+    return float(seconds)
+
+
+def _split_speakers(lines: list[str]) -> list[tuple[str | None, str]]:
+    """Split a cue's text lines into (speaker or None, text) parts at speaker prefixes."""
+    parts: list[tuple[str | None, str]] = []
+    for raw in lines:
+        voice = _VOICE.search(raw)
+        line = html.unescape(_TAG.sub("", raw)).strip()
+        if not line:
+            continue
+        speaker: str | None = voice.group(1).strip() if voice else None
+        prefix = _PREFIX.match(line)
+        if prefix:
+            speaker = (prefix["bracket"] or prefix["name"]).strip()
+            line = line[prefix.end() :]
+        if speaker is None and parts:
+            parts[-1] = (parts[-1][0], f"{parts[-1][1]} {line}")
+        else:
+            parts.append((speaker, line))
+    return parts
+
+
+def load_subtitles(path: str | Path) -> Reference:
+    """SRT or WebVTT subtitles: one utterance per cue (per speaker within a cue).
+
+    The speaker comes from a VTT voice tag ``<v Name>`` or a leading ``Name:`` / ``[Name]``;
+    a cue without one continues the previous cue's speaker (long turns name the speaker only
+    on their first cue). A cue naming several speakers is split, its time shared out by word
+    count. Formatting tags and HTML entities are removed; VTT ``NOTE``/``STYLE``/``REGION``
+    blocks and cue settings are ignored. ``has_speakers`` is True when any cue names one.
+    """
+    path = Path(path)
+    lines = read_lines(path)
+    is_vtt = bool(lines) and lines[0].lstrip().startswith("WEBVTT")
+    utterances: list[Utterance] = []
+    speaker: str | None = None
+    seen_speaker = False
+
+    # Group into blank-line-separated blocks, remembering each block's first line number.
+    blocks: list[tuple[int, list[str]]] = []
+    block: list[str] = []
+    for number, raw in enumerate(lines, 1):
+        if raw.strip():
+            if not block:
+                blocks.append((number, block))
+            block.append(raw)
+        else:
+            block = []
+    for number, block in blocks:
+        timings = [i for i, ln in enumerate(block) if "-->" in ln]
+        if not timings:
+            head = block[0].strip()
+            if is_vtt and head.startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
+                continue
+            raise ReferenceFormatError(path, "subtitle block without a '-->' timing line", number)
+        if timings[0] > 1 and not (is_vtt and block[0].strip().startswith("WEBVTT")):
+            raise ReferenceFormatError(path, "text outside any subtitle cue", number)
+        # Usually one cue per block; files missing the blank line between cues hold several.
+        for k, at in enumerate(timings):
+            stop = timings[k + 1] if k + 1 < len(timings) else len(block)
+            text_lines = block[at + 1 : stop]
+            if k + 1 < len(timings) and text_lines and text_lines[-1].strip().isdigit():
+                text_lines = text_lines[:-1]  # the next cue's SRT index
+            match = _CUE_TIMING.match(block[at])
+            if not match:
+                raise ReferenceFormatError(
+                    path, f"bad cue timing {block[at].strip()!r}", number + at
+                )
+            start = _cue_seconds(match.groups()[:4])
+            end = _cue_seconds(match.groups()[4:])
+            if end < start:
+                raise ReferenceFormatError(path, "cue ends before it starts", number + at)
+            parts = _split_speakers(text_lines)
+            words_total = sum(len(text.split()) for _, text in parts) or 1
+            cursor = start
+            for part_speaker, text in parts:
+                if part_speaker is not None:
+                    speaker = part_speaker
+                    seen_speaker = True
+                share = (end - start) * len(text.split()) / words_total
+                utterances.append(
+                    text_utterance(speaker or UNKNOWN_SPEAKER, cursor, cursor + share, text)
+                )
+                cursor += share
+    if not utterances:
+        raise ReferenceFormatError(path, "no subtitle cues found")
+    return Reference(
+        utterances=utterances,
+        has_speakers=seen_speaker,
+        has_timestamps=True,
+        has_words=False,
+        source=str(path),
+        format="vtt" if is_vtt else "srt",
+    )
+
+
+# -- plain text ----------------------------------------------------------------------------
+def load_text(path: str | Path) -> Reference:
+    """Plain text: one utterance per non-blank line, no speakers, no times. Gives WER only."""
+    path = Path(path)
+    utterances = [
+        text_utterance(UNKNOWN_SPEAKER, 0.0, 0.0, " ".join(line.split()))
+        for line in read_lines(path)
+        if line.strip()
+    ]
+    if not utterances:
+        raise ReferenceFormatError(path, "empty reference text")
+    return Reference(
+        utterances=utterances,
+        has_speakers=False,
+        has_timestamps=False,
+        has_words=False,
+        source=str(path),
+        format="text",
+    )
+
+
+# -- Podcasting 2.0 JSON -------------------------------------------------------------------
+def load_podcast_json(path: str | Path) -> Reference:
+    """A Podcasting 2.0 JSON transcript: ``{"segments": [{speaker, startTime, endTime, body}]}``.
+
+    One utterance per segment (publishers often emit one segment per word; the metrics
+    merge a speaker's abutting turns themselves). ``speaker`` is optional in the spec: a
+    file with none gives WER only.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReferenceFormatError(path, f"invalid JSON ({exc})") from exc
+    segments = data.get("segments") if isinstance(data, dict) else None
+    if not isinstance(segments, list):
+        raise ReferenceFormatError(path, "expected a Podcasting 2.0 object with 'segments'")
+    utterances: list[Utterance] = []
+    timed = True
+    for i, seg in enumerate(segments):
+        if not isinstance(seg, dict) or "body" not in seg:
+            raise ReferenceFormatError(path, f"segment {i} is not an object with 'body'")
+        try:
+            start = float(seg.get("startTime", 0.0))
+            end = float(seg.get("endTime", start))
+        except (TypeError, ValueError) as exc:
+            raise ReferenceFormatError(path, f"segment {i}: bad startTime/endTime") from exc
+        timed = timed and "startTime" in seg and "endTime" in seg
+        speaker = str(seg.get("speaker") or "").strip() or UNKNOWN_SPEAKER
+        text = " ".join(str(seg["body"]).split())
+        utterances.append(Utterance(speaker, start, end, text_override=text))
+    if not utterances:
+        raise ReferenceFormatError(path, "no transcript segments")
+    return Reference(
+        utterances=utterances,
+        has_speakers=any(u.speaker != UNKNOWN_SPEAKER for u in utterances),
+        has_timestamps=timed,
+        has_words=False,
+        source=str(path),
+        format="podcast-json",
+    )
+
+
+def is_podcast_json(path: Path) -> bool:
+    """A Podcasting 2.0 transcript, not a RAG ``corrected.json`` (both are ``.json``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "segments" in data and "dialogs" not in data

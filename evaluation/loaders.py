@@ -1,0 +1,74 @@
+"""One entry point for every reference format: the loader is chosen by the file's ending
+(and, for ``.json``, by its content)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from evaluation.formats import (
+    is_podcast_json,
+    load_podcast_json,
+    load_rttm,
+    load_stm,
+    load_subtitles,
+    load_text,
+)
+from evaluation.rag_formats import load_rag_corrected, load_rag_markdown, speakers_json_for
+from evaluation.references import Reference, ReferenceFormatError
+
+_LOADERS: dict[str, Callable[[Path], Reference]] = {
+    ".stm": load_stm,
+    ".rttm": load_rttm,
+    ".md": load_rag_markdown,
+    ".markdown": load_rag_markdown,
+    ".srt": load_subtitles,
+    ".vtt": load_subtitles,
+    ".txt": load_text,
+    ".text": load_text,
+}
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (*_LOADERS, ".json")
+
+
+def load_reference(path: str | Path, speakers_json_path: str | Path | None = None) -> Reference:
+    """Load a reference of any supported format, chosen by file extension.
+
+    ``.json`` is a Podcasting 2.0 transcript, the RAG ``corrected.json`` (its ``speakers.json``
+    is looked up beside it or in ``../asr/`` when not given) or our full transcript record. A
+    ``speakers.json`` alone is not a reference and is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        if is_podcast_json(path):
+            return load_podcast_json(path)
+        if path.name.endswith(".speakers.json"):
+            raise ReferenceFormatError(
+                path, "a speakers.json holds names only; load its corrected.json instead"
+            )
+        names = speakers_json_path or speakers_json_for(path)
+        return load_rag_corrected(path, names)
+    loader = _LOADERS.get(suffix)
+    if loader is None:
+        raise ReferenceFormatError(
+            path, f"unknown reference format {suffix!r}; supported: {list(SUPPORTED_SUFFIXES)}"
+        )
+    return loader(path)
+
+
+def load_references(paths: Iterable[Path]) -> tuple[list[tuple[Path, Reference]], list[str]]:
+    """Load what can be loaded; the rest become ``"name: reason"`` lines (never an exception).
+
+    A broken reference must not fail an episode: it is reported in metadata instead.
+    """
+    loaded: list[tuple[Path, Reference]] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            loaded.append((path, load_reference(path)))
+        except (ValueError, OSError) as exc:
+            errors.append(f"{path.name}: {exc}")
+    return loaded, errors

@@ -1,0 +1,202 @@
+"""The diariser as a Dagster resource that is also a plain object, and its two back-ends.
+
+``pipeline`` picks the back-end: ``"offline"`` (default) runs the registry-shipped
+weights with no model hub (``resources.diarisation.offline``); anything else is a
+pyannote pipeline (a hub id such as ``pyannote/speaker-diarization-community-1``, a
+local directory or ``config.yaml``) loaded with ``pyannote.audio.Pipeline.from_pretrained``:
+the production choice where a token or a local copy exists.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from resources.audio import SAMPLE_RATE, AudioSource, is_silent
+from resources.diarisation.models import (
+    check_pipeline_source,
+    load_hub_pipeline,
+    load_segmentation_model,
+    load_speaker_encoder,
+    resolve_device,
+)
+from resources.diarisation.offline import diarise_offline
+from resources.diarisation.settings import OFFLINE, DiarisationSettings, ProgressCallback
+from resources.diarisation.turns import annotation_to_turns
+from resources.model_paths import resemblyzer_encoder, segmentation_checkpoint
+from resources.schema import DiarisationResult, SpeakerTurn
+
+OFFLINE_MODEL_NAME = "offline:pyannote-segmentation+resemblyzer"
+MIN_AUDIO_SECONDS = 0.5  # shorter input cannot hold a diarisable turn
+
+
+class PyannoteDiariser(ConfigurableResource):
+    """Diarise 16 kHz mono audio into speaker turns (SPEAKER_00, ... by first appearance).
+
+    Works unchanged in a notebook: ``PyannoteDiariser().diarise(waveform)``.
+    """
+
+    pipeline: str = Field(
+        default=OFFLINE,
+        description="'offline' (registry-shipped weights, no hub), a pyannote hub id such as "
+        "'pyannote/speaker-diarization-community-1', or a local pipeline directory/config.yaml.",
+    )
+    hf_token: str | None = Field(
+        default=None, description="Hugging Face token for gated hub pipelines (default: $HF_TOKEN)."
+    )
+    device: str = Field(default="auto", description="auto (cuda if available), cpu or cuda.")
+    num_speakers: int | None = Field(
+        default=None, description="Exact number of speakers; None = estimate it."
+    )
+    min_speakers: int | None = Field(default=None, description="Lower bound on the speaker count.")
+    max_speakers: int | None = Field(default=None, description="Upper bound on the speaker count.")
+    segmentation_step: float = Field(
+        default=0.5,
+        description="Offline: seconds between 5 s segmentation windows (smaller = finer, slower).",
+    )
+    speech_onset: float = Field(
+        default=0.7, description="Offline: speech starts where the speech activation exceeds this."
+    )
+    speech_offset: float = Field(
+        default=0.6, description="Offline: speech ends where the activation drops below this."
+    )
+    change_threshold: float = Field(
+        default=0.3,
+        description="Offline: share of segmentation windows that must see a speaker change "
+        "for speech to be cut there (lower = more, shorter segments).",
+    )
+    overlap_threshold: float = Field(
+        default=0.5,
+        description="Offline: share of segmentation windows that must hear two voices at once "
+        "for a frame to get a second speaker (above 1 disables overlap).",
+    )
+    embedding_window: float = Field(
+        default=1.6, description="Offline: seconds of audio per speaker embedding."
+    )
+    embedding_step: float = Field(
+        default=0.2, description="Offline: seconds between speaker embeddings."
+    )
+    clustering_threshold: float = Field(
+        default=0.8,
+        description="Offline: cosine distance (whitened embeddings) cutting the first, "
+        "deliberately over-split clustering.",
+    )
+    merge_threshold: float = Field(
+        default=0.09,
+        description="Offline: clusters whose GE2E centroids are closer than this cosine "
+        "distance are one speaker (higher = fewer speakers).",
+    )
+    min_cluster_seconds: float = Field(
+        default=3.0,
+        description="Offline: clusters with less speech than this are folded into the nearest "
+        "speaker instead of counting as one.",
+    )
+    min_duration_on: float = Field(default=0.0, description="Drop turns shorter than this (s).")
+    min_duration_off: float = Field(
+        default=0.3, description="Join one speaker's turns separated by less than this (s)."
+    )
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides: Any) -> PyannoteDiariser:
+        """The diarisation section of a model_config.yml profile, explicit settings on top.
+
+        The one place a profile becomes a diariser (None overrides keep the profile's value).
+        """
+        from resources.model_registry import profile_settings
+
+        settings = profile_settings(profile, "diarisation")
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**settings)
+
+    def settings(self, **overrides: Any) -> DiarisationSettings:
+        """Fields < per-call ``overrides`` (None = keep the field's value)."""
+        values = {name: getattr(self, name) for name in DiarisationSettings.__dataclass_fields__}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return DiarisationSettings(**values).validate()
+
+    def token(self) -> str | None:
+        return self.hf_token or os.environ.get("HF_TOKEN") or None
+
+    def diarise(
+        self,
+        waveform: AudioSource,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> DiarisationResult:
+        """Speaker turns of one waveform (16 kHz mono array or ``Waveform``, decoded once)."""
+        s = self.settings(
+            num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+        )
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(
+                f"expected {SAMPLE_RATE} Hz audio, got {sample_rate} Hz: decode with "
+                "resources.audio.decode_audio, which resamples"
+            )
+        if isinstance(waveform, np.ndarray):
+            waveform = np.ascontiguousarray(waveform, dtype=np.float32).reshape(-1)
+        duration = len(waveform) / SAMPLE_RATE
+        device = resolve_device(s.device)
+        config = {**asdict(s), "device": device, "hf_token_set": self.token() is not None}
+        started = time.perf_counter()
+        if s.pipeline == OFFLINE:
+            models = (
+                load_segmentation_model(str(segmentation_checkpoint()), device),
+                load_speaker_encoder(str(resemblyzer_encoder()), device),
+            )
+            model_name = OFFLINE_MODEL_NAME
+        else:
+            check_pipeline_source(s.pipeline, self.token())
+            models = (load_hub_pipeline(s.pipeline, device, self.token()),)
+            model_name = s.pipeline
+        load_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        if duration < MIN_AUDIO_SECONDS or is_silent(waveform):
+            turns, details = [], {"num_speakers": 0, "reason": "silent or too short"}
+        elif s.pipeline == OFFLINE:
+            turns, details = diarise_offline(waveform, s, *models, progress=progress)
+        else:
+            turns, details = diarise_with_pipeline(waveform, s, models[0])
+        seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(duration, duration)
+        details = {
+            **details,
+            "load_seconds": round(load_seconds, 3),
+            "real_time_factor": round(seconds / duration, 4) if duration else 0.0,
+        }
+        return DiarisationResult(turns, duration, model_name, config, seconds, details)
+
+
+def diarise_with_pipeline(
+    waveform: AudioSource, s: DiarisationSettings, pipeline: Any
+) -> tuple[list[SpeakerTurn], dict[str, Any]]:
+    """Run a pyannote ``Pipeline`` on the in-memory waveform (never re-reading the file)."""
+    import torch
+
+    kwargs = {
+        k: v
+        for k, v in (
+            ("num_speakers", s.num_speakers),
+            ("min_speakers", s.min_speakers),
+            ("max_speakers", s.max_speakers),
+        )
+        if v is not None
+    }
+    samples = np.ascontiguousarray(waveform[0 : len(waveform)], dtype=np.float32)
+    output = pipeline(
+        {"waveform": torch.from_numpy(samples)[None], "sample_rate": SAMPLE_RATE}, **kwargs
+    )
+    annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps it
+    turns = annotation_to_turns(annotation, s.min_duration_on, 0.0)
+    return turns, {"num_speakers": len({t.speaker for t in turns})}

@@ -1,0 +1,273 @@
+"""Long generated episodes (10 minutes to hours) with exact truth, for tests and benchmarks.
+
+Real episodes run 45 minutes to 3 hours, and the faults that matter (Whisper's long-form
+failures, memory that grows with length, words given to the wrong speaker at turn
+changes) only show on long audio. This generator makes such audio offline:
+
+* text that nobody wrote for the test: sentences from the docstrings of Python's
+  standard library (read with ``ast``, nothing imported), shuffled by ``seed``;
+* ``speakers`` espeak-ng voices, one host with short questions and guests with turns
+  from one sentence to about a minute;
+* backchannels ("yeah", "right") spoken over the other speaker's long turns, small
+  overlaps at some turn changes, pauses from 0.2 s to a few seconds;
+* a faint noise floor, and the format a podcast CDN serves: 44.1 kHz stereo mp3.
+
+Audio is streamed into ffmpeg as it is made, so a 3-hour episode needs no more memory
+than a minute of it. The reference (``stm``/``rttm``) has one line per spoken turn.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import subprocess
+import sysconfig
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from resources.schema import SpeakerTurn
+from twiml_assets.demo.synth import SyntheticEpisode, Voice, require_espeak, trim_silence
+
+RATE = 22_050  # espeak-ng's native rate: no resampling before ffmpeg
+VOICES: tuple[Voice, ...] = (
+    Voice("en-us", pitch=35, speed=165),
+    Voice("en-gb+f3", pitch=75, speed=155),
+    Voice("en-us+m7", pitch=20, speed=150),
+    Voice("en-gb-scotland+f4", pitch=60, speed=170),
+)
+SPEAKER_NAMES = ("HOST", "GUEST", "GUEST2", "GUEST3")
+BACKCHANNELS = ("yeah", "right", "okay", "sure", "exactly", "I see", "true", "got it")
+ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,;'\-]*[.?!]$")
+FLUSH_LAG_S = 10.0  # audio older than this behind the write position can no longer change
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One thing said: who, when (seconds), and what."""
+
+    speaker: str
+    start: float
+    text: str
+    backchannel: bool = False
+
+
+def stdlib_sentences() -> list[str]:
+    """Clean English sentences from the standard library's docstrings, in a stable order."""
+    return list(_stdlib_sentences())
+
+
+@lru_cache(maxsize=1)
+def _stdlib_sentences() -> tuple[str, ...]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    out: list[str] = []
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("[a-z]*/*.py")):
+        if "test" in path.parts[-2:][0] or path.name.startswith("test"):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(
+                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            ):
+                continue
+            doc = ast.get_docstring(node)
+            if doc:
+                for sentence in split_sentences(doc):
+                    if sentence not in seen:
+                        seen.add(sentence)
+                        out.append(sentence)
+    return tuple(out)
+
+
+def split_sentences(doc: str) -> Iterator[str]:
+    """Prose sentences of a docstring: 5 to 30 plain words, no code, no numbers."""
+    prose = " ".join(doc.split())
+    for sentence in re.split(r"(?<=[.?!])\s+", prose):
+        words = sentence.split()
+        if not 5 <= len(words) <= 30 or not ALLOWED.match(sentence):
+            continue
+        if any(not w.islower() and (w.isupper() or w[1:] != w[1:].lower()) for w in words[1:]):
+            continue  # acronyms, constants and CamelCase names are read letter by letter
+        yield sentence
+
+
+def plan_lines(minutes: float, speakers: int, seed: int) -> list[Line]:
+    """Who says what when, about ``minutes`` long; durations are estimated, then measured."""
+    if not 1 <= speakers <= len(VOICES):
+        raise ValueError(f"speakers must be 1..{len(VOICES)}, got {speakers}")
+    rng = np.random.default_rng(seed)
+    pool = stdlib_sentences()
+    order = rng.permutation(len(pool))
+    names = SPEAKER_NAMES[:speakers]
+    lines: list[Line] = []
+    cursor, used, speaker = 1.0, 0, 0
+    while cursor < minutes * 60:
+        if speaker == 0 and speakers > 1:
+            n = int(rng.choice([1, 1, 2, 3]))  # the host asks
+        else:
+            n = int(rng.choice([1, 2, 3, 4, 6, 8, 11]))  # guests answer, short to ~1 min
+        text = " ".join(pool[order[(used + i) % len(pool)]] for i in range(n))
+        used += n
+        lines.append(Line(names[speaker], cursor, text))
+        cursor += estimated_seconds(text, VOICES[speaker])
+        if speakers > 1:
+            speaker = next_speaker(speaker, speakers, rng)
+    return lines
+
+
+def next_speaker(current: int, speakers: int, rng: np.random.Generator) -> int:
+    if current != 0 and rng.random() < 0.6:
+        return 0
+    return int(rng.choice([s for s in range(speakers) if s != current]))
+
+
+def estimated_seconds(text: str, voice: Voice) -> float:
+    return len(text.split()) * 60.0 / voice.speed + 0.6
+
+
+def render(text: str, voice: Voice) -> np.ndarray:
+    """One line spoken by espeak-ng at 22.05 kHz, trimmed of its padding silence."""
+    result = subprocess.run(
+        [require_espeak(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed)]
+        + ["--stdout", text],
+        check=True,
+        capture_output=True,
+    )
+    audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=False)
+    if rate != RATE:
+        raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {RATE}")
+    return trim_silence(audio, RATE)
+
+
+class Mixer:
+    """Mixes clips at sample positions and streams finished audio to an ffmpeg encoder."""
+
+    def __init__(self, path: Path, noise_db: float, seed: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        codec = ["-b:a", "128k"] if path.suffix.lower() == ".mp3" else []
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-y", "-loglevel", "error", "-f", "f32le", "-ar", str(RATE), "-ac", "1"]
+            + ["-i", "pipe:0", "-ac", "2", "-ar", "44100", *codec, str(path)],
+            stdin=subprocess.PIPE,
+        )
+        self.rng = np.random.default_rng(seed + 1)
+        self.noise = 10 ** (noise_db / 20)
+        self.flushed = 0  # samples already sent to ffmpeg
+        self.buffer = np.zeros(0, dtype=np.float32)
+
+    def add(self, position: int, clip: np.ndarray) -> None:
+        offset = position - self.flushed
+        if offset < 0:
+            raise ValueError("clip starts in audio that was already written")
+        if offset + len(clip) > len(self.buffer):
+            grown = np.zeros(offset + len(clip), dtype=np.float32)
+            grown[: len(self.buffer)] = self.buffer
+            self.buffer = grown
+        self.buffer[offset : offset + len(clip)] += clip
+
+    def flush_before(self, position: int) -> None:
+        n = min(max(0, position - self.flushed), len(self.buffer))
+        if n:
+            self.write(self.buffer[:n])
+            self.buffer = self.buffer[n:].copy()
+            self.flushed += n
+
+    def write(self, audio: np.ndarray) -> None:
+        noisy = audio + self.noise * self.rng.standard_normal(len(audio)).astype(np.float32)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(np.clip(noisy, -1, 1).astype("<f4").tobytes())
+
+    def close(self, total: int) -> None:
+        if total > self.flushed + len(self.buffer):
+            self.add(total - 1, np.zeros(1, dtype=np.float32))
+        self.flush_before(total)
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        if self.proc.wait() != 0:
+            raise RuntimeError("ffmpeg failed to encode the generated episode")
+
+
+def generate_long_episode(
+    path: str | Path,
+    minutes: float,
+    *,
+    speakers: int = 3,
+    seed: int = 0,
+    noise_db: float = -50.0,
+    backchannel_rate: float = 0.35,
+    overlap_rate: float = 0.2,
+) -> SyntheticEpisode:
+    """Write an episode of about ``minutes`` to ``path`` (.mp3: 44.1 kHz stereo, 128 kbit/s).
+
+    ``backchannel_rate`` is the chance that a turn longer than 6 s gets a short reply from
+    another speaker spoken over it; ``overlap_rate`` the chance that a turn starts up to
+    half a second before the previous one ends.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed + 7)
+    voices = dict(zip(SPEAKER_NAMES[:speakers], VOICES[:speakers], strict=True))
+    plan = plan_lines(minutes, speakers, seed)
+    mixer = Mixer(path, noise_db, seed)
+    spoken: list[tuple[SpeakerTurn, str]] = []
+    cursor = int(1.0 * RATE)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        clips = pool.map(lambda line: render(line.text, voices[line.speaker]), plan)
+        for line, clip in zip(plan, clips, strict=True):
+            gain = 0.35 + 0.02 * SPEAKER_NAMES.index(line.speaker)
+            clip = gain * clip / (np.max(np.abs(clip)) + 1e-9)
+            if spoken and rng.random() < overlap_rate:
+                cursor -= int(rng.uniform(0.1, 0.5) * RATE)  # starts over the previous turn
+            cursor = max(cursor, mixer.flushed)
+            mixer.add(cursor, clip)
+            start, end = cursor / RATE, (cursor + len(clip)) / RATE
+            spoken.append((SpeakerTurn(start, end, line.speaker), line.text))
+            if speakers > 1 and end - start > 6 and rng.random() < backchannel_rate:
+                spoken.append(backchannel(mixer, rng, voices, line.speaker, start, end))
+            cursor += len(clip) + pause_samples(rng)
+            mixer.flush_before(cursor - int(FLUSH_LAG_S * RATE))
+    total = cursor + RATE
+    mixer.close(total)
+    spoken.sort(key=lambda item: item[0].start)
+    return SyntheticEpisode(
+        audio_path=path,
+        duration=total / RATE,
+        turns=[turn for turn, _ in spoken],
+        lines=[(turn.speaker, text) for turn, text in spoken],
+        sample_rate=RATE,
+    )
+
+
+def backchannel(
+    mixer: Mixer,
+    rng: np.random.Generator,
+    voices: dict[str, Voice],
+    over: str,
+    start: float,
+    end: float,
+) -> tuple[SpeakerTurn, str]:
+    """A short reply by another speaker, 30-80 % into the current turn, over its voice."""
+    others: Sequence[str] = [s for s in voices if s != over]
+    who = str(rng.choice(others))
+    word = str(rng.choice(BACKCHANNELS))
+    clip = render(word, voices[who])
+    clip = 0.3 * clip / (np.max(np.abs(clip)) + 1e-9)
+    at = start + rng.uniform(0.3, 0.8) * (end - start)
+    position = int(at * RATE)
+    mixer.add(position, clip)
+    return SpeakerTurn(position / RATE, (position + len(clip)) / RATE, who), word
+
+
+def pause_samples(rng: np.random.Generator) -> int:
+    """Mostly short pauses, sometimes a long one (a thinking pause, an edit)."""
+    seconds = rng.uniform(2.0, 4.0) if rng.random() < 0.05 else rng.uniform(0.2, 1.2)
+    return int(seconds * RATE)

@@ -1,0 +1,103 @@
+"""The stored feed snapshot (``feed/catalog.json``) and episode lookup by key.
+
+A run gets nothing but a partition key, so everything else must be found from it:
+the episode's entry comes from the feed (fetched conditionally, so unchanged feeds
+cost one 304), else from the last stored snapshot, else from the episode's own
+``episodes/{key}.json`` of an earlier run (an episode removed from the feed can
+still be re-processed).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from resources.storage import StorageError, StorageResource
+from twiml_assets.feed.resource import FeedResource, FeedResponse
+from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed, parse_feed
+from twiml_assets.layout import CATALOG, EpisodeFiles
+
+log = logging.getLogger(__name__)
+
+
+def save_catalog(storage: StorageResource, parsed: ParsedFeed, response: FeedResponse) -> str:
+    """Write the snapshot with the HTTP validators that produced it (atomic)."""
+    data: dict[str, Any] = {
+        "url": response.url,
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "etag": response.etag,
+        "last_modified": response.last_modified,
+        "sha256": response.digest,
+        **parsed.to_dict(),
+    }
+    return storage.write_json(CATALOG, data)
+
+
+def load_catalog(storage: StorageResource) -> tuple[ParsedFeed, dict[str, Any]] | None:
+    """The stored snapshot and its header fields; None when missing or unreadable."""
+    try:
+        if not storage.exists(CATALOG):
+            return None
+        data = storage.read_json(CATALOG)
+        return ParsedFeed.from_dict(data), data
+    except (StorageError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable %s: %s", CATALOG, exc)
+        return None
+
+
+def refresh_catalog(
+    storage: StorageResource, feed: FeedResource
+) -> tuple[ParsedFeed, FeedResponse | None, bool]:
+    """Fetch the feed conditionally against the stored snapshot.
+
+    Returns ``(parsed feed, response, changed)``; on 304 the stored snapshot is used.
+    Raises FeedError when the feed cannot be fetched or parsed.
+    """
+    stored = load_catalog(storage)
+    same_url = stored is not None and stored[1].get("url") == feed.url
+    etag = stored[1].get("etag") if same_url and stored else None
+    last_modified = stored[1].get("last_modified") if same_url and stored else None
+    response = feed.fetch(etag=etag, last_modified=last_modified)
+    if response.not_modified and stored is not None:
+        return stored[0], response, False
+    if response.not_modified:  # validators without a snapshot: fetch it whole
+        response = feed.fetch()
+    assert response.body is not None
+    if same_url and stored is not None and response.digest == stored[1].get("sha256"):
+        return stored[0], response, False
+    parsed = parse_feed(response.body)
+    save_catalog(storage, parsed, response)
+    return parsed, response, True
+
+
+def find_episode(storage: StorageResource, feed: FeedResource, key: str) -> tuple[EpisodeInfo, str]:
+    """The episode for ``key`` and where it was found (``feed``, ``catalog``, ``stored``).
+
+    Raises LookupError with what to do when the key is nowhere.
+    """
+    if key.startswith("up-") and storage.exists(EpisodeFiles(key).episode):
+        # Uploads are never in a feed: no network round-trip (or retries offline).
+        return EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)), "stored"
+    fetch_error: str | None = None
+    try:
+        parsed, _, _ = refresh_catalog(storage, feed)
+        episode = parsed.by_key().get(key)
+        if episode is not None:
+            return episode, "feed"
+    except FeedError as exc:
+        fetch_error = str(exc)
+        log.warning("%s: feed unavailable (%s); trying the stored snapshot", key, exc)
+        stored = load_catalog(storage)
+        if stored is not None and key in stored[0].by_key():
+            return stored[0].by_key()[key], "catalog"
+    if storage.exists(EpisodeFiles(key).episode):
+        return EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)), "stored"
+    where = f"the feed {feed.url}"
+    if fetch_error:
+        where = f"the stored feed snapshot (the feed itself failed: {fetch_error})"
+    raise LookupError(
+        f"episode {key} is not in {where}, and no earlier run stored it. If the episode "
+        "was removed from the feed, delete the partition; if the feed URL changed, set "
+        "TWIML_FEED_URL (or the feed resource's url) and materialise feed_catalog"
+    )

@@ -1,0 +1,128 @@
+"""Fetching the feed: conditional GET (ETag/Last-Modified) with the shared HTTP policy."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from twiml_assets import http_policy
+from twiml_assets.feed.source import FeedError, ParsedFeed, parse_feed
+
+DEFAULT_FEED_URL = "https://feeds.megaphone.fm/MLN2155636147"
+FETCH_BUDGET_SECONDS = 45.0
+
+
+@dataclass(slots=True)
+class FeedResponse:
+    """One fetch of the feed. ``not_modified``: the server said 304 (body is None)."""
+
+    url: str
+    status: int
+    body: bytes | None
+    etag: str | None = None
+    last_modified: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+    @property
+    def digest(self) -> str | None:
+        return hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+
+
+class FeedResource(ConfigurableResource):
+    """Fetch and parse one podcast feed (RSS/Atom over http(s), or a local file path)."""
+
+    url: str = Field(
+        default=DEFAULT_FEED_URL, description="Feed URL (env TWIML_FEED_URL in definitions)."
+    )
+    timeout_seconds: float = Field(
+        default=10.0, description="Read timeout (connect: at most 5 s), per request."
+    )
+    retries: int = Field(default=3, description="Retries on network errors, 429 and 5xx.")
+    backoff_seconds: float = Field(default=1.0, description="Retry delay base; doubles each time.")
+    max_bytes: int = Field(default=64 * 1024 * 1024, description="Refuse larger feed documents.")
+
+    def fetch(self, etag: str | None = None, last_modified: str | None = None) -> FeedResponse:
+        """GET the feed, conditionally when validators from the previous fetch are given."""
+        parsed = urlparse(self.url)
+        if parsed.scheme in {"", "file"}:
+            return self._read_local(Path(parsed.path if parsed.scheme else self.url))
+        if parsed.scheme not in {"http", "https"}:
+            raise FeedError(f"unsupported feed URL {self.url!r}: use http(s):// or a file path")
+        headers = {
+            "Accept": "application/rss+xml, application/xml;q=0.9, */*;q=0.5",
+            "If-None-Match": etag,  # None-valued headers are not sent
+            "If-Modified-Since": last_modified,
+        }
+        timeout = (min(5.0, self.timeout_seconds), self.timeout_seconds)
+        started = time.perf_counter()
+        try:
+            with (
+                http_policy.session(
+                    retries=self.retries,
+                    backoff=self.backoff_seconds,
+                    max_backoff=5.0,
+                    timeout=timeout,
+                    budget=FETCH_BUDGET_SECONDS - sum(timeout),
+                ) as http,
+                http.get(self.url, headers=headers, stream=True) as resp,
+            ):
+                if resp.status_code >= 400:
+                    raise FeedError(self._failure(http_policy.describe(resp)))
+                body = None if resp.status_code == 304 else self._read_body(resp)
+        except requests.RequestException as exc:
+            raise FeedError(self._failure(http_policy.describe(exc))) from exc
+        kept = resp.status_code == 304  # a 304 may omit validators that still hold
+        return FeedResponse(
+            self.url,
+            resp.status_code,
+            body,
+            etag=resp.headers.get("ETag", etag if kept else None),
+            last_modified=resp.headers.get("Last-Modified", last_modified if kept else None),
+            seconds=time.perf_counter() - started,
+        )
+
+    def load(self) -> ParsedFeed:
+        """Fetch (unconditionally) and parse."""
+        response = self.fetch()
+        assert response.body is not None
+        return parse_feed(response.body)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _read_body(self, resp: requests.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_content(chunk_size=1 << 16):
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise FeedError(
+                    f"the feed at {self.url} is larger than {self.max_bytes} bytes; "
+                    "raise max_bytes if this is really the feed"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _read_local(self, path: Path) -> FeedResponse:
+        try:
+            body = path.expanduser().read_bytes()
+        except OSError as exc:
+            raise FeedError(f"cannot read the feed file {path}: {exc.strerror or exc}") from exc
+        return FeedResponse(str(path), 200, body)
+
+    def _failure(self, failure: http_policy.Failure) -> str:
+        todo = (
+            "the next sensor tick retries"
+            if failure.transient
+            else "set TWIML_FEED_URL (the feed resource's url) to the current feed"
+        )
+        return f"could not fetch the feed {self.url}: {failure}; {todo}"

@@ -1,0 +1,208 @@
+"""The feed sensor: new episodes become partitions, untranscribed ones become runs.
+
+Each tick fetches the feed conditionally (ETag/Last-Modified from the cursor, so an
+unchanged feed costs one 304), adds a partition for every key the instance does not
+have yet, and requests at most ``max_runs_per_tick`` runs for episodes without a
+transcript (``transcripts/{key}.json``), newest or oldest first. A first start on a
+700-episode feed therefore catches up in order over many ticks instead of queueing
+700 runs at once; ``max_in_flight`` stops it from running ahead of the workers.
+
+run_key = episode key: Dagster never launches the same key twice from this sensor, so
+a re-run is a deliberate act (UI, backfill), never an accident of a cursor reset.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from dagster import (
+    ConfigurableResource,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from pydantic import Field
+
+from resources.storage import StorageResource
+from twiml_assets.feed.catalog import load_catalog, save_catalog
+from twiml_assets.feed.partitions import EPISODES, episode_partitions
+from twiml_assets.feed.resource import FeedResource
+from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed, parse_feed
+from twiml_assets.jobs import EPISODE_JOB, episode_pipeline
+from twiml_assets.layout import EpisodeFiles
+
+SENSOR_NAME = "episode_feed_sensor"
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+
+
+class CatchUpSettings(ConfigurableResource):
+    """How fast the sensor works through episodes that have no transcript yet."""
+
+    max_runs_per_tick: int = Field(
+        default=3,
+        ge=0,
+        description="Runs requested per tick at most (env TWIML_MAX_RUNS_PER_TICK).",
+    )
+    order: Literal["newest_first", "oldest_first"] = Field(
+        default="newest_first", description="Catch-up order (env TWIML_CATCHUP_ORDER)."
+    )
+    max_in_flight: int = Field(
+        default=4,
+        ge=0,
+        description="Request nothing while this many pipeline runs are queued or running "
+        "(0 = no limit; env TWIML_MAX_IN_FLIGHT).",
+    )
+
+
+@dataclass(slots=True)
+class FeedCursor:
+    """What the sensor remembers between ticks (JSON in the sensor's cursor)."""
+
+    url: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    sha256: str | None = None
+    requested: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "FeedCursor":
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            return cls(
+                **{k: data.get(k) for k in ("url", "etag", "last_modified", "sha256")},
+                requested=list(data.get("requested") or []),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+def _load_feed(
+    feed: FeedResource, storage: StorageResource, state: FeedCursor
+) -> tuple[ParsedFeed, bool]:
+    """The current feed and whether it changed since the cursor; raises FeedError."""
+    same_url = state.url == feed.url
+    response = feed.fetch(
+        etag=state.etag if same_url else None,
+        last_modified=state.last_modified if same_url else None,
+    )
+    stored = load_catalog(storage)
+    if response.not_modified:
+        if stored is not None:
+            return stored[0], False
+        response = feed.fetch()  # no snapshot to fall back on: take the whole feed
+    assert response.body is not None
+    digest = response.digest
+    if (
+        same_url
+        and digest == state.sha256
+        and stored is not None
+        and stored[1].get("sha256") == digest
+    ):
+        parsed, changed = stored[0], False  # server without validators, same bytes
+    else:
+        parsed, changed = parse_feed(response.body), True
+        save_catalog(storage, parsed, response)
+    state.url, state.etag, state.last_modified = feed.url, response.etag, response.last_modified
+    state.sha256 = digest
+    return parsed, changed
+
+
+def evaluate_feed(
+    context: SensorEvaluationContext,
+    feed: FeedResource,
+    storage: StorageResource,
+    catch_up: CatchUpSettings,
+) -> SensorResult:
+    """One tick (separate from the decorator so tests can call it with any context)."""
+    state = FeedCursor.parse(context.cursor)
+    try:
+        parsed, changed = _load_feed(feed, storage, state)
+    except FeedError as exc:
+        context.log.error(f"feed tick skipped: {exc}")
+        return SensorResult(skip_reason=SkipReason(f"feed unavailable: {exc}"))
+    if changed:
+        for s in parsed.skipped:
+            context.log.warning(f"skipped feed entry #{s.position} {s.title!r}: {s.reason}")
+
+    instance = context.instance
+    existing = set(instance.get_dynamic_partitions(EPISODES))
+    new_keys = [e.key for e in parsed.ordered(newest_first=False) if e.key not in existing]
+
+    listing = set(storage.list("transcripts"))
+    requested = set(state.requested)
+    pending: list[EpisodeInfo] = [
+        e
+        for e in parsed.ordered(newest_first=catch_up.order == "newest_first")
+        if e.key not in requested and EpisodeFiles(e.key).record not in listing
+    ]
+    budget = catch_up.max_runs_per_tick
+    if catch_up.max_in_flight and pending:
+        in_flight = instance.get_runs_count(RunsFilter(job_name=EPISODE_JOB, statuses=IN_FLIGHT))
+        budget = min(budget, max(0, catch_up.max_in_flight - in_flight))
+    batch = pending[:budget]
+    run_requests = [
+        RunRequest(
+            partition_key=e.key,
+            run_key=e.key,
+            tags={"twiml/episode": e.key, "twiml/title": e.title[:63]},
+        )
+        for e in batch
+    ]
+    state.requested.extend(e.key for e in batch)
+
+    summary = (
+        f"{len(parsed.episodes)} episodes ({'changed' if changed else 'unchanged'}), "
+        f"{len(new_keys)} new partitions, {len(batch)} runs requested, "
+        f"{len(pending) - len(batch)} still waiting"
+    )
+    context.log.info(summary)
+    partition_requests = [episode_partitions.build_add_request(new_keys)] if new_keys else []
+    if not run_requests and not partition_requests:
+        return SensorResult(skip_reason=SkipReason(summary), cursor=state.dump())
+    return SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=partition_requests,
+        cursor=state.dump(),
+    )
+
+
+def build_feed_sensor(
+    minimum_interval_seconds: int = 300, running_by_default: bool = True
+) -> SensorDefinition:
+    """The sensor, with its interval and default status decided by the deployment."""
+
+    @sensor(
+        name=SENSOR_NAME,
+        job=episode_pipeline,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING
+        if running_by_default
+        else DefaultSensorStatus.STOPPED,
+        description="Adds a partition per new feed episode and requests a run for each "
+        "episode without a transcript (a few per tick).",
+    )
+    def episode_feed_sensor(
+        context: SensorEvaluationContext,
+        feed: FeedResource,
+        storage: StorageResource,
+        catch_up: CatchUpSettings,
+    ) -> SensorResult:
+        return evaluate_feed(context, feed, storage, catch_up)
+
+    return episode_feed_sensor

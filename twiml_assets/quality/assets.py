@@ -1,0 +1,338 @@
+"""Evaluation against references: evaluation (per episode), evaluation_summary (across
+episodes) and model_comparison (configurations side by side).
+
+``evaluation`` runs in the per-episode pipeline after speaker_transcript. An episode without
+a reference still materialises (``has_reference=False``) so the pipeline never fails for
+lack of one; its numeric metadata (``wer``, ``der``, ``cpwer``, ``wder``) is what the Dagster
+UI plots across materialisations, and what the ``evaluation_limits`` checks judge.
+"""
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pydantic import Field
+
+from evaluation.loaders import load_references
+from evaluation.lookup import resolve_references
+from evaluation.references import Reference
+from evaluation.reports import (
+    METRICS,
+    chart_png,
+    evaluate_episode,
+    markdown_table,
+    metric_value,
+    pooled_scores,
+    summary_table,
+)
+from resources.quality import QualityResource
+from resources.schema import SpeakerTurn
+from resources.storage import StorageResource
+from twiml_assets.asset_io import (
+    files_metadata,
+    read_json_or_fail,
+)
+from twiml_assets.audio.assets import raw_audio
+from twiml_assets.feed.partitions import episode_partitions
+from twiml_assets.layout import (
+    EVALUATION_DIR,
+    EVALUATION_SUMMARY_CSV,
+    EVALUATION_SUMMARY_MD,
+    EVALUATION_SUMMARY_PNG,
+    EpisodeFiles,
+)
+from twiml_assets.outputs.assets import speaker_transcript
+from twiml_assets.outputs.files import transcript_from_record
+from twiml_assets.speech.assets import GPU_POOL
+
+GROUP_EVALUATION = "evaluation"
+#: Largest chart embedded in metadata as a data URI (larger ones are linked by path only).
+MAX_INLINE_PNG_BYTES = 150_000
+
+
+# -- per-episode evaluation ---------------------------------------------------------------------
+class EvaluationConfig(Config):
+    """Per-run settings; where references live is the ``quality`` resource's business."""
+
+    fetch_feed_transcript: bool = Field(
+        default=True,
+        description="Download the feed's <podcast:transcript> as a reference when an episode "
+        "has no other (once; kept in references/ in storage).",
+    )
+    transcript_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Read timeout for that download."
+    )
+
+
+def _transcript_url(storage: StorageResource, key: str) -> str | None:
+    """The feed's transcript URL from stored episode metadata (uploads have none)."""
+    rel = EpisodeFiles(key).episode
+    return storage.read_json(rel).get("transcript_url") if storage.exists(rel) else None
+
+
+def _metric_metadata(result: dict[str, Any]) -> dict[str, Any]:
+    """Rates and counts as flat numbers, so the UI can plot each over materialisations."""
+    out: dict[str, Any] = {}
+    for metric in METRICS:
+        value = metric_value(result, metric)
+        if value is not None:
+            out[metric] = round(value, 4)
+    if wer := result.get("wer"):
+        out.update(
+            reference_words=wer["reference_words"],
+            substitutions=wer["substitutions"],
+            deletions=wer["deletions"],
+            insertions=wer["insertions"],
+        )
+    if der := result.get("der"):
+        out.update(
+            reference_speech_s=round(der["total"], 2),
+            missed=round(der["missed"], 4),
+            false_alarm=round(der["false_alarm"], 4),
+            confusion=round(der["confusion"], 4),
+        )
+    if wder := result.get("wder"):
+        out.update(
+            aligned_words=wder["aligned_words"], wrong_speaker_words=wder["wrong_speaker_words"]
+        )
+    return out
+
+
+def _references_md(result: dict[str, Any]) -> str:
+    lines = [
+        f"- `{r['name']}` ({r['format']}: "
+        + ", ".join(k[4:] for k in ("has_text", "has_speakers", "has_timestamps") if r[k])
+        + ")"
+        for r in result["references"]
+    ]
+    lines += [f"- unreadable: {e}" for e in result.get("unreadable_references", [])]
+    return "\n".join(lines) or "_no reference found_"
+
+
+@asset(
+    partitions_def=episode_partitions,
+    deps=[speaker_transcript],
+    group_name=GROUP_EVALUATION,
+    kinds={"json"},
+)
+def evaluation(
+    context: AssetExecutionContext,
+    config: EvaluationConfig,
+    storage: StorageResource,
+    quality: QualityResource,
+) -> MaterializeResult:
+    """WER, DER, cpWER and WDER against the episode's references: ``evaluation/{key}.json``.
+
+    Each metric is computed when some reference allows it (text → WER; timed speaker
+    turns → DER; text by speaker → cpWER, WDER). Without any reference the asset still
+    materialises, with ``has_reference=False``.
+    """
+    key = context.partition_key
+    record = read_json_or_fail(storage, EpisodeFiles(key).record, key, "speaker_transcript")
+    transcript = transcript_from_record(record)
+    diarisation = record.get("diarisation") or {}
+    turns = [SpeakerTurn(**t) for t in diarisation.get("turns") or []] or None
+
+    url = _transcript_url(storage, key) if config.fetch_feed_transcript else None
+    timeout = config.transcript_timeout_seconds
+    found, fetched = resolve_references(
+        storage,
+        key,
+        quality.references_root,
+        url,
+        timeout=(min(10.0, timeout), timeout),
+        warn=context.log.warning,
+    )
+    loaded, errors = load_references(found)
+    for error in errors:
+        context.log.warning(f"{key}: unreadable reference {error}")
+    models = {
+        "asr_model": (record.get("asr") or {}).get("model"),
+        "diarisation_model": diarisation.get("model"),
+    }
+    result = evaluate_episode(key, transcript, loaded, turns, quality.der_collar, models)
+    result["unreadable_references"] = errors
+    result["feed_transcript"] = fetched.to_dict() if fetched else None
+    uri = storage.write_json(EpisodeFiles(key).evaluation, result)
+    return MaterializeResult(
+        metadata={
+            "has_reference": result["has_reference"],
+            **_metric_metadata(result),
+            "hypothesis_words": result["hypothesis"]["words"],
+            "hypothesis_speakers": result["hypothesis"]["speakers"],
+            "references": MetadataValue.md(_references_md(result)),
+            "feed_transcript": fetched.status if fetched else "not needed",
+            f"path:{EpisodeFiles(key).evaluation}": MetadataValue.path(uri),
+        }
+    )
+
+
+# -- across episodes ----------------------------------------------------------------------------
+def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
+    """Every ``evaluation/{key}.json`` in storage (the summary's own files excluded)."""
+    records = []
+    for rel in storage.list(EVALUATION_DIR):
+        name = rel[len(EVALUATION_DIR) + 1 :]
+        if "/" in name or not name.endswith(".json") or name.startswith("summary."):
+            continue
+        records.append(storage.read_json(rel))
+    return records
+
+
+def _plain(value: Any) -> Any:
+    """A cell as a plain Python value (TableRecord refuses NumPy scalars); NaN → None."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def table_metadata(table: pd.DataFrame) -> MetadataValue:
+    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty."""
+    kinds = {"b": "bool", "i": "int", "f": "float"}
+    schema = TableSchema(
+        columns=[TableColumn(c, kinds.get(table[c].dtype.kind, "string")) for c in table.columns]
+    )
+    records = [
+        TableRecord({k: _plain(v) for k, v in row.items()})
+        for row in table.astype(object).to_dict("records")
+    ]
+    return MetadataValue.table(records, schema)
+
+
+@asset(deps=[evaluation], group_name=GROUP_EVALUATION, kinds={"pandas", "png"})
+def evaluation_summary(
+    context: AssetExecutionContext, storage: StorageResource
+) -> MaterializeResult:
+    """All episodes' scores in one table, pooled corpus rates, and a WER/DER chart.
+
+    Reads the stored ``evaluation/*.json`` (whatever partitions exist), so materialise it
+    after a backfill of ``evaluation``. Pooled rates sum errors over reference words or
+    seconds (long episodes weigh more), not a mean of per-episode rates. Writes
+    ``evaluation/summary.csv``, ``.md`` and ``.png``.
+    """
+    records = stored_evaluations(storage)
+    table = summary_table(records)
+    pooled = pooled_scores(records)
+    files = {
+        "csv": storage.write_text(EVALUATION_SUMMARY_CSV, table.to_csv(index=False)),
+        "markdown": storage.write_text(
+            EVALUATION_SUMMARY_MD, "# Evaluation summary\n\n" + markdown_table(table) + "\n"
+        ),
+    }
+    metadata: dict[str, Any] = {
+        "episodes": pooled["episodes"],
+        "episodes_with_reference": pooled["episodes_with_reference"],
+        **{f"pooled_{m}": round(pooled[m], 4) for m in METRICS if pooled[m] is not None},
+        "reference_words": pooled["reference_words"],
+        "reference_speech_s": pooled["reference_speech_s"],
+        "table": table_metadata(table),
+        "table_md": MetadataValue.md(markdown_table(table) if len(table) else "_no evaluations_"),
+    }
+    if pooled["episodes_with_reference"]:
+        png = chart_png(table)
+        files["chart"] = storage.write_bytes(EVALUATION_SUMMARY_PNG, png)
+        if len(png) <= MAX_INLINE_PNG_BYTES:
+            data = base64.b64encode(png).decode("ascii")
+            metadata["chart"] = MetadataValue.md(f"![WER and DER](data:image/png;base64,{data})")
+    else:
+        context.log.info("no episode has a reference yet: no chart")
+    return MaterializeResult(metadata={**metadata, **files_metadata(files)})
+
+
+# -- model comparison ---------------------------------------------------------------------------
+class ModelComparisonConfig(Config):
+    """Which engine configurations to compare on this episode's audio."""
+
+    configs: str = Field(
+        default="cpu-dev,cpu-fast",
+        description="Comma-separated profiles with optional overrides, e.g. "
+        "'cpu-dev,cpu-fast,cpu-dev:beam_size=1' (model_config.yml profiles).",
+    )
+    timeout_seconds: float = Field(
+        default=3600.0, gt=0, description="Limit for one configuration's worker process."
+    )
+    use_reference: bool = Field(
+        default=True, description="Score WER/DER/cpWER against the episode's reference."
+    )
+
+
+@asset(
+    partitions_def=episode_partitions,
+    deps=[raw_audio],
+    group_name=GROUP_EVALUATION,
+    kinds={"pandas"},
+    pool=GPU_POOL,
+)
+def model_comparison(
+    context: AssetExecutionContext,
+    config: ModelComparisonConfig,
+    storage: StorageResource,
+    quality: QualityResource,
+) -> MaterializeResult:
+    """Engine configurations side by side on this episode: ``comparisons/{key}.md`` / ``.csv``.
+
+    The stored audio is decoded once; each configuration runs in its own worker process
+    (its own wall time and peak memory), scored against the episode's reference when one
+    exists. Not part of the per-episode pipeline: run it from the UI or model_comparison_job.
+    """
+    from resources.audio import decode_audio
+    from twiml_assets.quality.compare import compare, parse_configs, to_markdown, write_report
+
+    key = context.partition_key
+    try:
+        configs = parse_configs(config.configs)
+    except ValueError as exc:
+        raise Failure(
+            description=f"configs={config.configs!r}: {exc}", allow_retries=False
+        ) from exc
+    audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
+    waveform = decode_audio(storage.local_path(audio["path"]), label=key)
+
+    references: list[tuple[Path, Reference]] = []
+    if config.use_reference:
+        found, _ = resolve_references(
+            storage,
+            key,
+            quality.references_root,
+            _transcript_url(storage, key),
+            warn=context.log.warning,
+        )
+        references = load_references(found)[0]
+        context.log.info(f"{key}: scoring against {[p.name for p, _ in references]}")
+    table = compare(
+        waveform, configs, references, collar=quality.der_collar, timeout=config.timeout_seconds
+    )
+    del waveform
+    files = write_report(storage, key, table)
+    failed = table[table["status"] != "ok"]
+    for row in failed.itertuples(index=False):
+        context.log.warning(f"{key}: configuration {row.config} {row.status}")
+    if len(failed) == len(table):
+        raise Failure(
+            description=f"{key}: every configuration failed: "
+            + "; ".join(f"{c}: {s}" for c, s in zip(table["config"], table["status"], strict=True)),
+            allow_retries=False,
+        )
+    return MaterializeResult(
+        metadata={
+            "configurations": len(table),
+            "succeeded": int((table["status"] == "ok").sum()),
+            "references": ", ".join(p.name for p, _ in references) or "none",
+            "table": table_metadata(table),
+            "comparison": MetadataValue.md(to_markdown(table, key)),
+            **files_metadata(files),
+        }
+    )

@@ -1,0 +1,186 @@
+"""Side-by-side model comparison: one recording under several engine configurations.
+
+The audio is decoded once and saved as a NumPy array; each configuration then runs in
+its own worker process that loads that array (never the audio file), so its wall time
+and peak memory are its own and one configuration's models cannot skew another's.
+A configuration is a profile name with optional overrides:
+``cpu-dev``, ``cpu-fast``, ``cpu-dev:beam_size=1:compute_type=float32``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from evaluation.references import Reference
+from resources.asr import AsrSettings
+from resources.audio import SAMPLE_RATE
+from resources.model_registry import profile_settings
+from resources.storage import StorageResource
+from twiml_assets.layout import EpisodeFiles
+
+COLUMNS = [
+    "config",
+    "model",
+    "compute_type",
+    "device",
+    "beam_size",
+    "batched",
+    "speakers",
+    "wer",
+    "der",
+    "cpwer",
+    "rtf",
+    "asr_rtf",
+    "diarisation_rtf",
+    "peak_rss_mb",
+    "status",
+]
+
+
+@dataclass(slots=True)
+class ComparisonConfig:
+    """One named configuration: the profile's settings with the overrides applied."""
+
+    name: str
+    asr: dict[str, Any] = field(default_factory=dict)
+    diarisation: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_config(spec: str) -> ComparisonConfig:
+    """``profile[:key=value]...``; ASR keys go to ASR, the rest to diarisation."""
+    profile, *overrides = spec.strip().split(":")
+    asr = {"profile": profile}
+    diarisation = profile_settings(profile, "diarisation")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad override {item!r} in {spec!r}: expected key=value")
+        value = yaml.safe_load(raw)
+        if key in AsrSettings.__dataclass_fields__:
+            asr[key] = value
+        else:
+            diarisation[key] = value
+    return ComparisonConfig(spec.strip(), asr, diarisation)
+
+
+def parse_configs(specs: str) -> list[ComparisonConfig]:
+    configs = [parse_config(s) for s in specs.split(",") if s.strip()]
+    if not configs:
+        raise ValueError("--configs needs at least one profile name")
+    return configs
+
+
+def run_worker(waveform_path: Path, config: ComparisonConfig, out: Path, timeout: float) -> dict:
+    """Run one configuration in a fresh process and return what it reported."""
+    spec = out.with_suffix(".config.json")
+    spec.write_text(json.dumps({"asr": config.asr, "diarisation": config.diarisation}))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twiml_assets.quality.compare_worker",
+            str(waveform_path),
+            str(spec),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0 or not out.exists():
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": lines[-1] if lines else f"worker exited with {proc.returncode}"}
+    return json.loads(out.read_text())
+
+
+def score(
+    report: dict, references: Sequence[tuple[Path, Reference]], collar: float
+) -> dict[str, Any]:
+    """WER, DER and cpWER of one worker report: the evaluation's own scoring."""
+    from evaluation.reports import evaluate_episode, metric_value
+    from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word
+
+    utterances = [
+        Utterance(u["speaker"], u["start"], u["end"], [Word.from_dict(w) for w in u["words"]])
+        for u in report["utterances"]
+    ]
+    turns = [SpeakerTurn(**t) for t in report["turns"]]
+    duration = max((u.end for u in utterances), default=0.0)
+    transcript = SpeakerTranscript("compare", duration, utterances, report["speakers"])
+    record = evaluate_episode("compare", transcript, references, turns, collar)
+    return {metric: metric_value(record, metric) for metric in ("wer", "der", "cpwer")}
+
+
+def compare(
+    waveform: np.ndarray,
+    configs: list[ComparisonConfig],
+    references: Sequence[tuple[Path, Reference]] = (),
+    collar: float = 0.5,
+    timeout: float = 3600.0,
+) -> pd.DataFrame:
+    """One row per configuration: settings, quality metrics, speed and memory.
+
+    Each metric is scored against the first of ``references`` that can give it, with DER's
+    forgiveness ``collar`` (seconds, total width), exactly as the ``evaluation`` asset does.
+    """
+    duration = len(waveform) / SAMPLE_RATE
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
+        waveform_path = Path(tmp) / "waveform.npy"
+        np.save(waveform_path, waveform)
+        for i, config in enumerate(configs):
+            report = run_worker(waveform_path, config, Path(tmp) / f"config{i}.json", timeout)
+            row: dict[str, Any] = {"config": config.name}
+            if "error" in report:
+                rows.append({**row, "status": f"failed: {report['error']}"})
+                continue
+            asr = report["asr_config"]
+            row.update(
+                model=asr["model"],
+                compute_type=asr["compute_type"],
+                device=asr["device"],
+                beam_size=asr["beam_size"],
+                batched=asr["batched"],
+                speakers=len(report["speakers"]),
+                rtf=(report["asr_seconds"] + report["diarisation_seconds"]) / duration,
+                asr_rtf=report["asr_seconds"] / duration,
+                diarisation_rtf=report["diarisation_seconds"] / duration,
+                peak_rss_mb=report["peak_rss_mb"],
+                status="ok",
+            )
+            row.update(score(report, references, collar))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame, title: str) -> str:
+    """A Markdown table (floats to 3 places) under a heading; no extra dependency."""
+    shown = table.copy()
+    for col in ("wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf"):
+        shown[col] = shown[col].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.3f}")
+    shown["peak_rss_mb"] = shown["peak_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    shown = shown.fillna("")
+    header = "| " + " | ".join(shown.columns) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join([f"# Model comparison: {title}", "", header, rule, *body, ""])
+
+
+def write_report(storage: StorageResource, key: str, table: pd.DataFrame) -> dict[str, str]:
+    """``comparisons/{key}.md`` and ``.csv`` under the storage root."""
+    files = EpisodeFiles(key)
+    return {
+        "markdown": storage.write_text(files.comparison_markdown, to_markdown(table, key)),
+        "csv": storage.write_text(files.comparison_csv, table.to_csv(index=False)),
+    }

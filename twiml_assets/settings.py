@@ -1,0 +1,92 @@
+"""The code location's settings from ``TWIML_*`` environment variables, validated once.
+
+One pydantic model, so every variable has one type, one default and one error message;
+``definitions.py`` turns it into resources and the sensor. Empty variables count as unset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from twiml_assets.feed.resource import DEFAULT_FEED_URL
+
+PREFIX = "TWIML_"
+OTHER_NAMES = ("DAGSTER_GRAPHQL_URL",)  # Dagster's own name for the webserver's endpoint
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the code location cannot use."""
+
+
+class PlatformSettings(BaseModel):
+    """``TWIML_<FIELD>`` for each field (``TWIML_FEED_URL``, ``TWIML_WER_WARN``, ...).
+
+    The web page reads the ``web_*`` fields and ``DAGSTER_GRAPHQL_URL`` from the same model.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=lambda name: PREFIX + name.upper(), populate_by_name=True, extra="ignore"
+    )
+
+    feed_url: str = DEFAULT_FEED_URL
+    storage_root: str | None = None
+    profile: str | None = None
+    references_dir: str | None = None
+    sensor_interval: int = Field(default=300, ge=5)
+    sensor_status: Literal["running", "stopped"] = "running"
+    max_runs_per_tick: int = Field(default=3, ge=0)
+    max_in_flight: int = Field(default=4, ge=0)
+    catchup_order: Literal["newest_first", "oldest_first"] = "newest_first"
+    wer_warn: float | None = None
+    wer_error: float | None = None
+    der_warn: float | None = None
+    der_error: float | None = None
+    cpwer_warn: float | None = None
+    cpwer_error: float | None = None
+    wder_warn: float | None = None
+    wder_error: float | None = None
+    web_max_upload_mb: float = Field(default=500.0, gt=0)
+    web_upload_types: str | None = None
+    web_poll_seconds: float = Field(default=2.0, ge=0.5)
+    dagster_graphql_url: str = Field(
+        default="http://127.0.0.1:3000/graphql", alias="DAGSTER_GRAPHQL_URL"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unset_empty(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
+        return values
+
+    @field_validator("sensor_status", "catchup_order", mode="before")
+    @classmethod
+    def _lenient_choice(cls, value: Any) -> Any:
+        return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+
+    def evaluation_limits(self) -> dict[str, float]:
+        """The evaluation limits that were set (the quality resource has the defaults)."""
+        names = [n for n in type(self).model_fields if n.endswith(("_warn", "_error"))]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
+        """Settings from ``env`` (default: the process environment), or a ConfigError."""
+        env = os.environ if env is None else env
+        try:
+            ours = {k: v for k, v in env.items() if k.startswith(PREFIX) or k in OTHER_NAMES}
+            return cls.model_validate(ours)
+        except ValidationError as exc:
+            raise ConfigError("; ".join(_describe(e, env) for e in exc.errors())) from None
+
+
+def _describe(error: Any, env: Mapping[str, str]) -> str:
+    """``TWIML_X='value': what is wrong`` for one validation error."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    if name in env:
+        return f"{name}={env[name]!r}: {error['msg']}"
+    return error["msg"]

@@ -1,0 +1,86 @@
+"""Speaker naming as its own step: ``speaker_names`` (issue 6).
+
+It runs after ``speaker_transcript`` and before the RAG files and subtitles, which
+render with its names. The voiceprints (``speakers/{key}.embeddings.json``) are computed
+once from the decoded audio and the diarisation turns; later runs (the registry grew, a
+host became recognisable, a name was confirmed) reuse them, so re-naming the back
+catalogue (job ``speaker_naming_job``) never decodes or transcribes again.
+"""
+
+from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
+
+from resources.storage import StorageResource
+from twiml_assets.asset_io import (
+    GROUP_OUTPUTS,
+    load_episode,
+    read_json_or_fail,
+)
+from twiml_assets.feed.partitions import episode_partitions
+from twiml_assets.layout import EpisodeFiles
+from twiml_assets.outputs.files import diarisation_from_dict
+from twiml_assets.speakers import service
+from twiml_assets.speakers.assign import NAME_THRESHOLD
+from twiml_assets.speakers.voiceprints import MATCH_THRESHOLD
+
+
+class SpeakerNamesConfig(Config):
+    host_name: str = Field(
+        default="",
+        description="The host's name for the recurring voice (empty: $TWIML_HOST_NAME, else "
+        "the feed's itunes:author).",
+    )
+    match_threshold: float = Field(
+        default=MATCH_THRESHOLD, description="Cosine similarity for two voices to be one."
+    )
+    name_threshold: float = Field(
+        default=NAME_THRESHOLD, description="Confidence below which the label is kept."
+    )
+    recompute_embeddings: bool = Field(
+        default=False, description="Decode the audio again and recompute the voiceprints."
+    )
+
+
+@asset(
+    partitions_def=episode_partitions,
+    deps=[AssetKey("speaker_transcript")],
+    group_name=GROUP_OUTPUTS,
+    kinds={"json"},
+)
+def speaker_names(
+    context: AssetExecutionContext, config: SpeakerNamesConfig, storage: StorageResource
+) -> MaterializeResult:
+    """Label → name, confidence and evidence: ``speakers/{key}.json``."""
+    key = context.partition_key
+    episode = load_episode(storage, key)
+    computed = False
+    if config.recompute_embeddings or service.read_voiceprints(storage, key) is None:
+        audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
+        diar = read_json_or_fail(storage, EpisodeFiles(key).diarisation_result, key, "diarisation")
+        service.compute_voiceprints(storage, key, audio["path"], diarisation_from_dict(diar).turns)
+        computed = True
+    settings = service.NamingSettings(
+        host_name=config.host_name or None,
+        match_threshold=config.match_threshold,
+        name_threshold=config.name_threshold,
+    )
+    doc = service.name_episode(
+        storage, key, settings, episode.title or "", episode.description or "", episode.author
+    )
+    table = "\n".join(
+        f"| {label} | {s['name'] or '—'} | {s['confidence']:.2f} | {s['evidence']} |"
+        for label, s in doc["speakers"].items()
+    )
+    return MaterializeResult(
+        metadata={
+            "named": len(doc["names"]),
+            "speakers": len(doc["speakers"]),
+            "names": MetadataValue.json(doc["names"]),
+            "guests_in_metadata": ", ".join(doc["guests_in_metadata"]) or "none",
+            "embeddings_computed": computed,
+            "table": MetadataValue.md(
+                "| label | name | confidence | evidence |\n|---|---|---|---|\n" + table
+            ),
+            "path:names": MetadataValue.path(storage.uri(EpisodeFiles(key).speaker_names)),
+        }
+    )

@@ -1,0 +1,238 @@
+"""Storage-level naming operations shared by the Dagster asset and the CLI.
+
+Files (under the storage root):
+
+* ``speakers/{key}.embeddings.json``: label → voiceprint, computed once from the decoded
+  audio and the diarisation turns; everything after it works without audio.
+* ``speakers/{key}.json``: label → name (or null), confidence, evidence; ``names`` holds
+  only the names above the threshold, which is what the outputs use.
+* ``speakers/registry.json``: known voices (``registry.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from resources.schema import SpeakerTranscript, SpeakerTurn
+from resources.storage import StorageResource
+from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
+from twiml_assets.speakers.assign import NAME_THRESHOLD, SpeakerName, assign_names
+from twiml_assets.speakers.hosts import MIN_EPISODES, recurring_voice
+from twiml_assets.speakers.metadata import guest_names
+from twiml_assets.speakers.registry import SpeakerRegistry, label_ref
+from twiml_assets.speakers.voiceprints import (
+    MATCH_THRESHOLD,
+    VoicePrint,
+    audio_voiceprint,
+    label_voiceprints,
+)
+
+HOST_NAME_ENV = "TWIML_HOST_NAME"
+
+
+@dataclass(frozen=True, slots=True)
+class NamingSettings:
+    """Thresholds and the host's name (None: $TWIML_HOST_NAME, else the feed's author)."""
+
+    host_name: str | None = None
+    match_threshold: float = MATCH_THRESHOLD
+    name_threshold: float = NAME_THRESHOLD
+    min_host_episodes: int = MIN_EPISODES
+
+
+# -- voiceprints -----------------------------------------------------------------------------
+def read_voiceprints(storage: StorageResource, key: str) -> dict[str, VoicePrint] | None:
+    rel = EpisodeFiles(key).voiceprints
+    if not storage.exists(rel):
+        return None
+    data = storage.read_json(rel)
+    return {label: VoicePrint.from_dict(vp) for label, vp in data["labels"].items()}
+
+
+def compute_voiceprints(
+    storage: StorageResource, key: str, audio_rel: str, turns: Sequence[SpeakerTurn]
+) -> dict[str, VoicePrint]:
+    """Decode the episode's audio once, embed each label's turns, store the result."""
+    from resources.audio import decode_audio
+
+    waveform = decode_audio(storage.local_path(audio_rel), label=key)
+    prints = label_voiceprints(waveform, turns)
+    write_voiceprints(storage, key, prints)
+    return prints
+
+
+def write_voiceprints(storage: StorageResource, key: str, prints: dict[str, VoicePrint]) -> str:
+    """``speakers/{key}.embeddings.json``: the voiceprints every later naming reuses."""
+    return storage.write_json(
+        EpisodeFiles(key).voiceprints,
+        {
+            "key": key,
+            "encoder": "resemblyzer GE2E (raw, unit mean over the label's turns)",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "labels": {label: vp.to_dict() for label, vp in sorted(prints.items())},
+        },
+    )
+
+
+def all_voiceprints(storage: StorageResource) -> dict[str, dict[str, VoicePrint]]:
+    """Every episode's stored voiceprints: key → label → voiceprint."""
+    out = {}
+    for rel in storage.list("speakers"):
+        name = rel.rsplit("/", 1)[-1]
+        if name.endswith(VOICEPRINTS_SUFFIX):
+            key = name[: -len(VOICEPRINTS_SUFFIX)]
+            prints = read_voiceprints(storage, key)
+            if prints:
+                out[key] = prints
+    return out
+
+
+# -- registry --------------------------------------------------------------------------------
+def load_registry(storage: StorageResource) -> SpeakerRegistry:
+    if not storage.exists(SPEAKER_REGISTRY):
+        return SpeakerRegistry()
+    return SpeakerRegistry.from_dict(storage.read_json(SPEAKER_REGISTRY))
+
+
+def save_registry(storage: StorageResource, registry: SpeakerRegistry) -> str:
+    return storage.write_json(SPEAKER_REGISTRY, registry.to_dict())
+
+
+def enroll(storage: StorageResource, name: str, audio: Sequence[str | Path]) -> VoicePrint:
+    """Add a voice from single-speaker recordings of ``name`` to the registry."""
+    from resources.audio import decode_audio
+
+    voice = audio_voiceprint([decode_audio(Path(a)) for a in audio])
+    registry = load_registry(storage)
+    ref = "enrol:" + ",".join(sorted(Path(a).name for a in audio))
+    registry.add(name, ref, "enrol", voice)
+    save_registry(storage, registry)
+    return voice
+
+
+def confirm(storage: StorageResource, key: str, label: str, name: str) -> dict[str, Any]:
+    """Record that ``label`` of episode ``key`` is ``name``; returns the new naming."""
+    prints = read_voiceprints(storage, key)
+    if prints is None:
+        raise FileNotFoundError(
+            f"{key}: no {EpisodeFiles(key).voiceprints}; "
+            "materialise speaker_names for this episode first"
+        )
+    if label not in prints:
+        raise KeyError(f"{key} has no speaker {label!r} (labels: {', '.join(sorted(prints))})")
+    registry = load_registry(storage)
+    registry.add(name, label_ref(key, label), "confirmed", prints[label])
+    save_registry(storage, registry)
+    return name_episode(storage, key)
+
+
+# -- naming ----------------------------------------------------------------------------------
+def name_episode(
+    storage: StorageResource,
+    key: str,
+    settings: NamingSettings | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """Name the labels of ``key`` from stored voiceprints; writes ``speakers/{key}.json``."""
+    settings = settings or NamingSettings()
+    prints = read_voiceprints(storage, key)
+    if prints is None:
+        rel = EpisodeFiles(key).voiceprints
+        raise FileNotFoundError(f"{key}: no {rel} (compute voiceprints first)")
+    if title is None and description is None:
+        title, description, author = episode_text(storage, key)
+    host_name = settings.host_name or os.environ.get(HOST_NAME_ENV) or author or None
+    registry = load_registry(storage)
+    host = recurring_voice(
+        all_voiceprints(storage), settings.match_threshold, settings.min_host_episodes
+    )
+    exclude = {host_name} if host_name else set()
+    guests = guest_names(title, description, exclude)
+    names = assign_names(
+        key,
+        prints,
+        registry,
+        guests,
+        host,
+        host_name,
+        settings.match_threshold,
+        settings.name_threshold,
+    )
+    doc = naming_document(key, names, guests, host_name, settings)
+    storage.write_json(EpisodeFiles(key).speaker_names, doc)
+    return doc
+
+
+def naming_document(
+    key: str,
+    names: dict[str, SpeakerName],
+    guests: list[str],
+    host_name: str | None,
+    settings: NamingSettings,
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "names": {lb: n.name for lb, n in names.items() if n.name is not None},
+        "speakers": {lb: n.to_dict() for lb, n in names.items()},
+        "guests_in_metadata": guests,
+        "host_name": host_name,
+        "match_threshold": settings.match_threshold,
+        "name_threshold": settings.name_threshold,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def episode_text(storage: StorageResource, key: str) -> tuple[str | None, str | None, str | None]:
+    """(title, description, author) of the episode's feed entry, when stored."""
+
+    rel = EpisodeFiles(key).episode
+    if not storage.exists(rel):
+        return None, None, None
+    data = storage.read_json(rel)
+    return data.get("title"), data.get("description"), data.get("author")
+
+
+def stored_names(storage: StorageResource, key: str) -> dict[str, str]:
+    """The confident names of ``key`` (label → name); empty when not named yet."""
+    rel = EpisodeFiles(key).speaker_names
+    return dict(storage.read_json(rel).get("names", {})) if storage.exists(rel) else {}
+
+
+def with_names(storage: StorageResource, transcript: SpeakerTranscript) -> SpeakerTranscript:
+    """``transcript`` with the stored names applied (raw labels stay in ``speakers``)."""
+    names = {**transcript.speaker_names, **stored_names(storage, transcript.key)}
+    transcript.speaker_names = {lb: n for lb, n in names.items() if lb in transcript.speakers}
+    return transcript
+
+
+def render_outputs(storage: StorageResource, key: str) -> dict[str, str]:
+    """Re-write the RAG files and subtitles of ``key`` with its current names.
+
+    What ``rag_outputs`` and ``subtitles`` do, for the CLI's confirm/rename without a
+    Dagster run; returns {} when the episode has no transcript yet.
+    """
+    from twiml_assets.feed.source import EpisodeInfo
+    from twiml_assets.outputs.files import (
+        transcript_from_record,
+        write_rag_outputs,
+        write_subtitles,
+    )
+
+    record_rel = EpisodeFiles(key).record
+    if not storage.exists(record_rel):
+        return {}
+    transcript = with_names(storage, transcript_from_record(storage.read_json(record_rel)))
+    info = None
+    if storage.exists(EpisodeFiles(key).episode):
+        info = EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)).info_json()
+    return {
+        **write_rag_outputs(storage, transcript, info=info),
+        **write_subtitles(storage, transcript),
+    }
