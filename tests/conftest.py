@@ -61,7 +61,7 @@ SHORT_EPISODE_LINES: tuple[tuple[tuple[str, str], ...], ...] = (
 @pytest.fixture
 def http_server(tmp_path: Path):
     """A fresh LocalHTTPServer on 127.0.0.1 (ephemeral port) serving ``tmp_path/www``."""
-    from twiml_assets.demo.feed_server import LocalHTTPServer
+    from twiml_assets.demo.http_server import LocalHTTPServer
 
     root = tmp_path / "www"
     root.mkdir()

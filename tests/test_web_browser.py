@@ -26,7 +26,8 @@ import pytest
 import requests
 
 from resources.storage import StorageResource
-from twiml_assets.demo.feed_server import DemoEpisode, LocalHTTPServer, render_rss
+from twiml_assets.demo.feed_server import DemoEpisode, render_rss
+from twiml_assets.demo.http_server import LocalHTTPServer
 from twiml_assets.demo.synth import synthesize_dialogue
 from twiml_assets.feed.catalog import refresh_catalog
 from twiml_assets.feed.resource import FeedResource
