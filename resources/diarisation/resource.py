@@ -30,6 +30,7 @@ from resources.diarisation.offline import diarise_offline
 from resources.diarisation.settings import OFFLINE, DiarisationSettings, ProgressCallback
 from resources.diarisation.turns import annotation_to_turns
 from resources.model_paths import resemblyzer_encoder, segmentation_checkpoint
+from resources.model_registry import profile_settings
 from resources.schema import DiarisationResult, SpeakerTurn
 
 OFFLINE_MODEL_NAME = "offline:pyannote-segmentation+resemblyzer"
@@ -108,8 +109,6 @@ class PyannoteDiariser(ConfigurableResource):
 
         The one place a profile becomes a diariser (None overrides keep the profile's value).
         """
-        from resources.model_registry import profile_settings
-
         settings = profile_settings(profile, "diarisation")
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**settings)
