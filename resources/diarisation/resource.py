@@ -9,9 +9,7 @@ the production choice where a token or a local copy exists.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -27,8 +25,14 @@ from resources.diarisation.models import (
     resolve_device,
 )
 from resources.diarisation.offline import diarise_offline
-from resources.diarisation.settings import OFFLINE, DiarisationSettings, ProgressCallback
+from resources.diarisation.settings import (
+    OFFLINE,
+    DiarisationFields,
+    DiarisationSettings,
+    ProgressCallback,
+)
 from resources.diarisation.turns import annotation_to_turns
+from resources.environment import environment
 from resources.model_paths import resemblyzer_encoder, segmentation_checkpoint
 from resources.model_registry import profile_settings
 from resources.schema import DiarisationResult, SpeakerTurn
@@ -37,70 +41,14 @@ OFFLINE_MODEL_NAME = "offline:pyannote-segmentation+resemblyzer"
 MIN_AUDIO_SECONDS = 0.5  # shorter input cannot hold a diarisable turn
 
 
-class PyannoteDiariser(ConfigurableResource):
+class PyannoteDiariser(ConfigurableResource, DiarisationFields):
     """Diarise 16 kHz mono audio into speaker turns (SPEAKER_00, ... by first appearance).
 
     Works unchanged in a notebook: ``PyannoteDiariser().diarise(waveform)``.
     """
 
-    pipeline: str = Field(
-        default=OFFLINE,
-        description="'offline' (registry-shipped weights, no hub), a pyannote hub id such as "
-        "'pyannote/speaker-diarization-community-1', or a local pipeline directory/config.yaml.",
-    )
     hf_token: str | None = Field(
         default=None, description="Hugging Face token for gated hub pipelines (default: $HF_TOKEN)."
-    )
-    device: str = Field(default="auto", description="auto (cuda if available), cpu or cuda.")
-    num_speakers: int | None = Field(
-        default=None, description="Exact number of speakers; None = estimate it."
-    )
-    min_speakers: int | None = Field(default=None, description="Lower bound on the speaker count.")
-    max_speakers: int | None = Field(default=None, description="Upper bound on the speaker count.")
-    segmentation_step: float = Field(
-        default=0.5,
-        description="Offline: seconds between 5 s segmentation windows (smaller = finer, slower).",
-    )
-    speech_onset: float = Field(
-        default=0.7, description="Offline: speech starts where the speech activation exceeds this."
-    )
-    speech_offset: float = Field(
-        default=0.6, description="Offline: speech ends where the activation drops below this."
-    )
-    change_threshold: float = Field(
-        default=0.3,
-        description="Offline: share of segmentation windows that must see a speaker change "
-        "for speech to be cut there (lower = more, shorter segments).",
-    )
-    overlap_threshold: float = Field(
-        default=0.5,
-        description="Offline: share of segmentation windows that must hear two voices at once "
-        "for a frame to get a second speaker (above 1 disables overlap).",
-    )
-    embedding_window: float = Field(
-        default=1.6, description="Offline: seconds of audio per speaker embedding."
-    )
-    embedding_step: float = Field(
-        default=0.2, description="Offline: seconds between speaker embeddings."
-    )
-    clustering_threshold: float = Field(
-        default=0.8,
-        description="Offline: cosine distance (whitened embeddings) cutting the first, "
-        "deliberately over-split clustering.",
-    )
-    merge_threshold: float = Field(
-        default=0.09,
-        description="Offline: clusters whose GE2E centroids are closer than this cosine "
-        "distance are one speaker (higher = fewer speakers).",
-    )
-    min_cluster_seconds: float = Field(
-        default=3.0,
-        description="Offline: clusters with less speech than this are folded into the nearest "
-        "speaker instead of counting as one.",
-    )
-    min_duration_on: float = Field(default=0.0, description="Drop turns shorter than this (s).")
-    min_duration_off: float = Field(
-        default=0.3, description="Join one speaker's turns separated by less than this (s)."
     )
 
     @classmethod
@@ -115,12 +63,12 @@ class PyannoteDiariser(ConfigurableResource):
 
     def settings(self, **overrides: Any) -> DiarisationSettings:
         """Fields < per-call ``overrides`` (None = keep the field's value)."""
-        values = {name: getattr(self, name) for name in DiarisationSettings.__dataclass_fields__}
+        values = {name: getattr(self, name) for name in DiarisationFields.model_fields}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return DiarisationSettings(**values).validate()
+        return DiarisationSettings(**values)
 
     def token(self) -> str | None:
-        return self.hf_token or os.environ.get("HF_TOKEN") or None
+        return self.hf_token or environment().hf_token
 
     def diarise(
         self,
@@ -145,7 +93,7 @@ class PyannoteDiariser(ConfigurableResource):
             waveform = np.ascontiguousarray(waveform, dtype=np.float32).reshape(-1)
         duration = len(waveform) / SAMPLE_RATE
         device = resolve_device(s.device)
-        config = {**asdict(s), "device": device, "hf_token_set": self.token() is not None}
+        config = {**s.model_dump(), "device": device, "hf_token_set": self.token() is not None}
         started = time.perf_counter()
         if s.pipeline == OFFLINE:
             models = (

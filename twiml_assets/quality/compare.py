@@ -67,7 +67,7 @@ def parse_config(spec: str) -> ComparisonConfig:
         if not sep:
             raise ValueError(f"bad override {item!r} in {spec!r}: expected key=value")
         value = yaml.safe_load(raw)
-        if key in AsrSettings.__dataclass_fields__:
+        if key in AsrSettings.model_fields:
             asr[key] = value
         else:
             diarisation[key] = value

@@ -11,13 +11,13 @@ Files (under the storage root):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from resources.environment import environment
 from resources.schema import SpeakerTranscript, SpeakerTurn
 from resources.storage import StorageResource
 from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
@@ -31,8 +31,6 @@ from twiml_assets.speakers.voiceprints import (
     audio_voiceprint,
     label_voiceprints,
 )
-
-HOST_NAME_ENV = "TWIML_HOST_NAME"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +146,7 @@ def name_episode(
         raise FileNotFoundError(f"{key}: no {rel} (compute voiceprints first)")
     if title is None and description is None:
         title, description, author = episode_text(storage, key)
-    host_name = settings.host_name or os.environ.get(HOST_NAME_ENV) or author or None
+    host_name = settings.host_name or environment().host_name or author or None
     registry = load_registry(storage)
     host = recurring_voice(
         all_voiceprints(storage), settings.match_threshold, settings.min_host_episodes
