@@ -18,50 +18,55 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resources.asr import (  # noqa: E402
-    WhisperASR,
-    effective_device_and_type,
-    transcribe_options,
-)
+from resources.asr import AsrSettings, effective_device_and_type, transcribe_options  # noqa: E402
 from resources.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from resources.diarisation import PyannoteDiariser  # noqa: E402
+from twiml_assets.cli import asr_from_args  # noqa: E402
 from twiml_assets.speech.merge import merge_words  # noqa: E402
+
+T = TypeVar("T")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_faster_whisper(model, waveform, s) -> float:  # noqa: ANN001 - faster-whisper objects
+def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``fn(*args)`` and the seconds it took."""
+    started = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - started
+
+
+def bare_faster_whisper(model: Any, waveform: np.ndarray, s: AsrSettings) -> None:
     """The reference: faster-whisper called directly with the engine's settings."""
     from faster_whisper import BatchedInferencePipeline
 
-    started = time.perf_counter()
-    kwargs = transcribe_options(s)
-    if s.batched:
-        segments, _ = BatchedInferencePipeline(model).transcribe(
-            waveform, batch_size=s.batch_size, **kwargs
-        )
-    else:
-        segments, _ = model.transcribe(waveform, **kwargs)
-    for _ in segments:
+    options = transcribe_options(s) | ({"batch_size": s.batch_size} if s.batched else {})
+    segments, _ = (BatchedInferencePipeline(model) if s.batched else model).transcribe(
+        waveform, **options
+    )
+    for _ in segments:  # decoding happens as the segments are read
         pass
-    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--audio", help="audio file (default: a generated 88 s dialogue)")
-    parser.add_argument("--profile", default=None)
+    parser.add_argument("--profile")
     parser.add_argument("--model")
     parser.add_argument("--compute-type")
     parser.add_argument("--device")
     parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each (at least 1)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -72,43 +77,26 @@ def main() -> None:
 
             audio = synthesize_dialogue(Path(tmp) / "dialogue.wav").audio_path
 
-        started = time.perf_counter()
-        waveform = decode_audio(audio)
-        decode_s = time.perf_counter() - started
+        waveform, decode_s = timed(decode_audio, audio)
     duration = len(waveform) / SAMPLE_RATE
 
-    asr = WhisperASR(
-        profile=args.profile,
-        model=args.model,
-        compute_type=args.compute_type,
-        device=args.device,
-        batched=args.batched,
-    )
+    asr = asr_from_args(args)
     settings = asr.settings()
-    started = time.perf_counter()
-    model = asr.load()
-    load_s = time.perf_counter() - started
+    model, load_s = timed(asr.load)
     device, compute_type = effective_device_and_type(settings.device, settings.compute_type)
 
     bare_faster_whisper(model, waveform, settings)  # warm-up (allocators, VAD session)
     engine_times, bare_times = [], []
-    result = None
     for _ in range(args.repeats):
-        bare_times.append(bare_faster_whisper(model, waveform, settings))
-        started = time.perf_counter()
-        result = asr.transcribe(waveform)
-        engine_times.append(time.perf_counter() - started)
-    assert result is not None
+        bare_times.append(timed(bare_faster_whisper, model, waveform, settings)[1])
+        result, seconds = timed(asr.transcribe, waveform)
+        engine_times.append(seconds)
     rss_after_asr = peak_rss_mb()
 
     diariser = PyannoteDiariser.for_profile(args.profile, device=args.device)
     diariser.diarise(waveform[: SAMPLE_RATE * 10])  # load models outside the timing
-    started = time.perf_counter()
-    diarisation = diariser.diarise(waveform)
-    diar_s = time.perf_counter() - started
-    started = time.perf_counter()
-    transcript = merge_words(result, diarisation, "bench")
-    merge_s = time.perf_counter() - started
+    diarisation, diar_s = timed(diariser.diarise, waveform)
+    transcript, merge_s = timed(merge_words, result, diarisation, "bench")
 
     engine_asr, bare_asr = statistics.median(engine_times), statistics.median(bare_times)
     figures = {

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from resources.storage import StorageResource
 from twiml_assets.audio.download import (
     DownloadError,
     NotAudioError,
     audio_extension,
+    audio_files,
     download_audio,
+    is_audio_of,
     part_paths,
     sniff_not_audio,
 )
@@ -196,3 +199,11 @@ def test_audio_extension_and_sniffing() -> None:
     assert sniff_not_audio(b"ID3\x03") is None
     assert sniff_not_audio(b"  <!doctype HTML>") == "an HTML page"
     assert sniff_not_audio(b'{"a": 1}') == "a JSON document"
+
+
+def test_stored_audio_is_matched_by_exact_key_and_extension(tmp_path: Path) -> None:
+    storage = StorageResource(root=str(tmp_path))
+    for rel in ("audio/ep-1.json", "audio/ep-1.mp3", "audio/ep-10.mp3", "audio/ep-1.mp3.txt"):
+        storage.write_text(rel, "x")
+    assert audio_files(storage, "ep-1") == ["audio/ep-1.mp3"]
+    assert is_audio_of("audio/ep-10.mp3", "ep-10") and not is_audio_of("audio/ep-1.json", "ep-1")

@@ -15,7 +15,6 @@ from dagster import Failure, MetadataValue
 
 from resources.schema import SpeakerTranscript
 from resources.storage import StorageResource
-from twiml_assets.audio.download import KNOWN_SUFFIXES
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.layout import EpisodeFiles
 
@@ -23,27 +22,6 @@ GROUP_FEED = "feed"
 GROUP_INGEST = "ingest"
 GROUP_MODELS = "models"
 GROUP_OUTPUTS = "outputs"
-
-
-def audio_files(storage: StorageResource, key: str) -> list[str]:
-    """Stored audio of one episode (``audio/{key}.<ext>``), exact key match only."""
-    prefix = EpisodeFiles(key).audio("")
-    return [
-        rel
-        for rel in storage.list("audio")
-        if rel.startswith(prefix) and rel[len(prefix) :] in KNOWN_SUFFIXES
-    ]
-
-
-def load_episode(storage: StorageResource, key: str) -> EpisodeInfo:
-    rel = EpisodeFiles(key).episode
-    if not storage.exists(rel):
-        raise Failure(
-            description=f"{key}: no episode metadata at {storage.uri(rel)}; "
-            "materialise episode_metadata for this partition first",
-            allow_retries=False,
-        )
-    return EpisodeInfo.from_dict(storage.read_json(rel))
 
 
 def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: str) -> Any:
@@ -57,8 +35,14 @@ def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: st
     return storage.read_json(rel)
 
 
+def load_episode(storage: StorageResource, key: str) -> EpisodeInfo:
+    rel = EpisodeFiles(key).episode
+    return EpisodeInfo.from_dict(read_json_or_fail(storage, rel, key, "episode_metadata"))
+
+
 def format_clock(seconds: float) -> str:
-    seconds = max(0.0, seconds)
+    """``h:mm:ss``, as the asset previews and the web pages show times."""
+    seconds = max(0.0, float(seconds))
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"

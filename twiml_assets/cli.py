@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from resources.audio import AudioDecodeError
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
-from resources.storage import StorageError
+from resources.storage import StorageError, StorageResource
 from twiml_assets.speakers.cli import add_speakers_parser, cmd_speakers
+
+if TYPE_CHECKING:
+    from resources.asr import WhisperASR
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
 USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
+TRANSCRIBE_OPTIONS = ("key", "title", "description", "num_speakers", "min_speakers", "max_speakers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--out",
-        default=None,
         help="storage root for comparisons/{key}.md/.csv (default: TWIML_STORAGE_ROOT or ./data)",
     )
     c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
@@ -86,15 +91,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fetch_url(url: str, directory: Path) -> Path:
-    """Download an http(s) URL to ``directory`` (streamed, atomic)."""
+def options(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """Those of ``names`` that the command defines, as keyword arguments (None means unset)."""
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def asr_from_args(args: argparse.Namespace) -> WhisperASR:
+    """The ASR with the command line's overrides; what it leaves unset comes from the profile."""
+    from resources.asr import WhisperASR
+
+    return WhisperASR(**options(args, WhisperASR.model_fields))
+
+
+def local_audio(source: str, directory: Path) -> Path:
+    """``source`` as a local path: an http(s) URL is downloaded into ``directory`` first."""
+    url = urlparse(source)
+    if url.scheme not in {"http", "https"}:
+        return Path(source)
     from twiml_assets.audio.download import download_audio
 
-    name = Path(urlparse(url).path).name or "audio"
-    return Path(download_audio(url, directory / name).path)
+    return Path(download_audio(source, directory / (Path(url.path).name or "audio")).path)
 
 
-def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or None
+def progress_printer(enabled: bool) -> Callable[[str, float, float], None] | None:
     """A tqdm bar over seconds of audio, one per stage."""
     if not enabled:
         return None
@@ -106,11 +125,7 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(
-                total=round(total, 1),
-                desc=f"{stage:>10}",
-                unit="s audio",
-                leave=True,
-                bar_format=BAR_FORMAT,
+                total=round(total, 1), desc=f"{stage:>10}", unit="s audio", bar_format=BAR_FORMAT
             )
         bar.n = round(min(done, total), 1)
         bar.refresh()
@@ -121,39 +136,21 @@ def progress_printer(enabled: bool):  # noqa: ANN201 - returns a callback or Non
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from resources.asr import WhisperASR
     from resources.diarisation import PyannoteDiariser
     from twiml_assets.speech.engine import transcribe_file
 
-    asr = WhisperASR(
-        profile=args.profile,
-        model=args.model,
-        compute_type=args.compute_type,
-        device=args.device,
-        beam_size=args.beam_size,
-        batched=args.batched,
-        batch_size=args.batch_size,
-        language=args.language,
-    )
+    asr = asr_from_args(args)
     diariser = PyannoteDiariser.for_profile(
         args.profile, pipeline=args.pipeline, device=args.device
     )
     with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
-        source = args.audio
-        if urlparse(source).scheme in {"http", "https"}:
-            source = fetch_url(source, Path(tmp))
         result = transcribe_file(
-            source,
+            local_audio(args.audio, Path(tmp)),
             args.out,
             asr=asr,
             diariser=diariser,
-            key=args.key,
-            title=args.title,
-            description=args.description,
-            num_speakers=args.num_speakers,
-            min_speakers=args.min_speakers,
-            max_speakers=args.max_speakers,
             progress=progress_printer(not args.no_progress and sys.stderr.isatty()),
+            **options(args, TRANSCRIBE_OPTIONS),
         )
     t = result.transcript
     print(
@@ -165,17 +162,14 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_audio(source: str, storage_root: str | None, tmp: Path) -> tuple[Path, str | None]:
+def resolve_audio(source: str, storage: StorageResource, tmp: Path) -> tuple[Path, str | None]:
     """A local audio path for a file, a URL, or an episode key with audio in storage."""
-    if urlparse(source).scheme in {"http", "https"}:
-        return fetch_url(source, tmp), None
-    path = Path(source)
+    path = local_audio(source, tmp)
     if path.exists():
         return path, None
-    from resources.storage import StorageResource
+    from twiml_assets.audio.download import audio_files
 
-    storage = StorageResource(root=storage_root) if storage_root else StorageResource()
-    matches = [p for p in storage.list("audio") if Path(p).stem == source]
+    matches = audio_files(storage, source)
     if not matches:
         raise AudioDecodeError(
             f"{source!r} is neither an audio file nor an episode with audio in "
@@ -186,22 +180,21 @@ def resolve_audio(source: str, storage_root: str | None, tmp: Path) -> tuple[Pat
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from resources.audio import decode_audio
-    from resources.storage import StorageResource
     from twiml_assets.keys import upload_key_for_file
     from twiml_assets.quality.compare import compare, parse_configs, write_report
 
     configs = parse_configs(args.configs)
+    storage = StorageResource(root=args.out) if args.out else StorageResource()
     references = []
     if args.reference:
         from evaluation.loaders import load_reference
 
         references = [(Path(args.reference), load_reference(args.reference))]
     with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
-        audio, episode_key = resolve_audio(args.audio, args.out, Path(tmp))
+        audio, episode_key = resolve_audio(args.audio, storage, Path(tmp))
         key = args.key or episode_key or upload_key_for_file(audio)
         waveform = decode_audio(audio, label=key)
     table = compare(waveform, configs, references)
-    storage = StorageResource(root=args.out) if args.out else StorageResource()
     files = write_report(storage, key, table)
     print(Path(files["markdown"]).read_text() if storage.is_local else table.to_string())
     for name, uri in files.items():
@@ -219,25 +212,19 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = WebSettings.from_env(graphql_url=args.dagster_url, storage_root=args.storage)
     if args.max_upload_mb is not None:
         limits = UploadLimits(int(args.max_upload_mb * 1024 * 1024), settings.limits.types)
-        settings = WebSettings.from_env(
-            graphql_url=args.dagster_url, storage_root=args.storage, limits=limits
-        )
+        settings = dataclasses.replace(settings, limits=limits)
     logging.getLogger("twiml_assets").setLevel(logging.INFO)
     print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 
 
-def load_dotenv_if_present() -> None:
-    """Credentials (S3, HF_TOKEN) from a git-ignored ``.env``, as ``dagster dev`` does."""
+def main(argv: Sequence[str] | None = None) -> int:
     from dotenv import load_dotenv
 
-    load_dotenv(Path.cwd() / ".env", override=False)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    load_dotenv_if_present()
+    # Credentials (S3, HF_TOKEN) from a git-ignored .env, as `dagster dev` reads them.
+    load_dotenv(Path.cwd() / ".env", override=False)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 _EPISODE_KEY = re.compile(r"^ep-(\d+(?:\.\d+)?)$")
 _VALID_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+UPLOAD_PREFIX = "up-"
 
 
 def rag_stem(key: str) -> str:
@@ -20,13 +21,26 @@ def rag_stem(key: str) -> str:
     return match.group(1) if match else key
 
 
-def upload_key_for_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """``up-<first 12 hex of sha256(audio bytes)>`` without reading the file into memory."""
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256 (hex), read in chunks rather than into memory."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    return "up-" + digest.hexdigest()[:12]
+    return digest.hexdigest()
+
+
+def upload_key(sha256: str) -> str:
+    """``up-<first 12 hex of the audio's sha256>``: the key of an upload or a bare file."""
+    return UPLOAD_PREFIX + sha256[:12]
+
+
+def upload_key_for_file(path: str | Path) -> str:
+    return upload_key(sha256_file(path))
+
+
+def is_upload_key(key: str) -> bool:
+    return key.startswith(UPLOAD_PREFIX)
 
 
 def validate_key(key: str) -> str:
@@ -36,3 +50,7 @@ def validate_key(key: str) -> str:
             "(no spaces or commas, at most 64 characters)"
         )
     return key
+
+
+def is_valid_key(key: str) -> bool:
+    return bool(_VALID_KEY.match(key))

@@ -2,26 +2,14 @@
 
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from dagster import (
-    AssetExecutionContext,
-    Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from resources.storage import StorageResource, clean_relpath
-from twiml_assets.asset_io import (
-    GROUP_INGEST,
-    audio_files,
-    load_episode,
-)
-from twiml_assets.audio.download import DownloadError, audio_extension, download_audio
+from twiml_assets.asset_io import GROUP_INGEST, load_episode
+from twiml_assets.audio.download import DownloadError, audio_extension, audio_files, download_audio
 from twiml_assets.feed.assets import episode_metadata
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
@@ -44,11 +32,8 @@ def _reusable(storage: StorageResource, key: str, rel: str, url: str) -> dict | 
     if not (storage.exists(side) and storage.exists(rel)):
         return None
     record = storage.read_json(side)
-    if record.get("url") != url or record.get("path") != rel:
-        return None
-    if storage.is_local and storage.local_path(rel).stat().st_size != record.get("size"):
-        return None
-    return record
+    intact = not storage.is_local or storage.local_path(rel).stat().st_size == record.get("size")
+    return record if intact and record.get("url") == url and record.get("path") == rel else None
 
 
 @asset(
@@ -70,11 +55,10 @@ def raw_audio(
     rel = EpisodeFiles(key).audio(audio_extension(episode.audio_url, episode.audio_type))
 
     record = None if config.force_download else _reusable(storage, key, rel, episode.audio_url)
-    if record is not None:
+    reused = record is not None
+    if reused:
         context.log.info(f"{key}: audio already downloaded ({record['size']} bytes); reusing it")
-        reused = True
     else:
-        reused = False
         record = _download(context, storage, key, rel, episode.audio_url, config)
         for stale in audio_files(storage, key):
             if stale != rel:
@@ -111,7 +95,7 @@ def _download(
     """Download into the storage directory (local root) or a staging dir (S3), then record."""
     if storage.is_local:
         dest = Path(storage.root).expanduser() / clean_relpath(rel)
-    else:
+    else:  # staged locally, then uploaded
         dest = Path(tempfile.gettempdir()) / "twiml-transcribe-downloads" / clean_relpath(rel)
     last_report = [0.0]
 
@@ -137,12 +121,7 @@ def _download(
     if not storage.is_local:
         storage.put_file(rel, dest)
         dest.unlink(missing_ok=True)
-    record = {
-        **result.to_dict(),
-        "path": rel,
-        "key": key,
-        "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    record = result.sidecar(key, rel)
     storage.write_json(EpisodeFiles(key).audio_sidecar, record)
     context.log.info(f"{key}: {result.size} bytes, sha256 {result.sha256[:12]}…")
     return record

@@ -1,16 +1,10 @@
 """Uploaded audio files become episodes: sniffed, hashed, stored, linked to duplicates.
 
-An upload is registered without any change to the assets: its audio goes to
-``audio/up-<hash><ext>`` with the same sidecar ``raw_audio`` writes after a download
-(url, path, size, sha256), and ``episodes/up-<hash>.json`` holds an :class:`EpisodeInfo`
-whose ``audio_url`` is ``upload:up-<hash><ext>``. ``episode_metadata`` then finds the
-episode from its key alone (``find_episode`` falls back to the stored entry), and
-``raw_audio`` reuses the stored file because the sidecar matches: nothing is downloaded.
-
-Safety: the type comes from the file's first bytes (never from its name or the
-browser's Content-Type), the size is capped while streaming, and the client's file
-name is kept only as display text, never as a path: every stored path derives from
-the sha256 of the content.
+An upload needs no change to the assets: its audio goes to ``audio/up-<hash><ext>`` with
+the sidecar ``raw_audio`` writes after a download, and ``episodes/up-<hash>.json`` holds
+its :class:`EpisodeInfo`, so ``episode_metadata`` finds it by key and ``raw_audio`` reuses
+the stored file. The type comes from the first bytes (never the name or Content-Type), the
+size is capped while streaming, and every stored path derives from the content's sha256.
 """
 
 from __future__ import annotations
@@ -24,65 +18,48 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Lock
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from resources.storage import StorageError, StorageResource
-from twiml_assets.audio.download import audio_extension
+from twiml_assets.audio.download import CHUNK_SIZE, DownloadResult, audio_extension, is_audio_of
 from twiml_assets.feed.source import EpisodeInfo
-from twiml_assets.keys import validate_key
-from twiml_assets.layout import EpisodeFiles
+from twiml_assets.keys import is_upload_key, is_valid_key, upload_key, validate_key
+from twiml_assets.layout import AUDIO_DIR, EpisodeFiles
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-UPLOAD_PREFIX = "up-"
-UPLOAD_SCHEME = "upload"
 
-
-@dataclass(frozen=True, slots=True)
-class AudioKind:
-    """A sniffed container: its short name (as in the allow-list), extension and MIME type."""
+class AudioKind(NamedTuple):
+    """A sniffed container: its name in the allow-list (the extension without the dot)."""
 
     name: str
-    ext: str
     mime: str
 
+    @property
+    def ext(self) -> str:
+        return f".{self.name}"
 
-KINDS: dict[str, AudioKind] = {
-    k.name: k
-    for k in (
-        AudioKind("mp3", ".mp3", "audio/mpeg"),
-        AudioKind("wav", ".wav", "audio/wav"),
-        AudioKind("flac", ".flac", "audio/flac"),
-        AudioKind("ogg", ".ogg", "audio/ogg"),
-        AudioKind("opus", ".opus", "audio/opus"),
-        AudioKind("m4a", ".m4a", "audio/mp4"),
-        AudioKind("aac", ".aac", "audio/aac"),
-        AudioKind("webm", ".webm", "audio/webm"),
-    )
+
+KINDS = {
+    name: AudioKind(name, mime)
+    for name, mime in {
+        "mp3": "audio/mpeg",
+        "wav": "audio/wav",
+        "flac": "audio/flac",
+        "ogg": "audio/ogg",
+        "opus": "audio/opus",
+        "m4a": "audio/mp4",
+        "aac": "audio/aac",
+        "webm": "audio/webm",
+    }.items()
 }
 DEFAULT_TYPES = tuple(KINDS)
 # ISO-BMFF major brands of audio files (M4A from iTunes/ffmpeg, generic MP4, 3GP); image
 # brands that share the container (heic, avif, mif1) are not audio.
 MP4_AUDIO_BRANDS = {
-    b"M4A ",
-    b"M4B ",
-    b"M4P ",
-    b"mp41",
-    b"mp42",
-    b"isom",
-    b"iso2",
-    b"iso4",
-    b"iso5",
-    b"iso6",
-    b"dash",
-    b"3gp4",
-    b"3gp5",
-    b"3gp6",
-    b"3g2a",
-    b"MSNV",
-    b"f4a ",
-    b"qt  ",
+    *(b"M4A ", b"M4B ", b"M4P ", b"f4a ", b"qt  ", b"MSNV", b"dash"),
+    *(b"mp41", b"mp42", b"isom", b"iso2", b"iso4", b"iso5", b"iso6"),
+    *(b"3gp4", b"3gp5", b"3gp6", b"3g2a"),
 }
 SNIFF_BYTES = 64
 
@@ -120,10 +97,6 @@ def sniff_audio(head: bytes) -> AudioKind | None:
 class UploadError(ValueError):
     """An upload was refused; ``status`` is the HTTP status that says why."""
 
-    status = 400
-
-
-class EmptyUploadError(UploadError):
     status = 400
 
 
@@ -181,7 +154,7 @@ class StagedUpload:
 
     @property
     def key(self) -> str:
-        return UPLOAD_PREFIX + self.sha256[:12]
+        return upload_key(self.sha256)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -209,18 +182,13 @@ def stage_upload(
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(prefix="twiml-upload-", suffix=".part", dir=directory)
     path = Path(tmp)
-    size = 0
-    kind: AudioKind | None = None
+    size, head = 0, b""
     try:
         with open(fd, "wb") as out:
-            head = source.read(SNIFF_BYTES)
-            while head and len(head) < SNIFF_BYTES:  # short reads from a stream
-                more = source.read(SNIFF_BYTES - len(head))
-                if not more:
-                    break
-                head += more
+            while len(head) < SNIFF_BYTES and (more := source.read(SNIFF_BYTES - len(head))):
+                head += more  # a stream may return fewer bytes than asked for
             if not head:
-                raise EmptyUploadError("the uploaded file is empty")
+                raise UploadError("the uploaded file is empty")
             kind = sniff_audio(head)
             if kind is None or kind.name not in limits.types:
                 what = f"{kind.name} audio" if kind else "not a recognised audio file"
@@ -234,7 +202,7 @@ def stage_upload(
                     raise too_large(limits.max_bytes)
                 digest.update(block)
                 out.write(block)
-                block = source.read(CHUNK)
+                block = source.read(CHUNK_SIZE)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -242,14 +210,6 @@ def stage_upload(
 
 
 # -- duplicates: the same audio bytes as a stored episode ------------------------------------------
-def storage_key_ok(key: str) -> bool:
-    try:
-        validate_key(key)
-    except ValueError:
-        return False
-    return True
-
-
 @dataclass
 class SidecarIndex:
     """sha256 → episode key over the ``audio/{key}.json`` sidecars, read once each.
@@ -268,27 +228,24 @@ class SidecarIndex:
             record = self.storage.read_json(rel)
         except (StorageError, ValueError):
             return None
-        sha, key = record.get("sha256"), Path(rel).stem
-        path = record.get("path")
-        if not isinstance(sha, str) or not isinstance(path, str):
-            return None
-        if not path.startswith(f"audio/{key}.") or not storage_key_ok(key):
-            return None
-        return sha, key
+        sha, path, key = record.get("sha256"), record.get("path"), Path(rel).stem
+        if isinstance(sha, str) and isinstance(path, str) and is_valid_key(key):
+            return (sha, key) if is_audio_of(path, key) else None
+        return None
 
     def refresh(self) -> None:
         with self._lock:
-            for rel in self.storage.list("audio"):
+            for rel in self.storage.list(AUDIO_DIR):
                 if rel.endswith(".json") and rel not in self._by_path:
                     entry = self._read(rel)
                     if entry is not None:
                         self._by_path[rel] = entry
 
-    def find(self, sha256: str, prefer_published: bool = True) -> str | None:
+    def find(self, sha256: str) -> str | None:
         """The key of a stored episode whose audio has this sha256 (published keys first)."""
         self.refresh()
         hits = sorted(
-            (key.startswith(UPLOAD_PREFIX) if prefer_published else False, key, rel)
+            (is_upload_key(key), key, rel)
             for rel, (sha, key) in self._by_path.items()
             if sha == sha256
         )
@@ -311,11 +268,6 @@ class Registered:
     stored: bool
 
 
-def upload_audio_url(key: str, ext: str) -> str:
-    """``upload:up-<hash><ext>``: says where the audio came from; audio_extension reads ``ext``."""
-    return f"{UPLOAD_SCHEME}:{key}{ext}"
-
-
 def register_upload(
     storage: StorageResource,
     staged: StagedUpload,
@@ -330,11 +282,11 @@ def register_upload(
     """
     key = validate_key(staged.key)
     duplicate = (index or SidecarIndex(storage)).find(staged.sha256)
-    if duplicate is not None and not duplicate.startswith(UPLOAD_PREFIX):
+    if duplicate is not None and not is_upload_key(duplicate):
         log.info("upload %s has the audio of %s; reusing that episode", key, duplicate)
         return Registered(duplicate, linked=True, stored=False)
 
-    url = upload_audio_url(key, staged.kind.ext)
+    url = f"upload:{key}{staged.kind.ext}"  # where it came from; audio_extension reads ``ext``
     if audio_extension(url, staged.kind.mime) != staged.kind.ext:  # raw_audio's path rule
         raise RuntimeError(f"audio_extension disagrees with {staged.kind.ext} for {url}")
     files = EpisodeFiles(key)
@@ -344,29 +296,12 @@ def register_upload(
 
     stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     storage.put_file(rel, staged.path)
-    storage.write_json(
-        sidecar,
-        {
-            "url": url,
-            "path": rel,
-            "size": staged.size,
-            "sha256": staged.sha256,
-            "content_type": staged.kind.mime,
-            "etag": None,
-            "last_modified": None,
-            "attempts": 0,
-            "resumed": False,
-            "seconds": 0.0,
-            "key": key,
-            "downloaded_at": stamp,
-            "source": "upload",
-        },
-    )
-    title = staged.display_name or f"Upload {stamp[:10]}"
+    result = DownloadResult(url, rel, staged.size, staged.sha256, staged.kind.mime)
+    storage.write_json(sidecar, {**result.sidecar(key, rel, stamp), "source": "upload"})
     episode = EpisodeInfo(
         key=key,
         number=None,
-        title=title,
+        title=staged.display_name or f"Upload {stamp[:10]}",
         audio_url=url,
         audio_type=staged.kind.mime,
         audio_length=staged.size,
@@ -374,5 +309,5 @@ def register_upload(
         description="Uploaded through the web app.",
         guid=f"upload:{staged.sha256}",
     )
-    storage.write_json(EpisodeFiles(key).episode, episode.to_dict())
+    storage.write_json(files.episode, episode.to_dict())
     return Registered(key, linked=False, stored=True)

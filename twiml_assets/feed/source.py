@@ -37,8 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-"""A feed fetch, retries included, ends within this: well inside Dagster's 60 s sensor tick."""
-
 _TITLE_NUMBER = re.compile(r"#\s*(\d{1,6})\b")
 _TITLE_PART = re.compile(r"\(\s*(\d{1,3})\s*/\s*\d{1,3}\s*\)")
 _TWIML_LINK = re.compile(r"twimlai\.com/(?:talk|go)/(\d{1,6})\b", re.IGNORECASE)

@@ -25,6 +25,7 @@ from pydantic import Field
 from resources.asr import WhisperASR
 from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
+from resources.schema import dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     GROUP_MODELS,
@@ -36,7 +37,7 @@ from twiml_assets.asset_io import (
 from twiml_assets.audio.assets import raw_audio
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
-from twiml_assets.outputs.files import asr_to_dict, diarisation_to_dict, write_rttm
+from twiml_assets.outputs.files import write_rttm
 from twiml_assets.speech.engine import episode_prompt
 
 GPU_POOL = "gpu"
@@ -54,25 +55,30 @@ class ModelStepConfig(Config):
     max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
 
 
+def model_output(name: str, kind: str, description: str) -> AssetSpec:
+    """One of the model step's two per-episode outputs."""
+    return AssetSpec(
+        name,
+        deps=[raw_audio],
+        partitions_def=episode_partitions,
+        group_name=GROUP_MODELS,
+        kinds={kind},
+        description=description,
+    )
+
+
 @multi_asset(
     name="transcribe_and_diarise",
     specs=[
-        AssetSpec(
+        model_output(
             "transcript",
-            deps=[raw_audio],
-            partitions_def=episode_partitions,
-            group_name=GROUP_MODELS,
-            kinds={"whisper"},
-            description="Words with timestamps and probabilities (faster-whisper), "
-            "``asr/{key}.asr.json``.",
+            "whisper",
+            "Words with timestamps and probabilities (faster-whisper), ``asr/{key}.asr.json``.",
         ),
-        AssetSpec(
+        model_output(
             "diarisation",
-            deps=[raw_audio],
-            partitions_def=episode_partitions,
-            group_name=GROUP_MODELS,
-            kinds={"pytorch"},
-            description="Speaker turns (pyannote.audio), ``diarisation/{key}.json`` and ``.rttm``.",
+            "pytorch",
+            "Speaker turns (pyannote.audio), ``diarisation/{key}.json`` and ``.rttm``.",
         ),
     ],
     pool=GPU_POOL,
@@ -132,11 +138,11 @@ def transcribe_and_diarise(
         "duration": round(duration, 3),
     }
     asr_files = {
-        "asr_json": storage.write_json(p.asr_result, {**asr_to_dict(asr_result), "audio": source})
+        "asr_json": storage.write_json(p.asr_result, {**dump(asr_result), "audio": source})
     }
     diar_files = {
         "diarisation_json": storage.write_json(
-            p.diarisation_result, {**diarisation_to_dict(diarisation), "audio": source}
+            p.diarisation_result, {**dump(diarisation), "audio": source}
         ),
         **write_rttm(storage, diarisation, key),
     }

@@ -43,6 +43,7 @@ from twiml_assets.audio.uploads import (
     stage_upload,
 )
 from twiml_assets.feed.source import EpisodeInfo
+from twiml_assets.keys import is_upload_key, is_valid_key
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
 from twiml_assets.web.http import SecurityHeaders, read_limited_form, same_origin, wants_json
 from twiml_assets.web.library import (
@@ -50,8 +51,6 @@ from twiml_assets.web.library import (
     STATUSES,
     Library,
     episode_status,
-    is_upload,
-    valid_key,
 )
 from twiml_assets.web.settings import WebSettings
 
@@ -142,7 +141,7 @@ def create_app(
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     def episode_or_404(key: str) -> EpisodeInfo:
-        episode = services.library.episode(key) if valid_key(key) else None
+        episode = services.library.episode(key) if is_valid_key(key) else None
         if episode is None:
             raise HTTPException(404, "no such episode")
         return episode
@@ -184,7 +183,7 @@ def create_app(
             row_status = episode_status(e.key in done, runs.get(e.key))
             if status in STATUSES and row_status != status:
                 continue
-            rows.append({"episode": e, "status": row_status, "upload": is_upload(e.key)})
+            rows.append({"episode": e, "status": row_status, "upload": is_upload_key(e.key)})
         pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
         page_no = min(max(1, page_no), pages)
         return render(
@@ -225,7 +224,7 @@ def create_app(
     @app.api_route("/episodes/{key}/audio", methods=["GET", "HEAD"])
     def audio(key: str) -> Response:
         """The stored audio; Starlette's FileResponse answers Range requests (seeking)."""
-        if not valid_key(key):
+        if not is_valid_key(key):
             raise HTTPException(404, "no such episode")
         found = services.library.audio_file(key)
         if found is None:
@@ -237,7 +236,7 @@ def create_app(
 
     @app.api_route("/episodes/{key}/transcript.{fmt}", methods=["GET", "HEAD"])
     def transcript_file(key: str, fmt: str) -> Response:
-        if not valid_key(key) or fmt not in FORMATS:
+        if not is_valid_key(key) or fmt not in FORMATS:
             raise HTTPException(404, "no such transcript")
         data = services.library.download(key, fmt)
         if data is None:

@@ -1,10 +1,8 @@
 """What the pages show, read from the storage layout only (never from Dagster's database).
 
-Episodes are the feed snapshot (``feed/catalog.json``) plus stored entries that are
-not in it (``episodes/{key}.json``: uploads and episodes removed from the feed). An
-episode is *done* when ``transcripts/{key}.json`` exists; whether it is queued,
-running or failed comes from its latest Dagster run (see ``episode_status``).
-Every path here is built from a key that passed ``validate_key``.
+Episodes are the feed snapshot plus stored entries not in it (uploads, episodes removed
+from the feed). An episode is *done* when its full record exists; queued, running or
+failed come from its latest Dagster run. Every path here is built from a valid key.
 """
 
 from __future__ import annotations
@@ -13,14 +11,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from resources.storage import StorageError, StorageResource
-from twiml_assets.audio.download import KNOWN_SUFFIXES, MEDIA_TYPES
-from twiml_assets.audio.uploads import UPLOAD_PREFIX
+from twiml_assets.asset_io import format_clock
+from twiml_assets.audio.download import MEDIA_TYPES, audio_files, is_audio_of
 from twiml_assets.feed.catalog import load_catalog
 from twiml_assets.feed.source import EpisodeInfo, order_episodes
-from twiml_assets.keys import validate_key
+from twiml_assets.keys import is_valid_key
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.outputs import renderers
 from twiml_assets.outputs.files import transcript_from_record
@@ -32,29 +30,19 @@ log = logging.getLogger(__name__)
 STATUSES = ("not started", "queued", "running", "done", "failed")
 
 
-@dataclass(frozen=True, slots=True)
-class DownloadFormat:
-    """A transcript file the browser can download: stored path, renderer and MIME type."""
+class DownloadFormat(NamedTuple):
+    """A transcript file the browser can download, by its suffix: link text and MIME type."""
 
-    suffix: str
     label: str
     media_type: str
 
 
-FORMATS: dict[str, DownloadFormat] = {
-    "md": DownloadFormat("md", "Markdown", "text/markdown; charset=utf-8"),
-    "json": DownloadFormat("json", "JSON", "application/json"),
-    "srt": DownloadFormat("srt", "SRT subtitles", "application/x-subrip; charset=utf-8"),
-    "vtt": DownloadFormat("vtt", "WebVTT subtitles", "text/vtt; charset=utf-8"),
+FORMATS = {
+    "md": DownloadFormat("Markdown", "text/markdown; charset=utf-8"),
+    "json": DownloadFormat("JSON", "application/json"),
+    "srt": DownloadFormat("SRT subtitles", "application/x-subrip; charset=utf-8"),
+    "vtt": DownloadFormat("WebVTT subtitles", "text/vtt; charset=utf-8"),
 }
-
-
-def valid_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except ValueError:
-        return False
-    return True
 
 
 def episode_status(done: bool, run: RunInfo | None) -> str:
@@ -66,13 +54,6 @@ def episode_status(done: bool, run: RunInfo | None) -> str:
     if run is not None and run.phase in {"failed", "succeeded"}:
         return "failed"  # a successful run without a transcript was stopped by a check
     return "not started"
-
-
-def clock(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +69,7 @@ class Turn:
 
     @property
     def clock(self) -> str:
-        return clock(self.start)
+        return format_clock(self.start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +110,7 @@ class Library:
         by_key = loaded[0].by_key() if loaded else {}
         for rel in self.storage.list("episodes"):
             key = rel.removeprefix("episodes/").removesuffix(".json")
-            if rel.endswith(".json") and key not in by_key and valid_key(key):
+            if rel.endswith(".json") and key not in by_key and is_valid_key(key):
                 episode = self._stored_episode(key)
                 if episode is not None:
                     by_key[key] = episode
@@ -137,7 +118,7 @@ class Library:
 
     def episode(self, key: str) -> EpisodeInfo | None:
         """The episode for a valid key: the stored entry (what runs use), else the catalog."""
-        if not valid_key(key):
+        if not is_valid_key(key):
             return None
         stored = self._stored_episode(key)
         if stored is not None:
@@ -155,7 +136,7 @@ class Library:
         return done
 
     def is_done(self, key: str) -> bool:
-        return valid_key(key) and self.storage.exists(EpisodeFiles(key).record)
+        return is_valid_key(key) and self.storage.exists(EpisodeFiles(key).record)
 
     # -- transcript -----------------------------------------------------------------------
     def record(self, key: str) -> dict[str, Any] | None:
@@ -179,22 +160,10 @@ class Library:
             label = u["speaker"]
             if label not in speakers:
                 speakers.append(label)
-            turns.append(
-                Turn(
-                    label,
-                    names.get(label) or label,
-                    speakers.index(label),
-                    float(u["start"]),
-                    float(u["end"]),
-                    u.get("text", ""),
-                )
-            )
-        return TranscriptView(
-            turns,
-            speakers,
-            float(record.get("duration", 0.0)),
-            str((record.get("asr") or {}).get("model", "")),
-        )
+            name, start, end = names.get(label) or label, float(u["start"]), float(u["end"])
+            turns.append(Turn(label, name, speakers.index(label), start, end, u.get("text", "")))
+        model = str((record.get("asr") or {}).get("model", ""))
+        return TranscriptView(turns, speakers, float(record.get("duration", 0.0)), model)
 
     def download(self, key: str, fmt: str) -> bytes | None:
         """The stored file of format ``fmt``, else rendered from the full record."""
@@ -222,23 +191,15 @@ class Library:
     # -- audio ----------------------------------------------------------------------------
     def audio_relpath(self, key: str) -> str | None:
         """``audio/{key}<ext>`` as recorded by the sidecar, else found by listing."""
-        if not valid_key(key):
+        if not is_valid_key(key):
             return None
-        prefix = EpisodeFiles(key).audio("")
         try:
             sidecar = EpisodeFiles(key).audio_sidecar
             if self.storage.exists(sidecar):
                 rel = self.storage.read_json(sidecar).get("path")
-                if (
-                    isinstance(rel, str)
-                    and rel.startswith(prefix)
-                    and rel[len(prefix) :] in KNOWN_SUFFIXES
-                    and self.storage.exists(rel)
-                ):
+                if isinstance(rel, str) and is_audio_of(rel, key) and self.storage.exists(rel):
                     return rel
-            for rel in self.storage.list("audio"):
-                if rel.startswith(prefix) and rel[len(prefix) :] in KNOWN_SUFFIXES:
-                    return rel
+            return next(iter(audio_files(self.storage, key)), None)
         except (StorageError, ValueError) as exc:
             log.warning("cannot look up the audio of %s: %s", key, exc)
         return None
@@ -253,7 +214,3 @@ class Library:
         except StorageError:
             return None
         return path, MEDIA_TYPES.get(Path(rel).suffix, "application/octet-stream")
-
-
-def is_upload(key: str) -> bool:
-    return key.startswith(UPLOAD_PREFIX)
