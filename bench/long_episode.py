@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.coverage import longest_without_words  # noqa: E402
 from evaluation.metrics import diarisation_error_rate, word_error_rate  # noqa: E402
 from evaluation.speaker_metrics import cp_word_error_rate  # noqa: E402
-from resources.schema import SpeakerTurn, Utterance, Word  # noqa: E402
+from resources.schema import SpeakerTurn, Utterance, Word, load  # noqa: E402
 from twiml_assets.demo.synth_long import generate_long_episode  # noqa: E402
 from twiml_assets.speech.model_step import measure  # noqa: E402
 
@@ -48,7 +48,7 @@ def episode(minutes: float, seed: int, speakers: int, cache: Path) -> tuple[Path
 
 
 def words_of(step: dict[str, Any]) -> list[Word]:
-    return [Word.from_dict(w) for w in step["words"]]
+    return load(list[Word], step["words"])
 
 
 def score(truth: dict[str, Any], engine: dict[str, Any], bare: dict[str, Any] | None) -> dict:

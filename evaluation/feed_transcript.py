@@ -46,25 +46,15 @@ class FeedTranscript:
 
 
 _SRT_START = re.compile(r"^\s*\d+\s*\r?\n\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}\s*-->")
-_TYPE_FORMATS = {
-    "text/vtt": "vtt",
-    "application/x-subrip": "srt",
-    "application/srt": "srt",
-    "text/srt": "srt",
-    "application/json": "json",
-    "text/json": "json",
-    "text/html": "html",
-    "application/xhtml+xml": "html",
-    "text/plain": "txt",
+_MIME_TYPES = {
+    "vtt": "text/vtt",
+    "srt": "application/x-subrip application/srt text/srt",
+    "json": "application/json text/json",
+    "html": "text/html application/xhtml+xml",
+    "txt": "text/plain",
 }
-_URL_FORMATS = {
-    ".vtt": "vtt",
-    ".srt": "srt",
-    ".json": "json",
-    ".html": "html",
-    ".htm": "html",
-    ".txt": "txt",
-}
+_TYPE_FORMATS = {mime: fmt for fmt, mimes in _MIME_TYPES.items() for mime in mimes.split()}
+_URL_FORMATS = {f".{fmt}": fmt for fmt in ("vtt", "srt", "json", "html", "txt")} | {".htm": "html"}
 
 
 def detect_format(content_type: str | None, url: str, body: bytes) -> str | None:
@@ -91,24 +81,8 @@ def detect_format(content_type: str | None, url: str, body: bytes) -> str | None
 class _TextExtractor(HTMLParser):
     """Visible text of an HTML page, one line per block element; scripts and styles dropped."""
 
-    BLOCKS = {
-        "p",
-        "div",
-        "br",
-        "li",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "tr",
-        "section",
-        "article",
-        "blockquote",
-        "dt",
-        "dd",
-    }
+    BLOCKS = frozenset("p div br li h1 h2 h3 h4 h5 h6 tr section article blockquote dt dd".split())
+    HIDDEN = ("script", "style", "head")
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -116,13 +90,13 @@ class _TextExtractor(HTMLParser):
         self.skip = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "head"):
+        if tag in self.HIDDEN:
             self.skip += 1
         elif tag in self.BLOCKS:
             self.parts.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head") and self.skip:
+        if tag in self.HIDDEN and self.skip:
             self.skip -= 1
         elif tag in self.BLOCKS:
             self.parts.append("\n")

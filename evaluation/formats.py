@@ -4,21 +4,25 @@ Podcasting 2.0 JSON."""
 from __future__ import annotations
 
 import html
-import json
 import re
+from itertools import groupby
 from pathlib import Path
 
 from evaluation.references import (
     UNKNOWN_SPEAKER,
     Reference,
     ReferenceFormatError,
+    loaded,
+    names_speakers,
+    numbered_lines,
     parse_float,
+    read_json,
     read_lines,
     text_utterance,
 )
 from resources.schema import Utterance
 
-# -- STM -----------------------------------------------------------------------------------
+# -- STM and RTTM --------------------------------------------------------------------------
 _STM_SKIP_SPEAKERS = {"inter_segment_gap", "excluded_region"}
 _STM_IGNORE = "ignore_time_segment_in_scoring"
 
@@ -33,17 +37,14 @@ def load_stm(path: str | Path, file_id: str | None = None) -> Reference:
     """
     path = Path(path)
     rows: list[tuple[str, Utterance]] = []
-    for number, raw in enumerate(read_lines(path), 1):
-        line = raw.strip()
-        if not line or line.startswith(";;"):
-            continue
+    for number, line in numbered_lines(path, (";;",)):
         fields = line.split(maxsplit=5)
         if len(fields) < 5:
             raise ReferenceFormatError(
                 path, "STM line needs <file> <channel> <speaker> <begin> <end>", number
             )
-        file, _channel, speaker, begin, end = fields[:5]
-        text = fields[5] if len(fields) > 5 else ""
+        file, _channel, speaker, begin, end, *rest = fields
+        text = " ".join(rest)
         if text.startswith("<"):  # optional <label> field, e.g. <o,f0,male>
             label_end = text.find(">")
             if label_end < 0:
@@ -51,42 +52,12 @@ def load_stm(path: str | Path, file_id: str | None = None) -> Reference:
             text = text[label_end + 1 :].strip()
         start = parse_float(path, begin, "begin time", number)
         stop = parse_float(path, end, "end time", number)
-        if speaker in _STM_SKIP_SPEAKERS or text.strip() == _STM_IGNORE:
-            continue
-        rows.append((file, text_utterance(speaker, start, stop, " ".join(text.split()))))
-
-    return Reference(
-        utterances=_one_recording(path, rows, file_id, "segments", "no STM segments found"),
-        has_speakers=True,
-        has_timestamps=True,
-        has_words=False,
-        source=str(path),
-        format="stm",
-    )
+        if speaker not in _STM_SKIP_SPEAKERS and text.strip() != _STM_IGNORE:
+            rows.append((file, text_utterance(speaker, start, stop, text)))
+    utterances = _one_recording(path, rows, file_id, "segments")
+    return loaded(path, "stm", utterances, "no STM segments found")
 
 
-def _one_recording(
-    path: Path,
-    rows: list[tuple[str, Utterance]],
-    file_id: str | None,
-    what: str,
-    none_found: str,
-) -> list[Utterance]:
-    """The utterances of one recording of an STM/RTTM file (both may hold several):
-    ``file_id``'s, or the only one there is; a clear error otherwise."""
-    files = sorted({f for f, _ in rows})
-    if file_id is not None:
-        rows = [(f, u) for f, u in rows if f == file_id]
-        if not rows:
-            raise ReferenceFormatError(path, f"no {what} for file {file_id!r} (has {files})")
-    elif len(files) > 1:
-        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
-    if not rows:
-        raise ReferenceFormatError(path, none_found)
-    return [u for _, u in rows]
-
-
-# -- RTTM ----------------------------------------------------------------------------------
 def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
     """NIST RTTM ``SPEAKER`` lines: turns only (``has_text`` False), enough for DER.
 
@@ -95,10 +66,7 @@ def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
     """
     path = Path(path)
     rows: list[tuple[str, Utterance]] = []
-    for number, raw in enumerate(read_lines(path), 1):
-        line = raw.strip()
-        if not line or line.startswith((";;", "#")):
-            continue
+    for number, line in numbered_lines(path, (";;", "#")):
         fields = line.split()
         if fields[0] != "SPEAKER":
             continue
@@ -109,16 +77,23 @@ def load_rttm(path: str | Path, file_id: str | None = None) -> Reference:
         if duration < 0:
             raise ReferenceFormatError(path, f"negative duration {duration}", number)
         rows.append((fields[1], text_utterance(fields[7], onset, onset + duration, "")))
+    utterances = _one_recording(path, rows, file_id, "turns")
+    return loaded(path, "rttm", utterances, "no SPEAKER lines found", has_text=False)
 
-    return Reference(
-        utterances=_one_recording(path, rows, file_id, "turns", "no SPEAKER lines found"),
-        has_speakers=True,
-        has_timestamps=True,
-        has_words=False,
-        has_text=False,
-        source=str(path),
-        format="rttm",
-    )
+
+def _one_recording(
+    path: Path, rows: list[tuple[str, Utterance]], file_id: str | None, what: str
+) -> list[Utterance]:
+    """The utterances of one recording of an STM/RTTM file (both may hold several):
+    ``file_id``'s, or the only one there is; a clear error otherwise."""
+    files = sorted({f for f, _ in rows})
+    if file_id is not None:
+        rows = [(f, u) for f, u in rows if f == file_id]
+        if not rows:
+            raise ReferenceFormatError(path, f"no {what} for file {file_id!r} (has {files})")
+    elif len(files) > 1:
+        raise ReferenceFormatError(path, f"holds several recordings {files}: pass file_id")
+    return [u for _, u in rows]
 
 
 # -- SRT / VTT -----------------------------------------------------------------------------
@@ -135,10 +110,7 @@ _PREFIX = re.compile(rf"^(?:\[(?P<bracket>[^\]]{{1,40}})\]\s*:?|(?P<name>{_NAME}
 
 def _cue_seconds(groups: tuple[str | None, ...]) -> float:
     h, m, s, frac = groups
-    seconds = int(h or 0) * 3600 + int(m or 0) * 60 + int(s or 0)
-    if frac:
-        seconds += int(frac) / 10 ** len(frac)
-    return float(seconds)
+    return int(h or 0) * 3600 + int(m or 0) * 60 + int(s or 0) + float(f"0.{frac or 0}")
 
 
 def _split_speakers(lines: list[str]) -> list[tuple[str | None, str]]:
@@ -175,88 +147,60 @@ def load_subtitles(path: str | Path) -> Reference:
     is_vtt = bool(lines) and lines[0].lstrip().startswith("WEBVTT")
     utterances: list[Utterance] = []
     speaker: str | None = None
-    seen_speaker = False
-
-    # Group into blank-line-separated blocks, remembering each block's first line number.
-    blocks: list[tuple[int, list[str]]] = []
-    block: list[str] = []
-    for number, raw in enumerate(lines, 1):
-        if raw.strip():
-            if not block:
-                blocks.append((number, block))
-            block.append(raw)
-        else:
-            block = []
-    for number, block in blocks:
+    for filled, group in groupby(enumerate(lines, 1), key=lambda item: bool(item[1].strip())):
+        if not filled:  # blank lines separate blocks
+            continue
+        numbers, block = zip(*group, strict=True)
+        number, head = numbers[0], block[0].strip()
         timings = [i for i, ln in enumerate(block) if "-->" in ln]
         if not timings:
-            head = block[0].strip()
             if is_vtt and head.startswith(("WEBVTT", "NOTE", "STYLE", "REGION")):
                 continue
             raise ReferenceFormatError(path, "subtitle block without a '-->' timing line", number)
-        if timings[0] > 1 and not (is_vtt and block[0].strip().startswith("WEBVTT")):
+        if timings[0] > 1 and not (is_vtt and head.startswith("WEBVTT")):
             raise ReferenceFormatError(path, "text outside any subtitle cue", number)
         # Usually one cue per block; files missing the blank line between cues hold several.
-        for k, at in enumerate(timings):
-            stop = timings[k + 1] if k + 1 < len(timings) else len(block)
-            text_lines = block[at + 1 : stop]
-            if k + 1 < len(timings) and text_lines and text_lines[-1].strip().isdigit():
-                text_lines = text_lines[:-1]  # the next cue's SRT index
+        for at, stop in zip(timings, [*timings[1:], len(block)], strict=True):
+            text_lines = list(block[at + 1 : stop])
+            if stop < len(block) and text_lines and text_lines[-1].strip().isdigit():
+                text_lines.pop()  # the next cue's SRT index
             match = _CUE_TIMING.match(block[at])
             if not match:
                 raise ReferenceFormatError(
                     path, f"bad cue timing {block[at].strip()!r}", number + at
                 )
-            start = _cue_seconds(match.groups()[:4])
-            end = _cue_seconds(match.groups()[4:])
+            start, end = _cue_seconds(match.groups()[:4]), _cue_seconds(match.groups()[4:])
             if end < start:
                 raise ReferenceFormatError(path, "cue ends before it starts", number + at)
             parts = _split_speakers(text_lines)
             words_total = sum(len(text.split()) for _, text in parts) or 1
             cursor = start
             for part_speaker, text in parts:
-                if part_speaker is not None:
-                    speaker = part_speaker
-                    seen_speaker = True
+                speaker = part_speaker if part_speaker is not None else speaker
                 share = (end - start) * len(text.split()) / words_total
+                # The text as written: Utterance directly, not the collapsing text_utterance.
                 utterances.append(
-                    text_utterance(speaker or UNKNOWN_SPEAKER, cursor, cursor + share, text)
+                    Utterance(
+                        speaker or UNKNOWN_SPEAKER, cursor, cursor + share, text_override=text
+                    )
                 )
                 cursor += share
-    if not utterances:
-        raise ReferenceFormatError(path, "no subtitle cues found")
-    return Reference(
-        utterances=utterances,
-        has_speakers=seen_speaker,
-        has_timestamps=True,
-        has_words=False,
-        source=str(path),
-        format="vtt" if is_vtt else "srt",
-    )
+    fmt = "vtt" if is_vtt else "srt"
+    return loaded(path, fmt, utterances, "no subtitle cues found", has_speakers=speaker is not None)
 
 
-# -- plain text ----------------------------------------------------------------------------
+# -- plain text and Podcasting 2.0 JSON ----------------------------------------------------
 def load_text(path: str | Path) -> Reference:
     """Plain text: one utterance per non-blank line, no speakers, no times. Gives WER only."""
     path = Path(path)
     utterances = [
-        text_utterance(UNKNOWN_SPEAKER, 0.0, 0.0, " ".join(line.split()))
-        for line in read_lines(path)
-        if line.strip()
+        text_utterance(UNKNOWN_SPEAKER, 0.0, 0.0, line) for _, line in numbered_lines(path)
     ]
-    if not utterances:
-        raise ReferenceFormatError(path, "empty reference text")
-    return Reference(
-        utterances=utterances,
-        has_speakers=False,
-        has_timestamps=False,
-        has_words=False,
-        source=str(path),
-        format="text",
+    return loaded(
+        path, "text", utterances, "empty reference text", has_speakers=False, has_timestamps=False
     )
 
 
-# -- Podcasting 2.0 JSON -------------------------------------------------------------------
 def load_podcast_json(path: str | Path) -> Reference:
     """A Podcasting 2.0 JSON transcript: ``{"segments": [{speaker, startTime, endTime, body}]}``.
 
@@ -265,15 +209,11 @@ def load_podcast_json(path: str | Path) -> Reference:
     file with none gives WER only.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReferenceFormatError(path, f"invalid JSON ({exc})") from exc
+    data = read_json(path)
     segments = data.get("segments") if isinstance(data, dict) else None
     if not isinstance(segments, list):
         raise ReferenceFormatError(path, "expected a Podcasting 2.0 object with 'segments'")
     utterances: list[Utterance] = []
-    timed = True
     for i, seg in enumerate(segments):
         if not isinstance(seg, dict) or "body" not in seg:
             raise ReferenceFormatError(path, f"segment {i} is not an object with 'body'")
@@ -282,26 +222,17 @@ def load_podcast_json(path: str | Path) -> Reference:
             end = float(seg.get("endTime", start))
         except (TypeError, ValueError) as exc:
             raise ReferenceFormatError(path, f"segment {i}: bad startTime/endTime") from exc
-        timed = timed and "startTime" in seg and "endTime" in seg
         speaker = str(seg.get("speaker") or "").strip() or UNKNOWN_SPEAKER
-        text = " ".join(str(seg["body"]).split())
-        utterances.append(Utterance(speaker, start, end, text_override=text))
-    if not utterances:
-        raise ReferenceFormatError(path, "no transcript segments")
-    return Reference(
-        utterances=utterances,
-        has_speakers=any(u.speaker != UNKNOWN_SPEAKER for u in utterances),
-        has_timestamps=timed,
-        has_words=False,
-        source=str(path),
-        format="podcast-json",
-    )
+        utterances.append(text_utterance(speaker, start, end, str(seg["body"])))
+    timed = all("startTime" in seg and "endTime" in seg for seg in segments)
+    has = {"has_speakers": names_speakers(utterances), "has_timestamps": timed}
+    return loaded(path, "podcast-json", utterances, "no transcript segments", **has)
 
 
 def is_podcast_json(path: Path) -> bool:
     """A Podcasting 2.0 transcript, not a RAG ``corrected.json`` (both are ``.json``)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path)
+    except ReferenceFormatError:
         return False
     return isinstance(data, dict) and "segments" in data and "dialogs" not in data

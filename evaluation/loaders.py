@@ -20,12 +20,9 @@ from evaluation.references import Reference, ReferenceFormatError
 _LOADERS: dict[str, Callable[[Path], Reference]] = {
     ".stm": load_stm,
     ".rttm": load_rttm,
-    ".md": load_rag_markdown,
-    ".markdown": load_rag_markdown,
-    ".srt": load_subtitles,
-    ".vtt": load_subtitles,
-    ".txt": load_text,
-    ".text": load_text,
+    **dict.fromkeys((".md", ".markdown"), load_rag_markdown),
+    **dict.fromkeys((".srt", ".vtt"), load_subtitles),
+    **dict.fromkeys((".txt", ".text"), load_text),
 }
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (*_LOADERS, ".json")

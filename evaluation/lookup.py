@@ -1,16 +1,11 @@
 """Where an episode's reference transcripts come from: the one lookup that the evaluation,
 the checks and the model comparison use.
 
-Two sources, in this order:
-
 1. Files someone put there: ``{key}.<fmt>`` or ``{n}.<fmt>`` (``n`` the episode number, the
-   RAG pipeline's naming) in the configured references directory (``QualityResource.
-   references_root``, env ``TWIML_REFERENCES_DIR``) and in the storage root's ``references/``.
-   Both are searched because the second is also where downloaded transcripts land, whatever
-   the first is set to.
-2. The publisher's own transcript, the Podcasting 2.0 ``<podcast:transcript>`` tag of the feed
-   item, downloaded once into ``references/{key}.<ext>`` (``evaluation.feed_transcript``), so
-   later runs read the stored copy.
+   RAG pipeline's naming) in the configured references directory (``TWIML_REFERENCES_DIR``)
+   and in the storage root's ``references/``, where downloaded transcripts land too.
+2. Otherwise the publisher's own transcript (the feed item's ``<podcast:transcript>``),
+   downloaded once into ``references/`` by ``evaluation.feed_transcript``.
 """
 
 from __future__ import annotations
@@ -28,28 +23,17 @@ from twiml_assets.layout import REFERENCE_SIDECAR_SUFFIX, REFERENCES_DIR
 log = logging.getLogger(__name__)
 
 #: Reference file endings, best first: richer formats (text + speakers + times) win ties.
-REFERENCE_SUFFIXES: tuple[str, ...] = (
-    "corrected.json",
-    "stm",
-    "rttm",
-    "json",
-    "srt",
-    "vtt",
-    "md",
-    "txt",
-    "text",
-)
+REFERENCE_SUFFIXES = tuple("corrected.json stm rttm json srt vtt md txt text".split())
 
 
 def _suffix_of(name: str, stems: Iterable[str]) -> str | None:
     """The reference suffix of ``name`` for one of ``stems``, or None when it is not one."""
-    if name.endswith(".speakers.json") or name.endswith(REFERENCE_SIDECAR_SUFFIX):
+    if name.endswith((".speakers.json", REFERENCE_SIDECAR_SUFFIX)):
         return None
     for stem in stems:
-        if name.startswith(stem + "."):
-            rest = name[len(stem) + 1 :]
-            if rest in REFERENCE_SUFFIXES:
-                return rest
+        rest = name.removeprefix(f"{stem}.")
+        if rest != name and rest in REFERENCE_SUFFIXES:
+            return rest
     return None
 
 

@@ -1,4 +1,4 @@
-"""Transcript and diarisation metrics: WER, DER, cpWER and WDER.
+"""Transcript and diarisation metrics: WER and DER (cpWER and WDER in ``speaker_metrics``).
 
 Each metric returns a small frozen dataclass with the raw counts as well as the rate, because
 rates do not average: a corpus score is the sum of errors over the sum of reference words (or
@@ -16,19 +16,17 @@ Conventions shared by the word metrics:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import jiwer
 
 from evaluation.normalise import normalise_text
+from evaluation.references import UNKNOWN_SPEAKER
 from resources.schema import SpeakerTurn
 
-if TYPE_CHECKING:  # pyannote is imported lazily: it costs ~1 s and only DER needs it.
+if TYPE_CHECKING:  # pyannote is imported lazily: only DER needs it, and it is slow to import.
     from pyannote.core import Annotation, Timeline
-
-#: Label given to words/turns whose speaker is unknown (``None``).
-UNKNOWN_SPEAKER = "UNKNOWN"
 
 
 def rate(errors: float, total: float) -> float:
@@ -38,37 +36,25 @@ def rate(errors: float, total: float) -> float:
     return 0.0 if errors == 0 else 1.0
 
 
+def speaker_label(speaker: str | None) -> str:
+    """The label a speaker is scored under: ``None`` (unknown) as ``UNKNOWN``."""
+    return speaker if speaker is not None else UNKNOWN_SPEAKER
+
+
 def word_tokens(text: str, normalise: bool) -> list[str]:
     return normalise_text(text).split() if normalise else text.split()
 
 
+def summed(items: Iterable[Any], names: Iterable[str]) -> list[Any]:
+    """Each named field summed over ``items``: how every corpus score is pooled."""
+    items = list(items)
+    return [sum(getattr(item, name) for item in items) for name in names]
+
+
 @dataclass(frozen=True, slots=True)
-class Counts:
-    hits: int = 0
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
+class WordErrors:
+    """The counts a word error rate comes from; corpus rates pool these, never the rates."""
 
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-
-def align(reference: list[str], hypothesis: list[str]) -> tuple[Counts, list[Any]]:
-    """Levenshtein-align two token lists with jiwer; return counts and alignment chunks."""
-    if not reference and not hypothesis:
-        return Counts(), []
-    out = jiwer.process_words(" ".join(reference), " ".join(hypothesis))
-    counts = Counts(out.hits, out.substitutions, out.deletions, out.insertions)
-    return counts, list(out.alignments[0])
-
-
-# -- WER -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class WerResult:
-    """Word error rate with its counts. ``wer = (S + D + I) / N`` with N reference words."""
-
-    wer: float
     substitutions: int
     deletions: int
     insertions: int
@@ -80,48 +66,47 @@ class WerResult:
     def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
+    @staticmethod
+    def total(items: Iterable[WordErrors]) -> WordErrors:
+        return WordErrors(*summed(items, (f.name for f in fields(WordErrors))))
+
+
+def align(reference: list[str], hypothesis: list[str]) -> tuple[WordErrors, list[Any]]:
+    """Levenshtein-align two token lists with jiwer; return counts and alignment chunks."""
+    if not reference and not hypothesis:
+        return WordErrors(0, 0, 0, 0, 0, 0), []
+    out = jiwer.process_words(" ".join(reference), " ".join(hypothesis))
+    counts = (out.substitutions, out.deletions, out.insertions, out.hits)
+    return WordErrors(*counts, len(reference), len(hypothesis)), list(out.alignments[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WerResult(WordErrors):
+    """Word error rate with its counts. ``wer = (S + D + I) / N`` with N reference words."""
+
+    wer: float
+
+    @classmethod
+    def of(cls, counts: WordErrors) -> WerResult:
+        return cls(wer=rate(counts.errors, counts.reference_words), **asdict(counts))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"wer": self.wer, **asdict(self)}  # the rate first, then its counts
 
     @classmethod
     def pooled(cls, results: Iterable[WerResult]) -> WerResult:
         """Corpus WER: summed errors over summed reference words (not a mean of rates)."""
-        items = list(results)
-        s = sum(r.substitutions for r in items)
-        d = sum(r.deletions for r in items)
-        i = sum(r.insertions for r in items)
-        n = sum(r.reference_words for r in items)
-        return cls(
-            wer=rate(s + d + i, n),
-            substitutions=s,
-            deletions=d,
-            insertions=i,
-            hits=sum(r.hits for r in items),
-            reference_words=n,
-            hypothesis_words=sum(r.hypothesis_words for r in items),
-        )
+        return cls.of(WordErrors.total(results))
 
 
 def word_error_rate(reference: str, hypothesis: str, normalise: bool = True) -> WerResult:
     """Speaker-agnostic WER of ``hypothesis`` against ``reference``, via ``jiwer.process_words``.
 
     With ``normalise`` (the default) both texts go through Whisper's English normaliser first,
-    so differences in case, punctuation, contractions and number format are not errors. An
-    empty reference gives ``wer`` 0.0 against an empty hypothesis and 1.0 otherwise (the
-    insertions are still counted).
+    so differences in case, punctuation, contractions and number format are not errors.
     """
-    ref = word_tokens(reference, normalise)
-    hyp = word_tokens(hypothesis, normalise)
-    counts, _ = align(ref, hyp)
-    return WerResult(
-        wer=rate(counts.errors, len(ref)),
-        substitutions=counts.substitutions,
-        deletions=counts.deletions,
-        insertions=counts.insertions,
-        hits=counts.hits,
-        reference_words=len(ref),
-        hypothesis_words=len(hyp),
-    )
+    counts, _ = align(word_tokens(reference, normalise), word_tokens(hypothesis, normalise))
+    return WerResult.of(counts)
 
 
 # -- DER -----------------------------------------------------------------------------------
@@ -149,6 +134,34 @@ class DerResult:
     collar: float = 0.0
     skip_overlap: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        total: float,
+        missed: float,
+        false_alarm: float,
+        confusion: float,
+        correct: float,
+        **settings: Any,
+    ) -> DerResult:
+        """From seconds: each error's rate is its share of the reference speech ``total``."""
+
+        def share(seconds: float) -> float:
+            return seconds / total if total else 0.0
+
+        return cls(
+            der=rate(missed + false_alarm + confusion, total),
+            missed=share(missed),
+            false_alarm=share(false_alarm),
+            confusion=share(confusion),
+            total=total,
+            missed_seconds=missed,
+            false_alarm_seconds=false_alarm,
+            confusion_seconds=confusion,
+            correct_seconds=correct,
+            **settings,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -156,20 +169,9 @@ class DerResult:
     def pooled(cls, results: Iterable[DerResult]) -> DerResult:
         """Corpus DER: summed error seconds over summed reference seconds (mapping dropped)."""
         items = list(results)
-        total = sum(r.total for r in items)
-        miss = sum(r.missed_seconds for r in items)
-        fa = sum(r.false_alarm_seconds for r in items)
-        conf = sum(r.confusion_seconds for r in items)
-        return cls(
-            der=rate(miss + fa + conf, total),
-            missed=miss / total if total else 0.0,
-            false_alarm=fa / total if total else 0.0,
-            confusion=conf / total if total else 0.0,
-            total=total,
-            missed_seconds=miss,
-            false_alarm_seconds=fa,
-            confusion_seconds=conf,
-            correct_seconds=sum(r.correct_seconds for r in items),
+        seconds = ("missed_seconds", "false_alarm_seconds", "confusion_seconds", "correct_seconds")
+        return cls.of(
+            *summed(items, ("total", *seconds)),
             collar=items[0].collar if items else 0.0,
             skip_overlap=items[0].skip_overlap if items else False,
         )
@@ -186,8 +188,7 @@ def turns_to_annotation(turns: Iterable[SpeakerTurn], uri: str = "recording") ->
     annotation = Annotation(uri=uri)
     for i, turn in enumerate(turns):
         if turn.end > turn.start:
-            speaker = turn.speaker if turn.speaker is not None else UNKNOWN_SPEAKER
-            annotation[Segment(float(turn.start), float(turn.end)), i] = speaker
+            annotation[Segment(float(turn.start), float(turn.end)), i] = speaker_label(turn.speaker)
     return annotation.support()
 
 
@@ -218,42 +219,25 @@ def diarisation_error_rate(
 
     ``collar`` is pyannote's: the *total* width of the forgiveness zone centred on each
     reference boundary, so ``collar=0.5`` equals md-eval's ``-c 0.25``. The defaults (no collar,
-    overlapped speech scored) are the strict setting that recent challenges (DIHARD, VoxSRC's
-    "full" DER) and pyannote's published benchmarks use. ``uem`` restricts scoring to given
+    overlapped speech scored) are the strictest setting. ``uem`` restricts scoring to given
     ``(start, end)`` regions; by default it is the union of the reference and hypothesis
     extents, so hypothesis speech after the reference ends is false alarm.
     """
     from pyannote.metrics.diarization import DiarizationErrorRate
 
+    settings: dict[str, Any] = {"collar": collar, "skip_overlap": skip_overlap}
     ref = turns_to_annotation(reference)
     hyp = turns_to_annotation(hypothesis)
     if not ref and not hyp:
-        return DerResult(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {}, collar, skip_overlap)
+        return DerResult.of(0.0, 0.0, 0.0, 0.0, 0.0, **settings)
     timeline = _as_timeline(uem, ref, hyp)
 
-    metric = DiarizationErrorRate(collar=collar, skip_overlap=skip_overlap)
+    metric = DiarizationErrorRate(**settings)
     parts = metric.compute_components(ref, hyp, uem=timeline)
     # The mapping on the same collar/overlap-extruded region the components were scored on.
-    ref_x, hyp_x, uem_x = metric.uemify(
-        ref, hyp, uem=timeline, collar=collar, skip_overlap=skip_overlap, returns_uem=True
-    )
+    ref_x, hyp_x = metric.uemify(ref, hyp, uem=timeline, **settings)
     mapping = {str(h): str(r) for h, r in metric.optimal_mapping(ref_x, hyp_x).items()}
-
-    total = float(parts["total"])
-    miss = float(parts["missed detection"])
-    fa = float(parts["false alarm"])
-    conf = float(parts["confusion"])
-    return DerResult(
-        der=rate(miss + fa + conf, total),
-        missed=miss / total if total else 0.0,
-        false_alarm=fa / total if total else 0.0,
-        confusion=conf / total if total else 0.0,
-        total=total,
-        missed_seconds=miss,
-        false_alarm_seconds=fa,
-        confusion_seconds=conf,
-        correct_seconds=float(parts["correct"]),
-        speaker_mapping=mapping,
-        collar=collar,
-        skip_overlap=skip_overlap,
+    seconds = ("total", "missed detection", "false alarm", "confusion", "correct")
+    return DerResult.of(
+        *(float(parts[name]) for name in seconds), speaker_mapping=mapping, **settings
     )

@@ -1,22 +1,12 @@
 """Whisper-style English text normalisation for scoring.
 
 WER is only comparable across systems and references when both sides are normalised the
-same way: a reference that writes "ten" and a hypothesis that writes "10" are not an error
-a listener would notice. We use ``EnglishTextNormalizer`` from the ``whisper-normalizer``
-package, a maintained copy of the normaliser OpenAI published with Whisper and used for
-the WER figures in the Whisper paper, so our numbers are computed the way most published
-ASR numbers are. It
-
-- lower-cases and removes punctuation and symbols (keeping ``%``, ``$``, decimals),
-- expands contractions ("don't" -> "do not", "it's" -> "it is", "won't" -> "will not"),
-- writes spelled-out numbers as digits ("ten" -> "10", "twenty five" -> "25",
-  "first" -> "1st"),
-- maps British to American spelling ("colour" -> "color") and titles ("Mr." -> "mister"),
-- drops fillers ("uh", "um", "hmm") and text in brackets/parentheses.
-
-One behaviour to know when reading numbers: consecutive spelled-out digits merge into one
-number ("one two three" -> "123"), and "ten dollars" becomes "$10". Both sides of a
-comparison are normalised alike, so this only matters when inspecting aligned text.
+same way: "ten" against "10" is not an error a listener would notice. ``EnglishTextNormalizer``
+(``whisper-normalizer``, a maintained copy of the one released with Whisper, so our numbers
+are computed the way most ASR numbers are) lower-cases, drops punctuation, fillers ("uh",
+"um") and bracketed text, expands contractions ("don't" -> "do not"), writes numbers as
+digits and British spellings as American. Consecutive spelled-out digits merge ("one two
+three" -> "123"): both sides alike, so this only matters when reading aligned text.
 """
 
 from __future__ import annotations

@@ -11,21 +11,38 @@ from evaluation.references import (
     UNKNOWN_SPEAKER,
     Reference,
     ReferenceFormatError,
+    loaded,
+    names_speakers,
+    numbered_lines,
     parse_float,
     read_json,
-    read_lines,
     text_utterance,
 )
-from resources.schema import Utterance, Word
+from resources.schema import Utterance, Word, load
 
 
 # -- RAG corrected.json (and our full transcript record) -----------------------------------
-def _dialogs(path: Path, dialogs: Any, speakers: list[str] | None) -> tuple[list[Utterance], bool]:
-    """Parse ``dialogs``/``utterances`` entries; return the utterances and whether any words."""
+def _speaker(path: Path, where: str, raw: Any, speakers: list[str] | None) -> str:
+    """A dialog's speaker: an index into ``speakers`` (``SPEAKER_{n:02d}`` without them),
+    a label, or None for an unknown one."""
+    if isinstance(raw, bool):
+        raise ReferenceFormatError(path, f"{where}: speaker {raw!r} is not a label")
+    if raw is None:
+        return UNKNOWN_SPEAKER
+    if not isinstance(raw, int):
+        return str(raw)
+    if speakers is None:
+        return f"SPEAKER_{raw:02d}"
+    if 0 <= raw < len(speakers):
+        return str(speakers[raw])
+    raise ReferenceFormatError(path, f"{where}: speaker index {raw} outside 'speakers' list")
+
+
+def _dialogs(path: Path, dialogs: Any, speakers: list[str] | None) -> list[Utterance]:
+    """Parse ``dialogs``/``utterances`` entries."""
     if not isinstance(dialogs, list):
         raise ReferenceFormatError(path, "'dialogs' must be a list")
     utterances: list[Utterance] = []
-    any_words = False
     for i, d in enumerate(dialogs):
         where = f"dialog {i}"
         if not isinstance(d, dict):
@@ -33,22 +50,7 @@ def _dialogs(path: Path, dialogs: Any, speakers: list[str] | None) -> tuple[list
         missing = [k for k in ("speaker", "start", "end") if k not in d]
         if missing:
             raise ReferenceFormatError(path, f"{where} lacks {missing}")
-        raw_speaker = d["speaker"]
-        if isinstance(raw_speaker, bool):
-            raise ReferenceFormatError(path, f"{where}: speaker {raw_speaker!r} is not a label")
-        if isinstance(raw_speaker, int):
-            if speakers is None:
-                speaker = f"SPEAKER_{raw_speaker:02d}"
-            elif 0 <= raw_speaker < len(speakers):
-                speaker = str(speakers[raw_speaker])
-            else:
-                raise ReferenceFormatError(
-                    path, f"{where}: speaker index {raw_speaker} outside 'speakers' list"
-                )
-        elif raw_speaker is None:
-            speaker = UNKNOWN_SPEAKER
-        else:
-            speaker = str(raw_speaker)
+        speaker = _speaker(path, where, d["speaker"], speakers)
         start = parse_float(path, d["start"], f"{where} start")
         end = parse_float(path, d["end"], f"{where} end")
         words = []
@@ -57,24 +59,14 @@ def _dialogs(path: Path, dialogs: Any, speakers: list[str] | None) -> tuple[list
                 raise ReferenceFormatError(path, f"{where}: a word is not an object")
             # Some aligners leave words (e.g. numbers) untimed: give them the dialog's span.
             try:
-                word = Word.from_dict({"start": start, "end": end, **w, "speaker": speaker})
+                words.append(load(Word, {"start": start, "end": end, **w, "speaker": speaker}))
             except (TypeError, ValueError) as exc:
                 raise ReferenceFormatError(path, f"{where}: bad word {w!r} ({exc})") from exc
-            words.append(word)
-        any_words = any_words or bool(words)
         text = d.get("text")
         if text is None:  # tolerate word-only dialogs: rebuild the text from the words
             text = " ".join(w.text.strip() for w in words if w.text.strip())
-        utterances.append(
-            Utterance(
-                speaker=speaker,
-                start=start,
-                end=end,
-                words=words,
-                text_override=" ".join(str(text).split()),
-            )
-        )
-    return utterances, any_words
+        utterances.append(text_utterance(speaker, start, end, str(text), words))
+    return utterances
 
 
 def speakers_json_for(corrected: Path) -> Path | None:
@@ -108,26 +100,22 @@ def load_rag_corrected(
     speakers = data.get("speakers")
     if speakers is not None and not isinstance(speakers, list):
         raise ReferenceFormatError(path, "'speakers' must be a list of labels")
-    entries = data["dialogs"] if "dialogs" in data else data["utterances"]
-    utterances, any_words = _dialogs(path, entries, speakers)
-
-    names: dict[str, str] = {}
-    if isinstance(data.get("speaker_names"), dict):
-        names.update({str(k): str(v) for k, v in data["speaker_names"].items()})
-    names_path = Path(speakers_json_path) if speakers_json_path else None
-    if names_path is not None:
+    utterances = _dialogs(path, data.get("dialogs", data.get("utterances")), speakers)
+    names = data.get("speaker_names")
+    names = dict(names) if isinstance(names, dict) else {}
+    if speakers_json_path:
+        names_path = Path(speakers_json_path)
         mapping = read_json(names_path)
         if not isinstance(mapping, dict):
             raise ReferenceFormatError(names_path, "speakers.json must map label -> name")
-        names.update({str(k): str(v) for k, v in mapping.items()})
-    return Reference(
-        utterances=utterances,
-        has_speakers=any(u.speaker != UNKNOWN_SPEAKER for u in utterances),
-        has_timestamps=True,
-        has_words=any_words,
-        speaker_names=names,
-        source=str(path),
-        format="rag-json",
+        names.update(mapping)
+    return loaded(
+        path,
+        "rag-json",
+        utterances,
+        has_speakers=names_speakers(utterances),
+        has_words=any(u.words for u in utterances),
+        speaker_names={str(k): str(v) for k, v in names.items()},
     )
 
 
@@ -152,45 +140,19 @@ def load_rag_markdown(path: str | Path) -> Reference:
     it would belong to no speaker. Speakers are the display names the file shows.
     """
     path = Path(path)
-    utterances: list[Utterance] = []
-    current: list[str] = []
-    header: tuple[str, float, float] | None = None
-
-    def flush() -> None:
-        if header is not None:
-            name, start, end = header
-            utterances.append(text_utterance(name, start, end, " ".join(" ".join(current).split())))
-        current.clear()
-
-    for number, raw in enumerate(read_lines(path), 1):
-        line = raw.strip()
-        match = _MD_HEADER.match(line)
-        if match:
-            flush()
-            g = match.groups()
-            start = _md_seconds(g[1], g[2], g[3])
-            end = _md_seconds(g[4], g[5], g[6])
-            header = (match["name"].strip(), start, end)
-            if match["rest"]:
-                current.append(match["rest"])
-        elif not line:
-            continue
-        elif header is None:
-            if line.startswith("#"):
-                continue
+    turns: list[tuple[str, float, float, list[str]]] = []
+    for number, line in numbered_lines(path):
+        if header := _MD_HEADER.match(line):
+            g = header.groups()
+            start, end = _md_seconds(*g[1:4]), _md_seconds(*g[4:7])
+            turns.append((header["name"].strip(), start, end, [header["rest"]]))
+        elif turns:
+            turns[-1][3].append(line)
+        elif not line.startswith("#"):
             raise ReferenceFormatError(
                 path, "text before the first '__Name__ _(…)_:' turn header", number
             )
-        else:
-            current.append(line)
-    flush()
-    if not utterances:
-        raise ReferenceFormatError(path, "no '__Name__ _(0h 0m 0.00s-…)_:' turn headers found")
-    return Reference(
-        utterances=utterances,
-        has_speakers=True,
-        has_timestamps=True,
-        has_words=False,
-        source=str(path),
-        format="rag-markdown",
+    utterances = [text_utterance(name, a, b, " ".join(text)) for name, a, b, text in turns]
+    return loaded(
+        path, "rag-markdown", utterances, "no '__Name__ _(0h 0m 0.00s-…)_:' turn headers found"
     )

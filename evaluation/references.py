@@ -1,15 +1,11 @@
 """The reference transcript model: every format's loader fills one ``Reference``.
 
-Human references come in whatever format their maker had: NIST STM (ASR benchmarks), RTTM
-(diarisation benchmarks, no words), the RAG pipeline's ``corrected.json`` and markdown (our
-own episodes after manual correction), SRT/VTT subtitles, or plain text. The metrics need
-only a few views of them (all text, per-speaker text, turns, speaker-tagged words), so each
-loader fills one model and records what the file could give (``has_speakers``,
-``has_timestamps``, ``has_words``, ``has_text``); the caller computes the metrics those allow.
-
-Loaders (``evaluation.formats``, ``evaluation.rag_formats``; ``evaluation.loaders`` picks one
-per file) read UTF-8 with or without a BOM and any line ending, skip blank lines, and raise
-``ReferenceFormatError`` naming the file (and line) when the content is not the format.
+Human references come in whatever format their maker had (STM, RTTM, the RAG pipeline's
+``corrected.json`` and markdown, SRT/VTT, Podcasting 2.0 JSON, plain text). The metrics need
+only a few views of them, so each loader fills one model and records what the file could
+give (``has_speakers``, ``has_timestamps``, ``has_words``, ``has_text``); the caller computes
+the metrics those allow. Loaders read UTF-8 with or without a BOM and any line ending, and
+raise ``ReferenceFormatError`` naming the file (and line) when the content is not the format.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from typing import Any
 
 from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word
 
-#: Speaker label used where a format carries no speaker.
+#: Speaker label used where a format (or a word, or a turn) carries no speaker.
 UNKNOWN_SPEAKER = "UNKNOWN"
 
 
@@ -42,13 +38,14 @@ class Reference:
 
     ``utterances`` are in file order. Without speakers every utterance has speaker
     ``UNKNOWN``; without timestamps ``start`` and ``end`` are 0.0; without words
-    ``Utterance.words`` is empty and the text is in ``text_override``.
+    ``Utterance.words`` is empty and the text is in ``text_override``. The defaults are what
+    most formats give: timed speaker turns with text but no word list.
     """
 
     utterances: list[Utterance]
-    has_speakers: bool
-    has_timestamps: bool
-    has_words: bool
+    has_speakers: bool = True
+    has_timestamps: bool = True
+    has_words: bool = False
     has_text: bool = True
     speaker_names: dict[str, str] = field(default_factory=dict)
     source: str = ""
@@ -83,9 +80,8 @@ class Reference:
     def speaker_words(self) -> list[Word]:
         """The text as whitespace tokens, each tagged with its utterance's speaker (for WDER).
 
-        Built from the utterance text rather than ``words`` because in a corrected transcript
-        the text is authoritative and the word list may predate the correction. Token times
-        are the utterance's.
+        Built from the text rather than ``words``: in a corrected transcript the text is
+        authoritative and the word list may predate the correction.
         """
         return [
             Word(u.start, u.end, token, speaker=u.speaker)
@@ -115,7 +111,21 @@ class Reference:
         )
 
 
-# -- file reading helpers ------------------------------------------------------------------
+# -- helpers shared by the loaders ---------------------------------------------------------
+def loaded(
+    path: Path, fmt: str, utterances: list[Utterance], empty: str | None = None, **fields: Any
+) -> Reference:
+    """A loader's result; ``empty`` is the error for a file without utterances."""
+    if empty and not utterances:
+        raise ReferenceFormatError(path, empty)
+    return Reference(utterances, source=str(path), format=fmt, **fields)
+
+
+def names_speakers(utterances: list[Utterance]) -> bool:
+    """Whether any utterance has a speaker, where the format makes speakers optional."""
+    return any(u.speaker != UNKNOWN_SPEAKER for u in utterances)
+
+
 def read_lines(path: Path) -> list[str]:
     """Lines without line endings; BOM stripped; CR/CRLF/LF all accepted."""
     try:
@@ -123,6 +133,12 @@ def read_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as exc:
         raise ReferenceFormatError(path, f"not UTF-8 text ({exc})") from exc
     return text.splitlines()
+
+
+def numbered_lines(path: Path, comments: tuple[str, ...] = ()) -> list[tuple[int, str]]:
+    """The non-blank lines, stripped, with their line numbers; ``comments`` lines left out."""
+    lines = ((n, raw.strip()) for n, raw in enumerate(read_lines(path), 1))
+    return [(n, line) for n, line in lines if line and not line.startswith(comments)]
 
 
 def read_json(path: Path) -> Any:
@@ -142,5 +158,8 @@ def parse_float(path: Path, value: Any, what: str, line: int | None = None) -> f
     return number
 
 
-def text_utterance(speaker: str, start: float, end: float, text: str) -> Utterance:
-    return Utterance(speaker=speaker, start=start, end=end, text_override=text)
+def text_utterance(
+    speaker: str, start: float, end: float, text: str, words: list[Word] | None = None
+) -> Utterance:
+    """An utterance whose text is given (not rebuilt from words), whitespace collapsed."""
+    return Utterance(speaker, start, end, words or [], text_override=" ".join(text.split()))

@@ -17,44 +17,37 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.metrics import DerResult, WerResult, diarisation_error_rate, word_error_rate
+from evaluation.metrics import (
+    DerResult,
+    WerResult,
+    WordErrors,
+    diarisation_error_rate,
+    summed,
+    word_error_rate,
+)
 from evaluation.references import Reference
-from evaluation.speaker_metrics import CpWerResult, cp_word_error_rate, word_diarisation_error_rate
+from evaluation.speaker_metrics import WderResult, cp_word_error_rate, word_diarisation_error_rate
 from resources.schema import SpeakerTranscript, SpeakerTurn
 
 METRICS = ("wer", "der", "cpwer", "wder")
-SUMMARY_COLUMNS = [
-    "episode",
-    "has_reference",
-    "wer",
-    "der",
-    "cpwer",
-    "wder",
-    "reference_words",
-    "hypothesis_words",
-    "reference_speech_s",
-    "reference_speakers",
-    "hypothesis_speakers",
-    "asr_model",
-    "diarisation_model",
-    "evaluated_at",
-]
+SUMMARY_COLUMNS = (
+    "episode has_reference wer der cpwer wder reference_words hypothesis_words "
+    "reference_speech_s reference_speakers hypothesis_speakers asr_model diarisation_model "
+    "evaluated_at"
+).split()
 
 
 def _first(
     references: Sequence[tuple[Path, Reference]], *needs: str
-) -> tuple[Path, Reference] | None:
-    """The first reference with every capability in ``needs`` (``has_text``, …)."""
+) -> tuple[Reference, dict[str, str]] | None:
+    """The first reference with every capability in ``needs`` (``has_text``, …), and the
+    fields that name it in the record."""
     for path, ref in references:
         if all(getattr(ref, need) for need in needs) and (
             "has_text" not in needs or ref.text.strip()
         ):
-            return path, ref
+            return ref, {"reference": path.name, "reference_format": ref.format}
     return None
-
-
-def _source(path: Path, ref: Reference) -> dict[str, str]:
-    return {"reference": path.name, "reference_format": ref.format}
 
 
 def evaluate_episode(
@@ -71,11 +64,6 @@ def evaluate_episode(
     them the transcript's utterance spans stand in. ``collar`` is pyannote's total width.
     ``models`` (``asr_model``, ``diarisation_model``) label the record for the summary.
     """
-    turns = (
-        list(hypothesis_turns)
-        if hypothesis_turns is not None
-        else [SpeakerTurn(u.start, u.end, u.speaker) for u in hypothesis.utterances]
-    )
     record: dict[str, Any] = {
         "key": key,
         "evaluated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -99,28 +87,26 @@ def evaluate_episode(
         },
         **{name: None for name in METRICS},
     }
-    found = _first(references, "has_text")
-    if found:
-        ref = found[1]
-        record["wer"] = {**word_error_rate(ref.text, hypothesis.text).to_dict(), **_source(*found)}
-    found = _first(references, "has_timestamps", "has_speakers")
-    if found:
-        ref = found[1]
-        der = diarisation_error_rate(ref.turns, turns, collar=collar).to_dict()
-        record["der"] = {**der, **_source(*found)}
-    found = _first(references, "has_speakers", "has_text")
-    if found:
-        ref = found[1]
-        record["cpwer"] = {
-            **cp_word_error_rate(ref, hypothesis.utterances).to_dict(),
-            **_source(*found),
-        }
+    if found := _first(references, "has_text"):
+        ref, source = found
+        record["wer"] = {**word_error_rate(ref.text, hypothesis.text).to_dict(), **source}
+    if found := _first(references, "has_timestamps", "has_speakers"):
+        ref, source = found
+        if hypothesis_turns is None:
+            hypothesis_turns = [
+                SpeakerTurn(u.start, u.end, u.speaker) for u in hypothesis.utterances
+            ]
+        der = diarisation_error_rate(ref.turns, hypothesis_turns, collar=collar)
+        record["der"] = {**der.to_dict(), **source}
+    if found := _first(references, "has_speakers", "has_text"):
+        ref, source = found
+        record["cpwer"] = {**cp_word_error_rate(ref, hypothesis.utterances).to_dict(), **source}
         wder = word_diarisation_error_rate(ref.speaker_words, hypothesis.words)
         record["wder"] = {
             **wder.to_dict(),
             "aligned_words": wder.aligned_words,
             "wrong_speaker_words": wder.wrong_speaker_words,
-            **_source(*found),
+            **source,
         }
     return record
 
@@ -139,33 +125,29 @@ def _fields(cls: type, entry: dict[str, Any]) -> dict[str, Any]:
 def pooled_scores(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Corpus WER/DER/cpWER/WDER from summed counts, with the totals they are pooled over."""
     records = list(records)
-    out: dict[str, Any] = {"episodes": len(records)}
-    out["episodes_with_reference"] = sum(1 for r in records if r.get("has_reference"))
 
-    wers = [WerResult(**_fields(WerResult, r["wer"])) for r in records if r.get("wer")]
-    pooled = WerResult.pooled(wers) if wers else None
-    out["wer"] = pooled.wer if pooled else None
-    out["reference_words"] = pooled.reference_words if pooled else 0
-    out["wer_episodes"] = len(wers)
+    def entries(metric: str, cls: type) -> list[Any]:
+        return [cls(**_fields(cls, r[metric])) for r in records if r.get(metric)]
 
-    ders = [DerResult(**_fields(DerResult, r["der"])) for r in records if r.get("der")]
-    pooled_der = DerResult.pooled(ders) if ders else None
-    out["der"] = pooled_der.der if pooled_der else None
-    out["reference_speech_s"] = round(pooled_der.total, 3) if pooled_der else 0.0
-    out["der_episodes"] = len(ders)
-
-    cps = [CpWerResult(**_fields(CpWerResult, r["cpwer"])) for r in records if r.get("cpwer")]
-    cp_errors = sum(c.errors for c in cps)
-    cp_words = sum(c.reference_words for c in cps)
-    out["cpwer"] = (cp_errors / cp_words if cp_words else 0.0) if cps else None
-    out["cpwer_episodes"] = len(cps)
-
-    wders = [r["wder"] for r in records if r.get("wder")]
-    aligned = sum(w["hits"] + w["substitutions"] for w in wders)
-    wrong = sum(w["hits_wrong_speaker"] + w["substitutions_wrong_speaker"] for w in wders)
-    out["wder"] = (wrong / aligned if aligned else 0.0) if wders else None
-    out["wder_episodes"] = len(wders)
-    return out
+    wers, ders = entries("wer", WerResult), entries("der", DerResult)
+    cps, wders = entries("cpwer", WordErrors), entries("wder", WderResult)
+    wer, der, cp = WerResult.pooled(wers), DerResult.pooled(ders), WordErrors.total(cps)
+    aligned, wrong = summed(wders, ("aligned_words", "wrong_speaker_words"))
+    return {
+        "episodes": len(records),
+        "episodes_with_reference": sum(1 for r in records if r.get("has_reference")),
+        "wer": wer.wer if wers else None,
+        "reference_words": wer.reference_words,
+        "wer_episodes": len(wers),
+        "der": der.der if ders else None,
+        "reference_speech_s": round(der.total, 3) if ders else 0.0,
+        "der_episodes": len(ders),
+        # cpWER and WDER over no words are 0.0 here (``rate`` would say 1.0 for cpWER)
+        "cpwer": (cp.errors / cp.reference_words if cp.reference_words else 0.0) if cps else None,
+        "cpwer_episodes": len(cps),
+        "wder": (wrong / aligned if aligned else 0.0) if wders else None,
+        "wder_episodes": len(wders),
+    }
 
 
 def summary_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -175,6 +157,7 @@ def summary_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         hyp = r.get("hypothesis") or {}
         der = r.get("der") or {}
         wer = r.get("wer") or {}
+        speakers = [x.get("speakers") or 0 for x in r.get("references") or []]
         rows.append(
             {
                 "episode": r.get("key"),
@@ -183,10 +166,7 @@ def summary_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "reference_words": wer.get("reference_words"),
                 "hypothesis_words": hyp.get("words"),
                 "reference_speech_s": round(der["total"], 2) if der else None,
-                "reference_speakers": max(
-                    (x.get("speakers") or 0 for x in r.get("references") or []), default=None
-                )
-                or None,
+                "reference_speakers": max(speakers, default=0) or None,
                 "hypothesis_speakers": hyp.get("speakers"),
                 "asr_model": hyp.get("asr_model"),
                 "diarisation_model": hyp.get("diarisation_model"),

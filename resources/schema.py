@@ -2,26 +2,66 @@
 
 Plain dataclasses (no Dagster, no torch) so every layer can use them: the ASR and
 diarisation resources produce them, ``twiml_assets`` merges and renders them, and
-``evaluation`` loads references into the same shapes.
+``evaluation`` loads references into the same shapes. Their JSON form is declared on the
+classes (rounding, names, key order, what is left out) and pydantic applies it in ``dump``
+and ``load``, so constructing one inside the pipeline costs no validation, and the files'
+JSON Schemas come from the same declarations (``json_schema``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cache, partial
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    computed_field,
+    model_serializer,
+)
+
+T = TypeVar("T")
+
+Seconds = Annotated[float, PlainSerializer(partial(round, ndigits=3))]
+"""A time as the output files keep it: to the millisecond."""
+
+
+def _in_order(*keys: str) -> Any:
+    """A serializer writing ``keys`` in the files' order, which is not the constructor's."""
+
+    # No return annotation: pydantic would take it for the JSON Schema of the class.
+    def serialise(self: object, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        return {key: data[key] for key in keys if key in data}
+
+    return model_serializer(mode="wrap")(serialise)
 
 
 @dataclass(slots=True)
 class Word:
-    """One recognised word with faster-whisper's word timestamps (seconds)."""
+    """One recognised word with faster-whisper's word timestamps (seconds).
+
+    Files name ``text`` ``word``, as faster-whisper does, and leave ``speaker`` out while it
+    is unknown; other aligners' ``text`` and ``score`` are read too.
+    """
 
     start: float
     end: float
-    text: str
-    probability: float = 1.0
+    text: Annotated[str, Field(alias="word", validation_alias=AliasChoices("word", "text"))]
+    probability: Annotated[float, Field(validation_alias=AliasChoices("probability", "score"))] = (
+        1.0
+    )
     speaker: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    # By hand, not declared per field like the other classes: words are by far the most
+    # numerous objects, and one call per word is what keeps writing them cheap.
+    # No return annotation, so that the JSON Schema stays the fields' one.
+    @model_serializer
+    def _json(self):
         out = {
             "word": self.text,
             "start": round(self.start, 3),
@@ -31,16 +71,6 @@ class Word:
         if self.speaker is not None:
             out["speaker"] = self.speaker
         return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Word:
-        return cls(
-            start=float(data["start"]),
-            end=float(data["end"]),
-            text=str(data.get("word", data.get("text", ""))),
-            probability=float(data.get("probability", data.get("score", 1.0))),
-            speaker=data.get("speaker"),
-        )
 
 
 @dataclass(slots=True)
@@ -53,6 +83,8 @@ class AsrSegment:
     words: list[Word] = field(default_factory=list)
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+
+    _json = _in_order("start", "end", "text", "avg_logprob", "no_speech_prob", "words")
 
 
 @dataclass(slots=True)
@@ -70,14 +102,20 @@ class SpeakerTurn:
 
 @dataclass(slots=True)
 class Utterance:
-    """Consecutive words of one speaker: what a reader sees as a turn."""
+    """Consecutive words of one speaker: what a reader sees as a turn.
+
+    Files carry its ``text`` for readers; loading rebuilds it from the words.
+    """
 
     speaker: str
-    start: float
-    end: float
+    start: Seconds
+    end: Seconds
     words: list[Word] = field(default_factory=list)
-    text_override: str | None = None
+    text_override: Annotated[str | None, Field(exclude=True)] = None
 
+    _json = _in_order("speaker", "start", "end", "text", "words")
+
+    @computed_field
     @property
     def text(self) -> str:
         if self.text_override is not None:
@@ -96,6 +134,8 @@ class AsrResult:
     config: dict[str, Any]
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+
+    _json = _in_order("language", "duration", "model", "config", "seconds", "details", "segments")
 
     @property
     def words(self) -> list[Word]:
@@ -145,10 +185,28 @@ class SpeakerTranscript:
     def text(self) -> str:
         return " ".join(u.text for u in self.utterances if u.text)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def join_words(words: list[Word]) -> str:
     """Join faster-whisper word tokens, which carry their own leading spaces."""
     return "".join(w.text for w in words).strip()
+
+
+# -- JSON form ----------------------------------------------------------------------------
+@cache
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
+
+
+def dump(value: Any, tp: Any = None) -> Any:
+    """``value``'s JSON form (dicts and lists, for ``json.dumps``); ``tp`` when not its class."""
+    return _adapter(tp or type(value)).dump_python(value, by_alias=True)
+
+
+def load(tp: type[T], data: Any) -> T:
+    """Read parsed JSON into ``tp`` (a class above, a document, or a list of them)."""
+    return _adapter(tp).validate_python(data)
+
+
+def json_schema(tp: Any) -> dict[str, Any]:
+    """The JSON Schema of what ``dump`` writes for ``tp``."""
+    return _adapter(tp).json_schema(mode="serialization")

@@ -15,13 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from evaluation.metrics import diarisation_error_rate, word_error_rate
-from resources.schema import SpeakerTurn
-from twiml_assets.cli import main
+from resources.schema import SpeakerTurn, json_schema
+from resources.storage import StorageResource
+from twiml_assets.cli import main, resolve_audio
 from twiml_assets.demo.synth import synthesize_silence
-from twiml_assets.outputs import schemas as output_schemas
+from twiml_assets.outputs.files import FullRecord
+from twiml_assets.outputs.renderers import CorrectedJson, SpeakersJson
 
 CLI = [sys.executable, "-m", "twiml_assets.cli"]
 
@@ -70,13 +73,13 @@ def test_cli_meets_quality_bars(cli_run, dialogue) -> None:
 def test_cli_outputs_parse_and_match_schemas(cli_run, dialogue) -> None:
     _, out = cli_run
     corrected = json.loads((out / "transcripts/901.corrected.json").read_text())
-    output_schemas.validate(corrected, output_schemas.CORRECTED_JSON)
+    jsonschema.validate(corrected, json_schema(CorrectedJson))
     assert len(corrected["dialogs"]) >= 10  # 14 turns in the reference
     speakers = json.loads((out / "asr/901.speakers.json").read_text())
-    output_schemas.validate(speakers, output_schemas.SPEAKERS_JSON)
+    jsonschema.validate(speakers, json_schema(SpeakersJson))
     assert list(speakers) == corrected["speakers"]
     record = json.loads((out / "transcripts/ep-901.json").read_text())
-    output_schemas.validate(record, output_schemas.FULL_RECORD)
+    jsonschema.validate(record, json_schema(FullRecord))
     assert record["asr"]["config"]["initial_prompt"] == "Speech recognition in practice"
     assert set(record["timings"]) >= {"decode", "asr", "diarisation", "merge"}
 
@@ -103,6 +106,14 @@ def test_cli_outputs_parse_and_match_schemas(cli_run, dialogue) -> None:
 def test_missing_file_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["transcribe", str(tmp_path / "nope.mp3"), "--out", str(tmp_path)]) == 2
     assert "audio file not found" in capsys.readouterr().err
+
+
+def test_compare_finds_an_episodes_audio_by_key_not_its_sidecar(tmp_path) -> None:
+    storage = StorageResource(root=str(tmp_path))
+    storage.write_json("audio/ep-1.json", {"path": "audio/ep-1.mp3"})
+    storage.write_text("audio/ep-1.mp3", "x")
+    path, key = resolve_audio("ep-1", storage, tmp_path)
+    assert (path.name, key) == ("ep-1.mp3", "ep-1")
 
 
 def test_zero_byte_file_is_a_clear_error(tmp_path, capsys) -> None:
@@ -138,7 +149,7 @@ def test_silence_gives_an_empty_but_valid_transcript(tmp_path) -> None:
     out = tmp_path / "o"
     assert main(["transcribe", str(silence), "--out", str(out), "--key", "ep-7"]) == 0
     corrected = json.loads((out / "transcripts/7.corrected.json").read_text())
-    output_schemas.validate(corrected, output_schemas.CORRECTED_JSON)
+    jsonschema.validate(corrected, json_schema(CorrectedJson))
     assert corrected["dialogs"] == []
     assert (out / "markdown/7.md").read_text() == ""
     record = json.loads((out / "transcripts/ep-7.json").read_text())

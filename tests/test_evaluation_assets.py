@@ -31,7 +31,7 @@ from resources.schema import (
 )
 from resources.storage import StorageResource
 from twiml_assets.layout import EpisodeFiles
-from twiml_assets.outputs.files import write_full_record
+from twiml_assets.outputs.files import full_record, write_full_record
 from twiml_assets.quality.assets import evaluation, evaluation_summary
 from twiml_assets.quality.checks import evaluation_limits
 
@@ -92,7 +92,7 @@ def write_transcript(storage: StorageResource, key: str, wrong: bool = False) ->
     )
     asr = AsrResult(segments, "en", duration, "tiny.en", {"beam_size": 5}, 1.0)
     diarisation = DiarisationResult(turns, duration, "offline", {}, 1.0)
-    write_full_record(storage, transcript, asr, diarisation)
+    write_full_record(storage, full_record(transcript, asr, diarisation))
 
 
 def write_episode(storage: StorageResource, key: str, transcript_url: str | None = None) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from evaluation.coverage import speech_without_words
 from evaluation.metrics import word_error_rate
-from resources.schema import Word
+from resources.schema import Word, load
 from twiml_assets.demo.synth import SyntheticEpisode
 from twiml_assets.demo.synth_long import generate_long_episode
 from twiml_assets.speech.model_step import measure
@@ -37,7 +37,7 @@ def engine_run(long_episode: SyntheticEpisode) -> dict[str, Any]:
 
 
 def words_of(run: dict[str, Any]) -> list[Word]:
-    return [Word.from_dict(w) for w in run["words"]]
+    return load(list[Word], run["words"])
 
 
 def test_the_generated_episode_is_what_a_podcast_serves(long_episode: SyntheticEpisode) -> None:

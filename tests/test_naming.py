@@ -256,9 +256,9 @@ def _store(root: Path, ep: Episode, author: str | None) -> StorageResource:
     labels = sorted({t.speaker for t in ep.turns})
     transcript = SpeakerTranscript(ep.key, ep.duration, utterances, labels)
     asr = AsrResult([], "en", ep.duration, "truth", {})
-    from twiml_assets.outputs.files import write_full_record
+    from twiml_assets.outputs.files import full_record, write_full_record
 
-    write_full_record(storage, transcript, asr, diar)
+    write_full_record(storage, full_record(transcript, asr, diar))
     return storage
 
 

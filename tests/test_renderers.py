@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import jsonschema
 import pytest
 
 from resources.schema import (
@@ -14,15 +15,14 @@ from resources.schema import (
     SpeakerTurn,
     Utterance,
     Word,
+    dump,
+    json_schema,
+    load,
 )
 from resources.storage import StorageError, StorageResource
 from twiml_assets.outputs import renderers
-from twiml_assets.outputs import schemas as output_schemas
 from twiml_assets.outputs.files import (
-    asr_from_dict,
-    asr_to_dict,
-    diarisation_from_dict,
-    diarisation_to_dict,
+    FullRecord,
     full_record,
     transcript_from_record,
     write_all_outputs,
@@ -61,7 +61,7 @@ def test_markdown_matches_rag_format() -> None:
 
 def test_corrected_json_indexes_speakers() -> None:
     doc = renderers.corrected_json(sample_transcript())
-    output_schemas.validate(doc, output_schemas.CORRECTED_JSON)
+    jsonschema.validate(doc, json_schema(renderers.CorrectedJson))
     assert [d["speaker"] for d in doc["dialogs"]] == [0, 1]
     assert doc["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
     assert doc["dialogs"][0]["text"] == "Hello there."
@@ -113,11 +113,11 @@ def test_write_all_outputs_layout_and_round_trip(tmp_path) -> None:
     ]
     assert set(files) >= {"corrected_json", "speakers_json", "markdown", "record", "srt", "vtt"}
     record = json.loads((tmp_path / "transcripts/ep-623.json").read_text())
-    output_schemas.validate(record, output_schemas.FULL_RECORD)
+    jsonschema.validate(record, json_schema(FullRecord))
     again = transcript_from_record(record)
     assert again.text == t.text and again.speakers == t.speakers
-    assert asr_from_dict(asr_to_dict(asr)) == asr
-    assert diarisation_from_dict(diarisation_to_dict(diar)) == diar
+    assert load(AsrResult, dump(asr)) == asr
+    assert load(DiarisationResult, dump(diar)) == diar
     assert full_record(t, asr, diar)["speaker_names"]["SPEAKER_00"] == "Sam Charrington"
 
 

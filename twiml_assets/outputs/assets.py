@@ -10,6 +10,7 @@ import time
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from resources.schema import AsrResult, DiarisationResult, load
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     GROUP_OUTPUTS,
@@ -23,8 +24,7 @@ from twiml_assets.asset_io import (
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.outputs.files import (
-    asr_from_dict,
-    diarisation_from_dict,
+    full_record,
     transcript_from_record,
     write_full_record,
     write_rag_outputs,
@@ -50,8 +50,8 @@ def speaker_transcript(
     episode = load_episode(storage, key)
     asr_data = read_json_or_fail(storage, p.asr_result, key, "transcript")
     diar_data = read_json_or_fail(storage, p.diarisation_result, key, "diarisation")
-    asr = asr_from_dict(asr_data)
-    diarisation = diarisation_from_dict(diar_data)
+    asr = load(AsrResult, asr_data)
+    diarisation = load(DiarisationResult, diar_data)
 
     started = time.perf_counter()
     transcript = merge_words(asr, diarisation, key)
@@ -72,7 +72,7 @@ def speaker_transcript(
         "audio_sha256": audio.get("audio_sha256"),
         "title": episode.title,
     }
-    files = write_full_record(storage, transcript, asr, diarisation, timings, source)
+    files = write_full_record(storage, full_record(transcript, asr, diarisation, timings, source))
     total = sum(timings.values())
     return MaterializeResult(
         metadata={

@@ -2,25 +2,27 @@
 
 Paths follow ``twiml_assets.layout``: the RAG set is named by episode number (``{n}``), our own
 files by episode key. Every writer returns ``{name: uri}`` for logs and metadata.
-Serialisation of the intermediate results lives here too: Dagster assets hand them
-to each other as JSON files in the same layout, so a re-run or a backfill needs
-nothing but the storage root and the partition key.
+The documents are dataclasses in the order of their keys: ``resources.schema.dump`` writes
+them and ``json_schema`` gives their JSON Schemas.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from resources.schema import (
     AsrResult,
-    AsrSegment,
     DiarisationResult,
+    Seconds,
     SpeakerTranscript,
     SpeakerTurn,
     Utterance,
-    Word,
+    dump,
+    load,
 )
 from resources.storage import StorageResource
 from twiml_assets.layout import EpisodeFiles
@@ -59,6 +61,42 @@ def write_rttm(
     return {"rttm": storage.write_text(EpisodeFiles(key).rttm, rttm)}
 
 
+@dataclass(slots=True)
+class RunInfo:
+    """Which model produced a result, with what settings, in how long."""
+
+    model: str
+    config: dict[str, Any]
+    seconds: Seconds
+
+
+@dataclass(slots=True)
+class DiarisationRun(RunInfo):
+    """The diariser's run, with the turns the words were attributed from."""
+
+    details: dict[str, Any]
+    turns: list[SpeakerTurn]
+
+
+@dataclass(slots=True)
+class FullRecord:
+    """``transcripts/{key}.json``: everything needed to audit or re-render a transcript."""
+
+    schema_version: Literal[1]
+    key: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+    created: str
+    source: dict[str, Any]
+    duration: Seconds
+    language: str
+    speakers: list[str]
+    speaker_names: dict[str, str]
+    asr: RunInfo
+    diarisation: DiarisationRun
+    timings: dict[str, Seconds]
+    metadata: dict[str, Any]
+    utterances: list[Utterance]
+
+
 def full_record(
     transcript: SpeakerTranscript,
     asr: AsrResult,
@@ -66,40 +104,27 @@ def full_record(
     timings: dict[str, float] | None = None,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``transcripts/{key}.json``: everything needed to audit or re-render a transcript."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "key": transcript.key,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": source or {},
-        "duration": round(transcript.duration, 3),
-        "language": transcript.language,
-        "speakers": transcript.speakers,
-        "speaker_names": transcript.speaker_names,
-        "asr": {"model": asr.model, "config": asr.config, "seconds": round(asr.seconds, 3)},
-        "diarisation": {
-            "model": diarisation.model,
-            "config": diarisation.config,
-            "seconds": round(diarisation.seconds, 3),
-            "details": diarisation.details,
-            "turns": [dataclasses.asdict(t) for t in diarisation.turns],
-        },
-        "timings": {k: round(v, 3) for k, v in (timings or {}).items()},
-        "metadata": transcript.metadata,
-        "utterances": [utterance_to_dict(u) for u in transcript.utterances],
-    }
+    t, d = transcript, diarisation
+    record = FullRecord(
+        schema_version=SCHEMA_VERSION,
+        key=t.key,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=source or {},
+        duration=t.duration,
+        language=t.language,
+        speakers=t.speakers,
+        speaker_names=t.speaker_names,
+        asr=RunInfo(asr.model, asr.config, asr.seconds),
+        diarisation=DiarisationRun(d.model, d.config, d.seconds, d.details, d.turns),
+        timings=timings or {},
+        metadata=t.metadata,
+        utterances=t.utterances,
+    )
+    return dump(record)
 
 
-def write_full_record(
-    storage: StorageResource,
-    transcript: SpeakerTranscript,
-    asr: AsrResult,
-    diarisation: DiarisationResult,
-    timings: dict[str, float] | None = None,
-    source: dict[str, Any] | None = None,
-) -> dict[str, str]:
-    record = full_record(transcript, asr, diarisation, timings, source)
-    return {"record": storage.write_json(EpisodeFiles(transcript.key).record, record)}
+def write_full_record(storage: StorageResource, record: dict[str, Any]) -> dict[str, str]:
+    return {"record": storage.write_json(EpisodeFiles(record["key"]).record, record)}
 
 
 def write_all_outputs(
@@ -117,98 +142,15 @@ def write_all_outputs(
     written.update(write_rttm(storage, diarisation, transcript.key))
     written.update(write_subtitles(storage, transcript))
     written.update(write_rag_outputs(storage, transcript, info))
-    written.update(write_full_record(storage, transcript, asr, diarisation, timings, source))
+    record = full_record(transcript, asr, diarisation, timings, source)
+    written.update(write_full_record(storage, record))
     return written
 
 
-# -- (de)serialisation of intermediate results -----------------------------------------------
-def utterance_to_dict(u: Utterance) -> dict[str, Any]:
-    return {
-        "speaker": u.speaker,
-        "start": round(u.start, 3),
-        "end": round(u.end, 3),
-        "text": u.text,
-        "words": [w.to_dict() for w in u.words],
-    }
-
-
-def asr_to_dict(asr: AsrResult) -> dict[str, Any]:
-    return {
-        "language": asr.language,
-        "duration": asr.duration,
-        "model": asr.model,
-        "config": asr.config,
-        "seconds": asr.seconds,
-        "details": asr.details,
-        "segments": [
-            {
-                "start": s.start,
-                "end": s.end,
-                "text": s.text,
-                "avg_logprob": s.avg_logprob,
-                "no_speech_prob": s.no_speech_prob,
-                "words": [w.to_dict() for w in s.words],
-            }
-            for s in asr.segments
-        ],
-    }
-
-
-def asr_from_dict(data: dict[str, Any]) -> AsrResult:
-    segments = [
-        AsrSegment(
-            start=s["start"],
-            end=s["end"],
-            text=s["text"],
-            words=[Word.from_dict(w) for w in s["words"]],
-            avg_logprob=s.get("avg_logprob", 0.0),
-            no_speech_prob=s.get("no_speech_prob", 0.0),
-        )
-        for s in data["segments"]
-    ]
-    return AsrResult(
-        segments,
-        data["language"],
-        data["duration"],
-        data["model"],
-        data["config"],
-        data["seconds"],
-        dict(data.get("details") or {}),
-    )
-
-
-def diarisation_to_dict(result: DiarisationResult) -> dict[str, Any]:
-    return dataclasses.asdict(result)
-
-
-def diarisation_from_dict(data: dict[str, Any]) -> DiarisationResult:
-    return DiarisationResult(
-        turns=[SpeakerTurn(**t) for t in data["turns"]],
-        duration=data["duration"],
-        model=data["model"],
-        config=data["config"],
-        seconds=data.get("seconds", 0.0),
-        details=data.get("details", {}),
-    )
-
-
 def transcript_from_record(record: dict[str, Any]) -> SpeakerTranscript:
-    """Rebuild a SpeakerTranscript from ``transcripts/{key}.json``."""
-    utterances = [
-        Utterance(
-            speaker=u["speaker"],
-            start=u["start"],
-            end=u["end"],
-            words=[Word.from_dict({**w, "speaker": u["speaker"]}) for w in u["words"]],
-        )
-        for u in record["utterances"]
-    ]
-    return SpeakerTranscript(
-        key=record["key"],
-        duration=record["duration"],
-        utterances=utterances,
-        speakers=list(record["speakers"]),
-        speaker_names=dict(record.get("speaker_names") or {}),
-        language=record.get("language", "en"),
-        metadata=dict(record.get("metadata") or {}),
-    )
+    """Read ``transcripts/{key}.json`` back; every word takes its turn's speaker."""
+    transcript = load(SpeakerTranscript, record)
+    for u in transcript.utterances:
+        for w in u.words:
+            w.speaker = u.speaker
+    return transcript

@@ -7,9 +7,12 @@ web page render identically and tests can check formats without touching storage
 from __future__ import annotations
 
 import textwrap
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word
+from pydantic import ConfigDict, Field, with_config
+
+from resources.schema import Seconds, SpeakerTranscript, SpeakerTurn, Utterance, Word, dump
 
 MARKDOWN_WIDTH = 80
 CUE_MAX_SECONDS = 7.0
@@ -17,24 +20,40 @@ CUE_MAX_CHARS = 84
 
 
 # -- RAG pipeline formats (README "Outputs") -----------------------------------------------
+@dataclass(slots=True)
+class Dialog:
+    """A turn of ``corrected.json``: its speaker is an index into ``speakers``."""
+
+    speaker: Annotated[int, Field(ge=0)]
+    start: Seconds
+    end: Seconds
+    text: str
+    words: list[Word]
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass(slots=True)
+class CorrectedJson:
+    """``transcripts/{n}.corrected.json``: these two keys only, as the RAG pipeline reads it."""
+
+    dialogs: list[Dialog]
+    speakers: list[str]
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+SpeakersJson = dict[NonEmpty, NonEmpty]
+"""``asr/{n}.speakers.json``: label → display name (the label itself when unknown)."""
+
+
 def corrected_json(transcript: SpeakerTranscript) -> dict[str, Any]:
-    """``transcripts/{n}.corrected.json``: dialogs with integer speakers indexing ``speakers``."""
     index = {label: i for i, label in enumerate(transcript.speakers)}
     dialogs = [
-        {
-            "speaker": index[u.speaker],
-            "start": round(u.start, 3),
-            "end": round(u.end, 3),
-            "text": u.text,
-            "words": [w.to_dict() for w in u.words],
-        }
-        for u in transcript.utterances
+        Dialog(index[u.speaker], u.start, u.end, u.text, u.words) for u in transcript.utterances
     ]
-    return {"dialogs": dialogs, "speakers": list(transcript.speakers)}
+    return dump(CorrectedJson(dialogs, list(transcript.speakers)))
 
 
-def speakers_json(transcript: SpeakerTranscript) -> dict[str, str]:
-    """``asr/{n}.speakers.json``: label → display name (the label itself when unknown)."""
+def speakers_json(transcript: SpeakerTranscript) -> SpeakersJson:
     return {label: transcript.name_of(label) for label in transcript.speakers}
 
 

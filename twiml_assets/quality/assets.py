@@ -39,7 +39,7 @@ from evaluation.reports import (
     summary_table,
 )
 from resources.quality import QualityResource
-from resources.schema import SpeakerTurn
+from resources.schema import SpeakerTurn, load
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     files_metadata,
@@ -144,7 +144,7 @@ def evaluation(
     record = read_json_or_fail(storage, EpisodeFiles(key).record, key, "speaker_transcript")
     transcript = transcript_from_record(record)
     diarisation = record.get("diarisation") or {}
-    turns = [SpeakerTurn(**t) for t in diarisation.get("turns") or []] or None
+    turns = load(list[SpeakerTurn], diarisation.get("turns") or []) or None
 
     url = _transcript_url(storage, key) if config.fetch_feed_transcript else None
     timeout = config.transcript_timeout_seconds

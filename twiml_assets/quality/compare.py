@@ -109,13 +109,10 @@ def score(
 ) -> dict[str, Any]:
     """WER, DER and cpWER of one worker report: the evaluation's own scoring."""
     from evaluation.reports import evaluate_episode, metric_value
-    from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word
+    from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, load
 
-    utterances = [
-        Utterance(u["speaker"], u["start"], u["end"], [Word.from_dict(w) for w in u["words"]])
-        for u in report["utterances"]
-    ]
-    turns = [SpeakerTurn(**t) for t in report["turns"]]
+    utterances = load(list[Utterance], report["utterances"])
+    turns = load(list[SpeakerTurn], report["turns"])
     duration = max((u.end for u in utterances), default=0.0)
     transcript = SpeakerTranscript("compare", duration, utterances, report["speakers"])
     record = evaluate_episode("compare", transcript, references, turns, collar)

@@ -6,7 +6,6 @@ Runs in its own process so that its peak RSS (``ru_maxrss``) and timings are its
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 def main(waveform_path: str, config_path: str, out_path: str) -> None:
     from resources.asr import WhisperASR
     from resources.diarisation import PyannoteDiariser
-    from twiml_assets.outputs.files import utterance_to_dict
+    from resources.schema import SpeakerTurn, Utterance, dump
     from twiml_assets.speech.engine import run_models
 
     config = json.loads(Path(config_path).read_text())
@@ -33,8 +32,8 @@ def main(waveform_path: str, config_path: str, out_path: str) -> None:
         "asr_seconds": asr_result.seconds,
         "diarisation_seconds": diarisation.seconds,
         "speakers": transcript.speakers,
-        "utterances": [utterance_to_dict(u) for u in transcript.utterances],
-        "turns": [dataclasses.asdict(t) for t in diarisation.turns],
+        "utterances": dump(transcript.utterances, list[Utterance]),
+        "turns": dump(diarisation.turns, list[SpeakerTurn]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     Path(out_path).write_text(json.dumps(report))

@@ -10,6 +10,7 @@ catalogue (job ``speaker_naming_job``) never decodes or transcribes again.
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from resources.schema import DiarisationResult, load
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     GROUP_OUTPUTS,
@@ -18,24 +19,10 @@ from twiml_assets.asset_io import (
 )
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
-from twiml_assets.outputs.files import diarisation_from_dict
 from twiml_assets.speakers import service
-from twiml_assets.speakers.assign import NAME_THRESHOLD
-from twiml_assets.speakers.voiceprints import MATCH_THRESHOLD
 
 
-class SpeakerNamesConfig(Config):
-    host_name: str = Field(
-        default="",
-        description="The host's name for the recurring voice (empty: $TWIML_HOST_NAME, else "
-        "the feed's itunes:author).",
-    )
-    match_threshold: float = Field(
-        default=MATCH_THRESHOLD, description="Cosine similarity for two voices to be one."
-    )
-    name_threshold: float = Field(
-        default=NAME_THRESHOLD, description="Confidence below which the label is kept."
-    )
+class SpeakerNamesConfig(Config, service.NamingSettings):
     recompute_embeddings: bool = Field(
         default=False, description="Decode the audio again and recompute the voiceprints."
     )
@@ -57,15 +44,17 @@ def speaker_names(
     if config.recompute_embeddings or service.read_voiceprints(storage, key) is None:
         audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
         diar = read_json_or_fail(storage, EpisodeFiles(key).diarisation_result, key, "diarisation")
-        service.compute_voiceprints(storage, key, audio["path"], diarisation_from_dict(diar).turns)
+        service.compute_voiceprints(
+            storage, key, audio["path"], load(DiarisationResult, diar).turns
+        )
         computed = True
-    settings = service.NamingSettings(
-        host_name=config.host_name or None,
-        match_threshold=config.match_threshold,
-        name_threshold=config.name_threshold,
-    )
     doc = service.name_episode(
-        storage, key, settings, episode.title or "", episode.description or "", episode.author
+        storage,
+        key,
+        config.naming(),
+        episode.title or "",
+        episode.description or "",
+        episode.author,
     )
     table = "\n".join(
         f"| {label} | {s['name'] or '—'} | {s['confidence']:.2f} | {s['evidence']} |"

@@ -12,10 +12,11 @@ Files (under the storage root):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from resources.environment import environment
 from resources.schema import SpeakerTranscript, SpeakerTurn
@@ -33,14 +34,27 @@ from twiml_assets.speakers.voiceprints import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class NamingSettings:
-    """Thresholds and the host's name (None: $TWIML_HOST_NAME, else the feed's author)."""
+class NamingSettings(BaseModel):
+    """Thresholds and the host's name; the ``speaker_names`` asset's config inherits them."""
 
-    host_name: str | None = None
-    match_threshold: float = MATCH_THRESHOLD
-    name_threshold: float = NAME_THRESHOLD
-    min_host_episodes: int = MIN_EPISODES
+    host_name: str | None = Field(
+        default=None,
+        description="The host's name for the recurring voice (empty: $TWIML_HOST_NAME, else "
+        "the feed's itunes:author).",
+    )
+    match_threshold: float = Field(
+        default=MATCH_THRESHOLD, description="Cosine similarity for two voices to be one."
+    )
+    name_threshold: float = Field(
+        default=NAME_THRESHOLD, description="Confidence below which the label is kept."
+    )
+    min_host_episodes: int = Field(
+        default=MIN_EPISODES, description="Episodes a voice must recur in to count as the host."
+    )
+
+    def naming(self) -> NamingSettings:
+        """Just these settings (from a config that carries more fields)."""
+        return NamingSettings(**{name: getattr(self, name) for name in NamingSettings.model_fields})
 
 
 # -- voiceprints -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def run_engine(audio: str, profile: str | None) -> dict[str, Any]:
     from resources.asr import WhisperASR
     from resources.audio import open_waveform
     from resources.diarisation import PyannoteDiariser
+    from resources.schema import Word, dump
     from twiml_assets.speech.engine import run_models
 
     started = time.perf_counter()
@@ -39,7 +40,7 @@ def run_engine(audio: str, profile: str | None) -> dict[str, Any]:
     return {
         "duration": transcript.duration,
         "timings": {"decode": decode_s, **timings},
-        "words": [w.to_dict() for w in transcript.words],
+        "words": dump(transcript.words, list[Word]),
         "turns": [[t.start, t.end, t.speaker] for t in diarisation.turns],
         "speakers": transcript.speakers,
         "asr_details": asr_result.details,
