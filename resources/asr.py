@@ -4,38 +4,36 @@ Settings resolve in three layers: built-in defaults < a named profile from
 ``model_config.yml`` < fields set explicitly (config, launchpad, notebook). Loaded
 models are cached per process, keyed by what changes the weights in memory, so every
 episode of a run (and every resource instance with the same model) shares one model.
-Whole episodes go through ``resources.long_form``: one VAD pass, bounded blocks, Whisper's
-long-form failures dropped and speech left without words decoded again.
+Whole episodes go through ``resources.long_form``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections.abc import Callable
-from functools import lru_cache
-from typing import Any
+from contextlib import suppress
+from functools import cache, lru_cache
+from typing import Any, Literal
 
 import numpy as np
 from dagster import ConfigurableResource
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from resources.audio import SAMPLE_RATE, AudioSource
+from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
 from resources.long_form import DecodeFn, transcribe_long_form
-from resources.memory import trim_heap
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import hub_hint, profile_settings, resolve_whisper_model
 from resources.schema import AsrResult
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[float, float], None]
-"""Called with (seconds of audio done, total seconds)."""
-
 CPU_FALLBACK = {"float16": "float32", "int8_float16": "int8", "bfloat16": "float32"}
-
-
-COMPUTE_TYPES = ("default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32")
+ComputeType = Literal[
+    "default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"
+]
 
 
 class AsrSettings(BaseModel):
@@ -48,16 +46,16 @@ class AsrSettings(BaseModel):
         description="tiny.en (offline), base.en … large-v3, large-v3-turbo, distil-large-v3, "
         "a hub repo id, or a local CTranslate2 directory.",
     )
-    compute_type: str = Field(
+    compute_type: ComputeType = Field(
         default="int8", description="int8, int8_float16, float16 or float32 (quantisation)."
     )
-    device: str = Field(default="auto", description="auto, cpu or cuda.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto, cpu or cuda.")
     cpu_threads: int = Field(default=0, description="CPU threads; 0 = CTranslate2 default.")
-    beam_size: int = Field(default=5, description="Beam width (1 = greedy).")
+    beam_size: int = Field(default=5, ge=1, description="Beam width (1 = greedy).")
     batched: bool = Field(
         default=False, description="Use BatchedInferencePipeline (faster; VAD-chunked)."
     )
-    batch_size: int = Field(default=8, description="Batch size for batched inference.")
+    batch_size: int = Field(default=8, ge=1, description="Batch size for batched inference.")
     vad_filter: bool = Field(default=True, description="Skip non-speech with Silero VAD.")
     vad_min_silence_ms: int = Field(
         default=500, description="Silence (ms) that ends a VAD speech stretch."
@@ -73,24 +71,25 @@ class AsrSettings(BaseModel):
     )
     download_root: str | None = Field(default=None, description="Cache directory for hub models.")
 
-    @model_validator(mode="after")
-    def _check(self) -> AsrSettings:
-        if self.beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.device not in {"auto", "cpu", "cuda"}:
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.compute_type not in COMPUTE_TYPES:
-            raise ValueError(
-                f"compute_type must be one of {sorted(COMPUTE_TYPES)}, got {self.compute_type!r}"
-            )
-        return self
-
 
 def override(name: str) -> Any:
     """A resource field that overrides one ``AsrSettings`` value (None = the profile's)."""
     return Field(default=None, description=AsrSettings.model_fields[name].description)
+
+
+def trim_heap() -> bool:
+    """Give freed heap back to the OS (glibc's ``malloc_trim(0)``); True when it did."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")  # runs a subprocess: cached
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
 
 
 def cuda_available() -> bool:
@@ -134,14 +133,19 @@ def load_whisper_model(
     )
     if is_local:
         return WhisperModel(target, **kwargs)
-    try:  # the cache first: no network round-trip when the model was fetched before
+    with suppress(Exception):  # the cache first: no network round-trip if fetched before
         return WhisperModel(target, local_files_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - not cached; try the hub below
-        pass
     try:
         return WhisperModel(target, **kwargs)
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
         raise ModelNotFoundError(hub_hint(model)) from exc
+
+
+def load_for(s: AsrSettings) -> tuple[Any, str, str]:
+    """The cached model for ``s``, and the device and compute type it really runs with."""
+    device, compute_type = effective_device_and_type(s.device, s.compute_type)
+    model = load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
+    return model, device, compute_type
 
 
 class WhisperASR(ConfigurableResource):
@@ -166,15 +170,10 @@ class WhisperASR(ConfigurableResource):
 
     def settings(self, **overrides: Any) -> AsrSettings:
         """Defaults < profile < explicit fields < per-call ``overrides`` (None = unset)."""
-        values: dict[str, Any] = {}
-        values.update(profile_settings(self.profile, "asr"))
-        for name in AsrSettings.model_fields:
-            explicit = getattr(self, name, None)
-            if explicit is not None:
-                values[name] = explicit
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - set(AsrSettings.model_fields)
-        if unknown:
+        values = profile_settings(self.profile, "asr")
+        for layer in ({n: getattr(self, n, None) for n in AsrSettings.model_fields}, overrides):
+            values.update({k: v for k, v in layer.items() if v is not None})
+        if unknown := set(values) - set(AsrSettings.model_fields):
             raise ValueError(f"unknown ASR setting(s): {', '.join(sorted(unknown))}")
         settings = AsrSettings(**values)
         if settings.model.endswith(".en"):
@@ -183,9 +182,7 @@ class WhisperASR(ConfigurableResource):
 
     def load(self, **overrides: Any) -> Any:
         """The (cached) WhisperModel for these settings; loads it on first use."""
-        s = self.settings(**overrides)
-        device, compute_type = effective_device_and_type(s.device, s.compute_type)
-        return load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
+        return load_for(self.settings(**overrides))[0]
 
     def transcribe(
         self,
@@ -197,8 +194,7 @@ class WhisperASR(ConfigurableResource):
     ) -> AsrResult:
         """Transcribe one waveform (16 kHz mono array or ``Waveform``) with word timings."""
         s = self.settings(initial_prompt=initial_prompt, **overrides)
-        device, compute_type = effective_device_and_type(s.device, s.compute_type)
-        model = load_whisper_model(s.model, device, compute_type, s.cpu_threads, s.download_root)
+        model, device, compute_type = load_for(s)
         duration = len(waveform) / SAMPLE_RATE
         config = {**s.model_dump(), "device": device, "compute_type": compute_type}
         started = time.perf_counter()

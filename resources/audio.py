@@ -1,22 +1,21 @@
 """Decode any audio file once into the 16 kHz mono waveform both engines consume.
 
-faster-whisper and pyannote both work on 16 kHz mono float32. Decoding once (with
-PyAV, which faster-whisper already depends on) and handing the same samples to both
-saves a full decode per episode, and gives one place where bad input becomes a clear
-message instead of a traceback from deep inside FFmpeg.
+faster-whisper and pyannote both work on 16 kHz mono float32. Decoding once (with PyAV,
+which faster-whisper already depends on) and handing the same samples to both saves a
+full decode per episode, and gives one place where bad input becomes a clear message
+instead of a traceback from deep inside FFmpeg.
 
-An hour of such audio is 230 MB, three hours 690 MB: too much to hold next to the
-models on a small worker. ``open_waveform`` therefore streams the decoded samples into
-an unlinked scratch file and returns a ``Waveform`` that reads slices on demand; the
-engines only ever slice it, so memory does not grow with the episode. ``decode_audio``
-returns the same samples as one array, for short clips.
+A whole episode of samples is too much to hold next to the models on a small worker, so
+``open_waveform`` streams them into an unlinked scratch file and returns a ``Waveform``
+that reads slices on demand; the engines only ever slice it. ``decode_audio`` returns
+the same samples as one array, for short clips.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Union
 
@@ -29,6 +28,9 @@ BYTES_PER_SAMPLE = 4  # float32
 
 AudioSource = Union[np.ndarray, "Waveform"]
 """What the engines accept: an in-memory array or a ``Waveform``; both are only sliced."""
+
+ProgressCallback = Callable[[float, float], None]
+"""The engines call it with (seconds of audio done, total seconds)."""
 
 
 def is_silent(waveform: AudioSource) -> bool:
@@ -50,17 +52,12 @@ class Waveform:
     behind even if the process is killed; ``close`` (or ``with``) releases it.
     """
 
-    def __init__(self, fd: int, n_samples: int, label: str = ""):
+    def __init__(self, fd: int, n_samples: int):
         self._fd = fd
         self._n = n_samples
-        self.label = label
 
     def __len__(self) -> int:
         return self._n
-
-    @property
-    def duration(self) -> float:
-        return self._n / SAMPLE_RATE
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -79,10 +76,6 @@ class Waveform:
     def is_silent(self) -> bool:
         return not any(np.any(block) for _, block in self.blocks(SAMPLE_RATE * 60))
 
-    def to_array(self) -> np.ndarray:
-        """All samples as one array (fine for clips; avoid for whole episodes)."""
-        return self[0 : self._n]
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -98,20 +91,7 @@ class Waveform:
         self.close()
 
 
-def check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise AudioDecodeError(f"audio file not found: {what}")
-    if path.is_dir():
-        raise AudioDecodeError(f"expected an audio file, got a directory: {what}")
-    if path.stat().st_size == 0:
-        raise AudioDecodeError(
-            f"audio file is empty (0 bytes): {what}; re-download or re-export it"
-        )
-
-
-def open_waveform(
-    source: str | Path, label: str | None = None, scratch_dir: str | None = None
-) -> Waveform:
+def open_waveform(source: str | Path, label: str | None = None) -> Waveform:
     """Decode ``source`` to 16 kHz mono into a scratch file; a ``Waveform`` over it.
 
     The samples are exactly faster-whisper's ``decode_audio``: the same PyAV resampler
@@ -124,46 +104,46 @@ def open_waveform(
 
     path = Path(source)
     what = f"{label} ({path})" if label else str(path)
-    check_file(path, what)
-    fd, name = tempfile.mkstemp(prefix="twiml-waveform-", suffix=".f32", dir=scratch_dir)
+    if not path.exists():
+        raise AudioDecodeError(f"audio file not found: {what}")
+    if path.is_dir():
+        raise AudioDecodeError(f"expected an audio file, got a directory: {what}")
+    if path.stat().st_size == 0:
+        raise AudioDecodeError(
+            f"audio file is empty (0 bytes): {what}; re-download or re-export it"
+        )
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    fd, name = tempfile.mkstemp(prefix="twiml-waveform-", suffix=".f32")
     os.unlink(name)
     written = 0
     try:
-        resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
-            frames = _ignore_invalid_frames(container.decode(audio=0))
-            for frame in _resample_frames(_group_frames(frames, 500_000), resampler):
-                samples = frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
-                os.write(fd, samples.tobytes())
-                written += len(samples)
-    except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError) as exc:
-        os.close(fd)
-        raise AudioDecodeError(
-            f"cannot decode {what}: not audio FFmpeg can read ({SUPPORTED_HINT}); "
-            "check the file is complete and really audio"
-        ) from exc
-    except av.error.FFmpegError as exc:
-        os.close(fd)
-        raise AudioDecodeError(f"cannot decode {what}: {exc}") from exc
-    except (IndexError, StopIteration) as exc:  # PyAV: container has no audio stream
-        os.close(fd)
-        raise AudioDecodeError(f"{what} has no audio stream ({SUPPORTED_HINT})") from exc
+        try:
+            with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+                frames = _ignore_invalid_frames(container.decode(audio=0))
+                for frame in _resample_frames(_group_frames(frames, 500_000), resampler):
+                    samples = frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    os.write(fd, samples.tobytes())
+                    written += len(samples)
+        except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError) as e:
+            raise AudioDecodeError(
+                f"cannot decode {what}: not audio FFmpeg can read ({SUPPORTED_HINT}); "
+                "check the file is complete and really audio"
+            ) from e
+        except av.error.FFmpegError as exc:
+            raise AudioDecodeError(f"cannot decode {what}: {exc}") from exc
+        except (IndexError, StopIteration) as exc:  # PyAV: container has no audio stream
+            raise AudioDecodeError(f"{what} has no audio stream ({SUPPORTED_HINT})") from exc
+        if written == 0:
+            raise AudioDecodeError(
+                f"{what} contains no decodable audio samples; the file may be truncated"
+            )
     except BaseException:
         os.close(fd)
         raise
-    if written == 0:
-        os.close(fd)
-        raise AudioDecodeError(
-            f"{what} contains no decodable audio samples; the file may be truncated"
-        )
-    return Waveform(fd, written, label or "")
+    return Waveform(fd, written)
 
 
-def decode_audio(
-    source: str | Path, sample_rate: int = SAMPLE_RATE, label: str | None = None
-) -> np.ndarray:
+def decode_audio(source: str | Path, label: str | None = None) -> np.ndarray:
     """The file's audio as one mono float32 array at 16 kHz (see ``open_waveform``)."""
-    if sample_rate != SAMPLE_RATE:
-        raise ValueError(f"only {SAMPLE_RATE} Hz is supported, got {sample_rate}")
     with open_waveform(source, label=label) as waveform:
-        return waveform.to_array()
+        return waveform[0 : len(waveform)]

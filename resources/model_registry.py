@@ -19,11 +19,9 @@ CONFIG_PATH = Path(__file__).with_name("model_config.yml")
 
 
 @cache
-def load_model_config(path: str | None = None) -> dict[str, Any]:
+def load_model_config() -> dict[str, Any]:
     """The parsed model_config.yml (override the file with TWIML_MODEL_CONFIG)."""
-    chosen = Path(path or environment().config_file or CONFIG_PATH)
-    with chosen.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    return yaml.safe_load(Path(environment().config_file or CONFIG_PATH).read_text("utf-8"))
 
 
 def profile_names() -> list[str]:

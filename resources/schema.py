@@ -1,11 +1,9 @@
 """The transcript data model shared by the engines, the merge, the renderers and evaluation.
 
-Plain dataclasses (no Dagster, no torch) so every layer can use them: the ASR and
-diarisation resources produce them, ``twiml_assets`` merges and renders them, and
-``evaluation`` loads references into the same shapes. Their JSON form is declared on the
-classes (rounding, names, key order, what is left out) and pydantic applies it in ``dump``
-and ``load``, so constructing one inside the pipeline costs no validation, and the files'
-JSON Schemas come from the same declarations (``json_schema``).
+Plain dataclasses (no Dagster, no torch) so every layer can use them. Their JSON form is
+declared on the classes (rounding, names, key order, what is left out) and pydantic applies
+it only in ``dump`` and ``load``, so constructing one in the pipeline costs no validation;
+the files' JSON Schemas come from the same declarations (``json_schema``).
 """
 
 from __future__ import annotations
@@ -57,9 +55,8 @@ class Word:
     )
     speaker: str | None = None
 
-    # By hand, not declared per field like the other classes: words are by far the most
-    # numerous objects, and one call per word is what keeps writing them cheap.
-    # No return annotation, so that the JSON Schema stays the fields' one.
+    # By hand: words are by far the most numerous objects, and one call per word keeps
+    # writing them cheap. No return annotation, so the JSON Schema stays the fields' one.
     @model_serializer
     def _json(self):
         out = {
@@ -191,7 +188,6 @@ def join_words(words: list[Word]) -> str:
     return "".join(w.text for w in words).strip()
 
 
-# -- JSON form ----------------------------------------------------------------------------
 @cache
 def _adapter(tp: Any) -> TypeAdapter[Any]:
     return TypeAdapter(tp)

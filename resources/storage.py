@@ -1,9 +1,8 @@
 """One storage layout under one root: a local directory (default) or ``s3://bucket/prefix``.
 
-Every writer in the project goes through :class:`StorageResource` with paths relative
-to the root (``transcripts/623.corrected.json``), so the local and the S3 layouts are
-the same by construction. Writes are atomic: a reader never sees half a file (local:
-temp file + rename; S3: an object only appears once its upload has completed).
+Every writer goes through :class:`StorageResource` with paths relative to the root
+(``transcripts/623.corrected.json``), so the local and the S3 layouts are the same by
+construction. Writes are atomic: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -13,9 +12,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -31,27 +31,12 @@ class StorageUnavailableError(StorageError):
     """The storage could not be reached (network, server down): retrying may succeed."""
 
 
-def default_root() -> str:
-    return environment().storage_root
-
-
 def clean_relpath(relpath: str) -> str:
     """Reject absolute paths and ``..`` so nothing is read or written outside the root."""
     path = PurePosixPath(relpath.replace("\\", "/"))
     if path.is_absolute() or not path.parts or any(p in {"..", "", "."} for p in path.parts):
         raise StorageError(f"invalid storage path {relpath!r}: must be relative, without '..'")
     return str(path)
-
-
-class Backend(Protocol):
-    def uri(self, rel: str) -> str: ...
-    def write_bytes(self, rel: str, data: bytes) -> None: ...
-    def put_file(self, rel: str, source: Path) -> None: ...
-    def read_bytes(self, rel: str) -> bytes: ...
-    def exists(self, rel: str) -> bool: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete(self, rel: str) -> None: ...
-    def local_path(self, rel: str) -> Path: ...
 
 
 class LocalBackend:
@@ -106,8 +91,6 @@ class LocalBackend:
 
     def list(self, prefix: str) -> list[str]:
         start = self.path(prefix) if prefix else self.base
-        if not start.exists():
-            return []
         return sorted(
             p.relative_to(self.base).as_posix()
             for p in start.rglob("*")
@@ -148,20 +131,16 @@ def s3_client(
 class S3Backend:
     """``s3://bucket/prefix`` through dagster-aws's S3Resource (any S3-compatible server).
 
-    PutObject and completed multipart uploads are atomic in S3: an interrupted upload
-    leaves no object under the key, so a reader never takes a partial file as complete.
+    PutObject and completed multipart uploads are atomic: an interrupted upload leaves no
+    object under the key, so a reader never takes a partial file as complete.
     """
 
     def __init__(self, root: str, client: Any, cache_dir: Path):
         bucket, _, prefix = root.removeprefix("s3://").partition("/")
         if not bucket:
             raise StorageError(f"invalid S3 root {root!r}: expected s3://bucket[/prefix]")
-        self.bucket, self.prefix, self.client, self.cache_dir = (
-            bucket,
-            prefix.strip("/"),
-            client,
-            cache_dir,
-        )
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client, self.cache_dir = client, cache_dir
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -169,57 +148,49 @@ class S3Backend:
     def uri(self, rel: str) -> str:
         return f"s3://{self.bucket}/{self.key(rel)}"
 
-    def _call(self, what: str, rel: str, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+    @contextmanager
+    def _errors(self, what: str, rel: str) -> Iterator[None]:
+        """S3 failures as ``StorageError``; only those a retry may fix as unavailable."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return fn(**kwargs)
+            yield
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            uri = self.uri(rel)
             if code in {"NoSuchKey", "404", "NotFound"}:
-                raise StorageError(f"not found in storage: {self.uri(rel)}") from exc
+                raise StorageError(f"not found in storage: {uri}") from exc
             if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}:
                 raise StorageError(
-                    f"S3 refused to {what} {self.uri(rel)} ({code}): check AWS_ACCESS_KEY_ID / "
+                    f"S3 refused to {what} {uri} ({code}): check AWS_ACCESS_KEY_ID / "
                     "AWS_SECRET_ACCESS_KEY (in .env) and that these credentials may "
                     f"{'write' if what == 'write' else 'read'} this bucket"
                 ) from exc
             if code == "NoSuchBucket":
-                raise StorageError(
-                    f"S3 bucket {self.bucket!r} does not exist ({self.uri(rel)})"
-                ) from exc
-            raise StorageUnavailableError(
-                f"S3 error during {what} of {self.uri(rel)}: {exc}"
-            ) from exc
-        except (EndpointConnectionError, BotoCoreError) as exc:
+                raise StorageError(f"S3 bucket {self.bucket!r} does not exist ({uri})") from exc
+            raise StorageUnavailableError(f"S3 error during {what} of {uri}: {exc}") from exc
+        except BotoCoreError as exc:  # connection failures, timeouts
             raise StorageUnavailableError(
                 f"cannot reach S3 to {what} {self.uri(rel)}: {exc}; the run can be retried"
             ) from exc
 
+    def _object(self, what: str, call: Any, rel: str, **kwargs: Any) -> Any:
+        """One client call on the object at ``rel``."""
+        with self._errors(what, rel):
+            return call(Bucket=self.bucket, Key=self.key(rel), **kwargs)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
-        self._call(
-            "write", rel, self.client.put_object, Bucket=self.bucket, Key=self.key(rel), Body=data
-        )
+        self._object("write", self.client.put_object, rel, Body=data)
 
     def put_file(self, rel: str, source: Path) -> None:
-        self._call(
-            "write",
-            rel,
-            self.client.upload_file,
-            Filename=str(source),
-            Bucket=self.bucket,
-            Key=self.key(rel),
-        )
+        self._object("write", self.client.upload_file, rel, Filename=str(source))
 
     def read_bytes(self, rel: str) -> bytes:
-        response = self._call(
-            "read", rel, self.client.get_object, Bucket=self.bucket, Key=self.key(rel)
-        )
-        return response["Body"].read()
+        return self._object("read", self.client.get_object, rel)["Body"].read()
 
     def exists(self, rel: str) -> bool:
         try:
-            self._call("read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel))
+            self._object("read", self.client.head_object, rel)
         except StorageError as exc:
             if str(exc).startswith("not found"):
                 return False
@@ -229,35 +200,23 @@ class S3Backend:
     def list(self, prefix: str) -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         base = f"{self.prefix}/" if self.prefix else ""
-        pages = self._call(
-            "list",
-            prefix or ".",
-            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=base + prefix)),
-        )
+        with self._errors("list", prefix or "."):
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=base + prefix))
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         return sorted(k[len(base) :] for k in keys if not PurePosixPath(k).name.startswith("."))
 
     def delete(self, rel: str) -> None:
-        self._call("delete", rel, self.client.delete_object, Bucket=self.bucket, Key=self.key(rel))
+        self._object("delete", self.client.delete_object, rel)
 
     def local_path(self, rel: str) -> Path:
         """Download once into a local cache (audio decoders need a file), atomically."""
         target = self.cache_dir / self.bucket / self.key(rel)
-        head = self._call(
-            "read", rel, self.client.head_object, Bucket=self.bucket, Key=self.key(rel)
-        )
-        if target.is_file() and target.stat().st_size == head["ContentLength"]:
+        size = self._object("read", self.client.head_object, rel)["ContentLength"]
+        if target.is_file() and target.stat().st_size == size:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
-        self._call(
-            "read",
-            rel,
-            self.client.download_file,
-            Bucket=self.bucket,
-            Key=self.key(rel),
-            Filename=str(tmp),
-        )
+        self._object("read", self.client.download_file, rel, Filename=str(tmp))
         os.replace(tmp, target)
         return target
 
@@ -271,7 +230,7 @@ class StorageResource(ConfigurableResource):
     """
 
     root: str = Field(
-        default_factory=default_root,
+        default_factory=lambda: environment().storage_root,
         description="Local directory or s3://bucket/prefix (env TWIML_STORAGE_ROOT).",
     )
     endpoint_url: str | None = Field(
@@ -288,7 +247,7 @@ class StorageResource(ConfigurableResource):
     def is_local(self) -> bool:
         return not self.root.startswith("s3://")
 
-    def backend(self) -> Backend:
+    def backend(self) -> LocalBackend | S3Backend:
         if self.is_local:
             return LocalBackend(self.root)
         env = environment()
@@ -302,7 +261,6 @@ class StorageResource(ConfigurableResource):
         cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "twiml-transcribe-s3")
         return S3Backend(self.root, client, cache)
 
-    # -- paths -------------------------------------------------------------------------
     def uri(self, relpath: str) -> str:
         """Where a file lives, for logs and Dagster metadata."""
         return self.backend().uri(clean_relpath(relpath))
@@ -311,10 +269,8 @@ class StorageResource(ConfigurableResource):
         """A local file to read ``relpath`` from (S3: downloaded once into a cache)."""
         return self.backend().local_path(clean_relpath(relpath))
 
-    # -- writes ------------------------------------------------------------------------
     def write_bytes(self, relpath: str, data: bytes) -> str:
-        rel = clean_relpath(relpath)
-        backend = self.backend()
+        rel, backend = clean_relpath(relpath), self.backend()
         backend.write_bytes(rel, data)
         return backend.uri(rel)
 
@@ -326,12 +282,10 @@ class StorageResource(ConfigurableResource):
 
     def put_file(self, relpath: str, source: str | Path) -> str:
         """Copy a local file in atomically (large audio: never read whole into memory)."""
-        rel = clean_relpath(relpath)
-        backend = self.backend()
+        rel, backend = clean_relpath(relpath), self.backend()
         backend.put_file(rel, Path(source))
         return backend.uri(rel)
 
-    # -- reads -------------------------------------------------------------------------
     def exists(self, relpath: str) -> bool:
         return self.backend().exists(clean_relpath(relpath))
 

@@ -1,17 +1,12 @@
 """Silero voice activity detection over a whole episode in bounded memory.
 
-faster-whisper's ``get_speech_timestamps`` pads, reshapes and concatenates the whole
-waveform before running the model, so it holds about two extra copies of the episode
-(1.4 GB for three hours). The model itself runs on batches of 10,000 windows of 512
-samples and carries its LSTM state and a 64-sample context from window to window; so
-feeding it those batches one at a time, with the same state and context carried over,
-gives exactly the probabilities of the one-shot call while holding 5 MB of audio.
+faster-whisper's ``get_speech_timestamps`` copies the whole waveform before running the
+model. The model runs on batches of 512-sample windows and carries its LSTM state and a
+64-sample context from window to window, so feeding it one batch at a time with the same
+state carried over gives exactly the probabilities of the one-shot call.
 
-The speech regions are computed from the probabilities with faster-whisper's rules
-(threshold with hysteresis, minimum silence, padding), so the engine decodes the same
-speech as bare faster-whisper with the same ``VadOptions``; a test holds the two equal.
-The same regions are then used to plan decoding blocks and to find speech left without
-words (``resources.long_form``): one VAD pass per episode, no more.
+Speech regions follow faster-whisper's rules (hysteresis, minimum silence, padding), so
+the engine decodes the same speech as bare faster-whisper with the same ``VadOptions``.
 """
 
 from __future__ import annotations
@@ -48,8 +43,7 @@ def speech_probabilities(waveform: AudioSource) -> np.ndarray:
     from faster_whisper.vad import get_vad_model
 
     session = get_vad_model().session
-    h = np.zeros((1, 1, 128), dtype=np.float32)
-    c = np.zeros((1, 1, 128), dtype=np.float32)
+    h = c = np.zeros((1, 1, 128), dtype=np.float32)  # LSTM state; only read, then replaced
     previous = np.zeros(CONTEXT, dtype=np.float32)
     n_windows = len(waveform) // WINDOW + 1  # the last window is zero-padded, as upstream
     probs = np.empty(n_windows, dtype=np.float32)

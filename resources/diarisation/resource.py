@@ -1,10 +1,8 @@
 """The diariser as a Dagster resource that is also a plain object, and its two back-ends.
 
-``pipeline`` picks the back-end: ``"offline"`` (default) runs the registry-shipped
-weights with no model hub (``resources.diarisation.offline``); anything else is a
-pyannote pipeline (a hub id such as ``pyannote/speaker-diarization-community-1``, a
-local directory or ``config.yaml``) loaded with ``pyannote.audio.Pipeline.from_pretrained``:
-the production choice where a token or a local copy exists.
+``pipeline`` picks the back-end: ``"offline"`` (default) runs the registry-shipped weights
+with no model hub; anything else is a pyannote pipeline (hub id, local directory or
+``config.yaml``), the production choice where a token or a local copy exists.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import numpy as np
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.audio import SAMPLE_RATE, AudioSource, is_silent
+from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback, is_silent
 from resources.diarisation.models import (
     check_pipeline_source,
     load_hub_pipeline,
@@ -25,12 +23,7 @@ from resources.diarisation.models import (
     resolve_device,
 )
 from resources.diarisation.offline import diarise_offline
-from resources.diarisation.settings import (
-    OFFLINE,
-    DiarisationFields,
-    DiarisationSettings,
-    ProgressCallback,
-)
+from resources.diarisation.settings import OFFLINE, DiarisationFields, DiarisationSettings
 from resources.diarisation.turns import annotation_to_turns
 from resources.environment import environment
 from resources.model_paths import resemblyzer_encoder, segmentation_checkpoint
@@ -53,22 +46,15 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides: Any) -> PyannoteDiariser:
-        """The diarisation section of a model_config.yml profile, explicit settings on top.
-
-        The one place a profile becomes a diariser (None overrides keep the profile's value).
-        """
-        settings = profile_settings(profile, "diarisation")
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**settings)
+        """A model_config.yml profile's diarisation section; non-None ``overrides`` on top."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**profile_settings(profile, "diarisation") | given)
 
     def settings(self, **overrides: Any) -> DiarisationSettings:
         """Fields < per-call ``overrides`` (None = keep the field's value)."""
         values = {name: getattr(self, name) for name in DiarisationFields.model_fields}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return DiarisationSettings(**values)
-
-    def token(self) -> str | None:
-        return self.hf_token or environment().hf_token
 
     def diarise(
         self,
@@ -93,7 +79,8 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
             waveform = np.ascontiguousarray(waveform, dtype=np.float32).reshape(-1)
         duration = len(waveform) / SAMPLE_RATE
         device = resolve_device(s.device)
-        config = {**s.model_dump(), "device": device, "hf_token_set": self.token() is not None}
+        token = self.hf_token or environment().hf_token
+        config = {**s.model_dump(), "device": device, "hf_token_set": token is not None}
         started = time.perf_counter()
         if s.pipeline == OFFLINE:
             models = (
@@ -102,8 +89,8 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
             )
             model_name = OFFLINE_MODEL_NAME
         else:
-            check_pipeline_source(s.pipeline, self.token())
-            models = (load_hub_pipeline(s.pipeline, device, self.token()),)
+            check_pipeline_source(s.pipeline, token)
+            models = (load_hub_pipeline(s.pipeline, device, token),)
             model_name = s.pipeline
         load_seconds = time.perf_counter() - started
 
@@ -131,15 +118,8 @@ def diarise_with_pipeline(
     """Run a pyannote ``Pipeline`` on the in-memory waveform (never re-reading the file)."""
     import torch
 
-    kwargs = {
-        k: v
-        for k, v in (
-            ("num_speakers", s.num_speakers),
-            ("min_speakers", s.min_speakers),
-            ("max_speakers", s.max_speakers),
-        )
-        if v is not None
-    }
+    bounds = ("num_speakers", "min_speakers", "max_speakers")
+    kwargs = {k: getattr(s, k) for k in bounds if getattr(s, k) is not None}
     samples = np.ascontiguousarray(waveform[0 : len(waveform)], dtype=np.float32)
     output = pipeline(
         {"waveform": torch.from_numpy(samples)[None], "sample_rate": SAMPLE_RATE}, **kwargs

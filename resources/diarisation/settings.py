@@ -9,12 +9,9 @@ The algorithm modules take ``DiarisationSettings`` and never depend on Dagster.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ProgressCallback = Callable[[float, float], None]
-"""Called with (seconds of audio done, total seconds)."""
+from resources.audio import ProgressCallback  # noqa: F401 - the algorithm modules take it here
 
 OFFLINE = "offline"
 

@@ -1,10 +1,7 @@
 """Speaker labels on segments become ``SpeakerTurn`` s, with overlap and gaps handled.
 
-Shared by the offline diariser and the hub pipeline adapter, so both back-ends join,
-drop and name turns the same way: same-speaker segments closer than
-``min_duration_off`` are joined (a pyannote.core ``Annotation``), turns shorter than
-``min_duration_on`` dropped, and labels renamed ``SPEAKER_00``, ``SPEAKER_01``, ... by
-first appearance.
+Shared by the offline diariser and the hub pipeline adapter, so both back-ends join, drop
+and name turns the same way.
 """
 
 from __future__ import annotations
