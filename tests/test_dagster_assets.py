@@ -25,20 +25,16 @@ from resources.quality import QualityResource
 from resources.storage import StorageResource
 from twiml_assets.demo.feed_server import DemoEpisode, render_rss
 from twiml_assets.feed.resource import FeedResource
+from twiml_assets.jobs import PER_EPISODE_ASSETS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PER_EPISODE = [
-    "episode_metadata",
-    "raw_audio",
-    "transcript",
-    "diarisation",
-    "speaker_transcript",
-    "speaker_names",
-    "rag_outputs",
-    "subtitles",
-    "evaluation",
-]
+PER_EPISODE = list(PER_EPISODE_ASSETS)
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A Dagster CLI command in the repository, as a user runs it."""
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def dagster_env(home: Path, **extra: str) -> dict[str, str]:
@@ -81,14 +77,7 @@ def files_under(root: Path) -> list[str]:
 # -- loading ----------------------------------------------------------------------------------
 def test_definitions_validate_as_dagster_dev_loads_them(tmp_path: Path) -> None:
     env = dagster_env(tmp_path / "home", TWIML_STORAGE_ROOT=str(tmp_path / "data"))
-    proc = subprocess.run(
-        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
@@ -101,14 +90,7 @@ def test_dg_loads_the_project(tmp_path: Path, command: list[str], expected: str)
     """`dg check defs` / `dg list defs` from the project's [tool.dg] settings."""
     env = dagster_env(tmp_path / "home", TWIML_STORAGE_ROOT=str(tmp_path / "data"))
     env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [str(BIN / "dg"), *command],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_cli([str(BIN / "dg"), *command], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert expected in proc.stdout + proc.stderr
 

@@ -1,9 +1,7 @@
 """The Dagster code location: assets, checks, jobs, sensor and resources.
 
-Loaded by ``dagster dev -w workspace.yaml`` (and ``dagster definitions validate``) as
-module ``twiml_assets.definitions``. Resources are built from the ``TWIML_*`` environment
-variables (``twiml_assets.settings``, the README's table) with working defaults, so the same
-code runs the real TWIML feed, the offline demo and the tests.
+Resources come from the ``TWIML_*`` environment variables (``twiml_assets.settings``) with
+working defaults, so the same code runs the real TWIML feed, the offline demo and the tests.
 """
 
 from __future__ import annotations
@@ -29,14 +27,6 @@ from twiml_assets.speakers import definitions as speakers
 from twiml_assets.speech import definitions as speech
 
 
-def diariser_for_profile(profile: str | None) -> PyannoteDiariser:
-    """The diariser with the ``diarisation`` section of a model_config.yml profile applied."""
-    try:
-        return PyannoteDiariser.for_profile(profile)
-    except ValueError as exc:
-        raise ConfigError(f"TWIML_PROFILE: {exc}") from None
-
-
 def resources_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The resources, configured from ``env`` (default: the process environment)."""
     return resources_from_settings(PlatformSettings.from_env(env))
@@ -50,11 +40,15 @@ def resources_from_settings(settings: PlatformSettings) -> dict[str, Any]:
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError too
         raise ConfigError(f"evaluation limits: {exc}") from None
+    try:  # the diarisation section of a model_config.yml profile
+        diariser = PyannoteDiariser.for_profile(settings.profile)
+    except ValueError as exc:
+        raise ConfigError(f"TWIML_PROFILE: {exc}") from None
     return {
         "feed": FeedResource(url=settings.feed_url),
         "storage": StorageResource(**storage_kwargs),
         "asr": WhisperASR(profile=settings.profile),
-        "diariser": diariser_for_profile(settings.profile),
+        "diariser": diariser,
         "quality": quality,
         "catch_up": CatchUpSettings(
             max_runs_per_tick=settings.max_runs_per_tick,

@@ -1,12 +1,9 @@
 """The one HTTP policy for every fetch: the feed, episode audio and publisher transcripts.
 
-Podcast hosts and CDNs fail in two ways that need opposite handling. Transient failures
-(5xx, 429, timeouts, refused or reset connections) go away if we wait; permanent ones
-(404, 410, other 4xx) never do. :func:`session` retries the first kind inside urllib3
-(``Retry``: exponential backoff with jitter, a capped ``Retry-After``, only for GET/HEAD)
-and never the second; :func:`describe` says which kind a failure is and what a person can
-do about it. Sessions are cheap: make one per fetch, so that ``budget`` counts from its
-start.
+Transient failures (5xx, 429, timeouts, refused or reset connections) go away if we wait;
+permanent ones (404, 410, other 4xx) never do. :func:`session` retries only the first kind
+(urllib3 ``Retry``, GET/HEAD only); :func:`describe` says which kind a failure is and what a
+person can do about it. Make one session per fetch, so that ``budget`` counts from its start.
 """
 
 from __future__ import annotations
@@ -75,11 +72,9 @@ def session(
 ) -> requests.Session:
     """A ``requests.Session`` that retries transient failures up to ``retries`` times.
 
-    Waits grow as ``backoff * 2**n`` plus up to ``backoff`` of jitter, at most
-    ``max_backoff`` (which also caps a server's ``Retry-After``). With ``budget``, no retry
-    starts later than ``budget`` seconds from now, so one fetch ends within about
-    ``budget`` plus one request's timeouts. After the last retry the failing response is
-    returned (not raised), for :func:`describe`.
+    Waits grow as ``backoff * 2**n`` plus jitter, at most ``max_backoff`` (which also caps
+    ``Retry-After``); no retry starts ``budget`` seconds from now or later. The last failing
+    response is returned, not raised, for :func:`describe`.
     """
     extra = {"backoff_jitter": backoff, "backoff_max": max_backoff} if _URLLIB3_2 else {}
     retry = _Retry(

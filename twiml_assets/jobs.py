@@ -1,12 +1,10 @@
 """Jobs: the per-episode pipeline (one run per partition), a feed refresh, the evaluation
 summary, model comparison and re-naming speakers (on demand).
 
-The pipeline spans every stage, so its selection names assets by key rather than importing
-the stages. It runs with the in-process executor: every step of a run shares one process,
-so the ASR and diarisation models (cached per process by their resources) load once per
-run, not once per step, and no step pays a fresh Python/torch import. Parallelism comes
-from running several episodes (runs) at once; the ``gpu`` pool keeps the model step of
-those runs one at a time.
+Selections name assets by key, so this module imports no stage. The in-process executor
+lets the steps of a run share the models loaded by their resources (once per run, not per
+step); parallelism comes from running several episodes at once, and the ``gpu`` pool keeps
+their model steps one at a time.
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ EVALUATION_SUMMARY_CSV = f"{EVALUATION_DIR}/summary.csv"
 EVALUATION_SUMMARY_MD = f"{EVALUATION_DIR}/summary.md"
 
 
+def _path(template: str, doc: str | None = None) -> property:
+    """A path property: ``template`` formatted with the episode's ``key`` and ``n``."""
+    return property(lambda self: template.format(key=self.key, n=self.n), doc=doc)
+
+
 @dataclass(frozen=True, slots=True)
 class EpisodeFiles:
     """The relative paths of one episode's files."""
@@ -35,92 +40,38 @@ class EpisodeFiles:
         return rag_stem(self.key)
 
     # -- ingest
-    @property
-    def episode(self) -> str:
-        """The episode's feed entry (``EpisodeInfo``)."""
-        return f"episodes/{self.key}.json"
-
-    @property
-    def audio_sidecar(self) -> str:
-        """URL, size and sha256 of the stored audio."""
-        return f"{AUDIO_DIR}/{self.key}.json"
+    episode = _path("episodes/{key}.json", "The episode's feed entry (``EpisodeInfo``).")
+    audio_sidecar = _path(AUDIO_DIR + "/{key}.json", "URL, size and sha256 of the stored audio.")
 
     def audio(self, suffix: str) -> str:
         """The stored audio, ``suffix`` being its extension with the dot (``.mp3``)."""
         return f"{AUDIO_DIR}/{self.key}{suffix}"
 
     # -- model outputs
-    @property
-    def asr_result(self) -> str:
-        return f"asr/{self.key}.asr.json"
-
-    @property
-    def diarisation_result(self) -> str:
-        return f"diarisation/{self.key}.json"
-
-    @property
-    def rttm(self) -> str:
-        return f"diarisation/{self.key}.rttm"
-
-    @property
-    def record(self) -> str:
-        """The full speaker transcript: model, config, timings, turns, words."""
-        return f"transcripts/{self.key}.json"
-
+    asr_result = _path("asr/{key}.asr.json")
+    diarisation_result = _path("diarisation/{key}.json")
+    rttm = _path("diarisation/{key}.rttm")
+    record = _path("transcripts/{key}.json", "The full speaker transcript (model, turns, words).")
     # -- speaker names
-    @property
-    def speaker_names(self) -> str:
-        return f"speakers/{self.key}.json"
-
-    @property
-    def voiceprints(self) -> str:
-        return f"speakers/{self.key}{VOICEPRINTS_SUFFIX}"
-
+    speaker_names = _path("speakers/{key}.json")
+    voiceprints = _path("speakers/{key}" + VOICEPRINTS_SUFFIX)
     # -- RAG files and subtitles
-    @property
-    def corrected(self) -> str:
-        return f"transcripts/{self.n}.corrected.json"
-
-    @property
-    def speakers(self) -> str:
-        """Speaker label → name, for the RAG pipeline."""
-        return f"asr/{self.n}.speakers.json"
-
-    @property
-    def markdown(self) -> str:
-        return f"markdown/{self.n}.md"
-
-    @property
-    def info(self) -> str:
-        return f"info/{self.n}.info.json"
-
-    @property
-    def srt(self) -> str:
-        return f"subtitles/{self.key}.srt"
-
-    @property
-    def vtt(self) -> str:
-        return f"subtitles/{self.key}.vtt"
-
+    corrected = _path("transcripts/{n}.corrected.json")
+    speakers = _path("asr/{n}.speakers.json", "Speaker label → name, for the RAG pipeline.")
+    markdown = _path("markdown/{n}.md")
+    info = _path("info/{n}.info.json")
+    srt = _path("subtitles/{key}.srt")
+    vtt = _path("subtitles/{key}.vtt")
     # -- evaluation
-    @property
-    def evaluation(self) -> str:
-        """Scores against the references, with their raw counts."""
-        return f"{EVALUATION_DIR}/{self.key}.json"
-
-    @property
-    def reference_sidecar(self) -> str:
-        """Outcome of fetching the feed's transcript (URL, format, status)."""
-        return f"{REFERENCES_DIR}/{self.key}{REFERENCE_SIDECAR_SUFFIX}"
+    evaluation = _path(EVALUATION_DIR + "/{key}.json", "Scores against the references.")
+    reference_sidecar = _path(
+        REFERENCES_DIR + "/{key}" + REFERENCE_SIDECAR_SUFFIX,
+        "Outcome of fetching the feed's transcript (URL, format, status).",
+    )
 
     def reference(self, suffix: str) -> str:
         """A stored reference transcript (``suffix`` without the dot: ``srt``, ``txt``)."""
         return f"{REFERENCES_DIR}/{self.key}.{suffix}"
 
-    @property
-    def comparison_markdown(self) -> str:
-        return f"comparisons/{self.key}.md"
-
-    @property
-    def comparison_csv(self) -> str:
-        return f"comparisons/{self.key}.csv"
+    comparison_markdown = _path("comparisons/{key}.md")
+    comparison_csv = _path("comparisons/{key}.csv")

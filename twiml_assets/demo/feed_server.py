@@ -25,6 +25,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from twiml_assets.demo.http_server import CONTENT_TYPES, LocalHTTPServer, Resource
+from twiml_assets.demo.synth import dialogue, synthesize_dialogue
 
 DEFAULT_PORT = 8765
 FEED_PATH = "/feed.xml"
@@ -36,76 +37,55 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         "number": 1,
         "title": "Speech recognition on real recordings with Ada Example - #1",
         "description": "Why long audio is hard, and how voice activity detection helps.",
-        "lines": (
-            ("HOST", "Welcome to the demo podcast. Today we talk about speech recognition."),
-            (
-                "GUEST",
-                "Thanks for having me. Long recordings are the hard part, because the "
-                "model only hears thirty seconds at a time.",
-            ),
-            ("HOST", "How do you keep it from inventing words during silence?"),
-            (
-                "GUEST",
-                "Voice activity detection removes the silence before decoding, so the "
-                "model only sees speech.",
-            ),
-            ("HOST", "Thank you for joining us."),
-        ),
+        "lines": dialogue("""
+            HOST: Welcome to the demo podcast. Today we talk about speech recognition.
+            GUEST: Thanks for having me. Long recordings are the hard part, because the model only
+                hears thirty seconds at a time.
+            HOST: How do you keep it from inventing words during silence?
+            GUEST: Voice activity detection removes the silence before decoding, so the model only
+                sees speech.
+            HOST: Thank you for joining us.
+        """),
     },
     {
         "number": 2,
         "title": "Who said what: speaker diarization with Ben Sample - #2",
         "description": "Finding the speakers in a conversation and attributing every word.",
-        "lines": (
-            ("HOST", "This is episode two of the demo podcast, about speaker diarization."),
-            ("GUEST", "Diarization answers one question: who spoke when in the recording."),
-            ("HOST", "And how does that become a transcript with names?"),
-            (
-                "GUEST",
-                "Every word gets the speaker whose turn overlaps it most, and then "
-                "consecutive words of one speaker form a turn.",
-            ),
-            ("HOST", "Very clear. Thanks, Ben."),
-        ),
+        "lines": dialogue("""
+            HOST: This is episode two of the demo podcast, about speaker diarization.
+            GUEST: Diarization answers one question: who spoke when in the recording.
+            HOST: And how does that become a transcript with names?
+            GUEST: Every word gets the speaker whose turn overlaps it most, and then consecutive
+                words of one speaker form a turn.
+            HOST: Very clear. Thanks, Ben.
+        """),
     },
     {
         "number": 3,
         "title": "Measuring transcripts with Cleo Placeholder - #3",
         "description": "Word error rate, diarization error rate, and reference transcripts.",
-        "lines": (
-            ("HOST", "Episode three is about measurement. How do we know a transcript is good?"),
-            (
-                "GUEST",
-                "Keep a few reference transcripts and compute the word error rate after "
-                "every change.",
-            ),
-            ("HOST", "Is there a similar number for speakers?"),
-            (
-                "GUEST",
-                "Yes, the diarization error rate counts missed speech, false alarms and "
-                "confused speakers.",
-            ),
-            ("HOST", "Great. See you next week."),
-        ),
+        "lines": dialogue("""
+            HOST: Episode three is about measurement. How do we know a transcript is good?
+            GUEST: Keep a few reference transcripts and compute the word error rate after every
+                change.
+            HOST: Is there a similar number for speakers?
+            GUEST: Yes, the diarization error rate counts missed speech, false alarms and confused
+                speakers.
+            HOST: Great. See you next week.
+        """),
     },
     {
         "number": 4,
         "title": "Running the pipeline on a schedule with Dev Demo - #4",
         "description": "A sensor keeps up with the feed and transcribes each new episode.",
-        "lines": (
-            ("HOST", "In this last episode we discuss automation."),
-            (
-                "GUEST",
-                "A sensor reads the feed every few minutes and starts one run for "
-                "each new episode.",
-            ),
-            ("HOST", "What happens when an episode fails?"),
-            (
-                "GUEST",
-                "It fails alone. The other episodes keep going and you can retry it "
-                "later from the user interface.",
-            ),
-        ),
+        "lines": dialogue("""
+            HOST: In this last episode we discuss automation.
+            GUEST: A sensor reads the feed every few minutes and starts one run for each new
+                episode.
+            HOST: What happens when an episode fails?
+            GUEST: It fails alone. The other episodes keep going and you can retry it later from the
+                user interface.
+        """),
     },
 )
 BASE_DATE = datetime(2024, 1, 8, 17, 0, tzinfo=UTC)
@@ -142,8 +122,6 @@ def generate_demo(
     plain text) go to ``references/ep-<n>.*`` so the WER/DER checks have something to
     compare with in the demo.
     """
-    from twiml_assets.demo.synth import synthesize_dialogue
-
     directory = Path(directory)
     (directory / "audio").mkdir(parents=True, exist_ok=True)
     (directory / "references").mkdir(parents=True, exist_ok=True)

@@ -81,12 +81,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         etag = resource.etag
         last_modified = email.utils.formatdate(resource.last_modified, usegmt=True)
+        validators = {"ETag": etag, "Last-Modified": last_modified}
         if self._not_modified(etag, resource.last_modified):
-            self.send_response(304)
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", last_modified)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send_headers(304, {**validators, "Content-Length": "0"})
             return
         body = resource.body
         status, start, end = 200, 0, len(body) - 1
@@ -95,23 +92,25 @@ class Handler(BaseHTTPRequestHandler):
         if wanted and (if_range is None or if_range in {etag, last_modified}):
             parsed = self._parse_range(wanted, len(body))
             if parsed is None:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.send_headers(
+                    416, {"Content-Range": f"bytes */{len(body)}", "Content-Length": "0"}
+                )
                 return
             status, (start, end) = 206, parsed
-        self.send_response(status)
-        self.send_header("Content-Type", resource.content_type)
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", last_modified)
-        self.send_header("Accept-Ranges", "bytes")
+        headers = {"Content-Type": resource.content_type, "Content-Length": str(end - start + 1)}
+        headers |= {**validators, "Accept-Ranges": "bytes"}
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
-        self.end_headers()
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
+        self.send_headers(status, headers)
         if not head:
             self.wfile.write(body[start : end + 1])
+
+    def send_headers(self, status: int, headers: dict[str, str]) -> None:
+        """The status line and ``headers``, in order, with no body yet."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
 
     def _not_modified(self, etag: str, mtime: float) -> bool:
         inm = self.headers.get("If-None-Match")
@@ -146,10 +145,7 @@ class Handler(BaseHTTPRequestHandler):
     def send_plain(self, status: int, text: str, content_type: str = "text/plain") -> None:
         """Answer with a small body (also used by test hooks)."""
         data = text.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
+        self.send_headers(status, {"Content-Type": content_type, "Content-Length": str(len(data))})
         if self.command != "HEAD":
             self.wfile.write(data)
 

@@ -7,11 +7,14 @@ without shipping audio files or reaching a network.
 
 from __future__ import annotations
 
+import io
+import re
 import shutil
 import subprocess
 import tempfile
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,51 +40,37 @@ EXTRA_VOICE = Voice("en-us+m7", pitch=20, speed=150)
 
 DEFAULT_VOICES: dict[str, Voice] = {"HOST": HOST_VOICE, "GUEST": GUEST_VOICE, "EXTRA": EXTRA_VOICE}
 
+
+def dialogue(script: str) -> tuple[tuple[str, str], ...]:
+    """``SPEAKER: text`` lines (indented lines continue the text) as (speaker, text) pairs."""
+    turns = re.findall(r"^(\w+): (.+(?:\n +.+)*)", textwrap.dedent(script), re.MULTILINE)
+    return tuple((speaker, " ".join(text.split())) for speaker, text in turns)
+
+
 # Numbers are spelled out so that the reference needs no normalisation to compare.
-DEFAULT_DIALOGUE: tuple[tuple[str, str], ...] = (
-    (
-        "HOST",
-        "Welcome to the podcast. Today we are talking about speech recognition "
-        "and how to make it work on real recordings.",
-    ),
-    (
-        "GUEST",
-        "Thanks for having me. I have been building transcription systems for "
-        "about ten years, mostly for meetings and interviews.",
-    ),
-    ("HOST", "Let us start with the basics. What makes long audio hard for a model?"),
-    (
-        "GUEST",
-        "The model only sees thirty seconds at a time, so the system has to cut the "
-        "audio into pieces and then stitch the text back together without losing words.",
-    ),
-    ("HOST", "And where does voice activity detection come in?"),
-    (
-        "GUEST",
-        "It removes the silence before decoding. That saves time and it also stops the "
-        "model from inventing sentences when nobody is talking.",
-    ),
-    ("HOST", "That makes sense. How do you decide who said what in a conversation?"),
-    (
-        "GUEST",
-        "That is speaker diarization. A network finds the speech of each voice in short "
-        "windows, and a clustering step links the windows that belong to the same person.",
-    ),
-    ("HOST", "Is it accurate enough for a show like this one?"),
-    (
-        "GUEST",
-        "With two clear voices it is very good. It gets harder with many people, "
-        "music, or when everyone talks at once.",
-    ),
-    ("HOST", "What would you tell a team that wants to start today?"),
-    (
-        "GUEST",
-        "Measure everything. Keep a few reference transcripts, compute the error rates "
-        "after every change, and only then pick the bigger model.",
-    ),
-    ("HOST", "Great advice. Thank you for joining us on the show."),
-    ("GUEST", "It was a pleasure. Thank you."),
-)
+DEFAULT_DIALOGUE: tuple[tuple[str, str], ...] = dialogue("""
+    HOST: Welcome to the podcast. Today we are talking about speech recognition and how to make it
+        work on real recordings.
+    GUEST: Thanks for having me. I have been building transcription systems for about ten years,
+        mostly for meetings and interviews.
+    HOST: Let us start with the basics. What makes long audio hard for a model?
+    GUEST: The model only sees thirty seconds at a time, so the system has to cut the audio into
+        pieces and then stitch the text back together without losing words.
+    HOST: And where does voice activity detection come in?
+    GUEST: It removes the silence before decoding. That saves time and it also stops the model from
+        inventing sentences when nobody is talking.
+    HOST: That makes sense. How do you decide who said what in a conversation?
+    GUEST: That is speaker diarization. A network finds the speech of each voice in short windows,
+        and a clustering step links the windows that belong to the same person.
+    HOST: Is it accurate enough for a show like this one?
+    GUEST: With two clear voices it is very good. It gets harder with many people, music, or when
+        everyone talks at once.
+    HOST: What would you tell a team that wants to start today?
+    GUEST: Measure everything. Keep a few reference transcripts, compute the error rates after every
+        change, and only then pick the bigger model.
+    HOST: Great advice. Thank you for joining us on the show.
+    GUEST: It was a pleasure. Thank you.
+""")
 
 
 @dataclass(slots=True)
@@ -93,7 +82,6 @@ class SyntheticEpisode:
     turns: list[SpeakerTurn]
     lines: list[tuple[str, str]]
     sample_rate: int = SAMPLE_RATE
-    texts: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -126,32 +114,19 @@ def require_espeak() -> str:
     return exe
 
 
+def espeak(text: str, voice: Voice) -> tuple[np.ndarray, int]:
+    """One line as espeak-ng speaks it: samples (float32) and their rate."""
+    args = ["-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text]
+    result = subprocess.run([require_espeak(), *args], check=True, capture_output=True)
+    return sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=False)
+
+
 def speak(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Render one line with espeak-ng and return it trimmed of leading/trailing silence."""
-    exe = require_espeak()
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "line.wav"
-        subprocess.run(
-            [
-                exe,
-                "-v",
-                voice.name,
-                "-p",
-                str(voice.pitch),
-                "-s",
-                str(voice.speed),
-                "-w",
-                str(wav),
-                text,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        audio, rate = sf.read(wav, dtype="float32", always_2d=False)
+    audio, rate = espeak(text, voice)
     if audio.ndim > 1:
         audio = audio.mean(axis=1)
-    audio = resample(audio, rate, sample_rate)
-    return trim_silence(audio, sample_rate)
+    return trim_silence(resample(audio, rate, sample_rate), sample_rate)
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:

@@ -1,25 +1,17 @@
 """Long generated episodes (10 minutes to hours) with exact truth, for tests and benchmarks.
 
-Real episodes run 45 minutes to 3 hours, and the faults that matter (Whisper's long-form
-failures, memory that grows with length, words given to the wrong speaker at turn
-changes) only show on long audio. This generator makes such audio offline:
-
-* text that nobody wrote for the test: sentences from the docstrings of Python's
-  standard library (read with ``ast``, nothing imported), shuffled by ``seed``;
-* ``speakers`` espeak-ng voices, one host with short questions and guests with turns
-  from one sentence to about a minute;
-* backchannels ("yeah", "right") spoken over the other speaker's long turns, small
-  overlaps at some turn changes, pauses from 0.2 s to a few seconds;
-* a faint noise floor, and the format a podcast CDN serves: 44.1 kHz stereo mp3.
-
-Audio is streamed into ffmpeg as it is made, so a 3-hour episode needs no more memory
-than a minute of it. The reference (``stm``/``rttm``) has one line per spoken turn.
+The faults that matter (Whisper's long-form failures, memory that grows with length, words
+given to the wrong speaker at turn changes) only show on long audio. The text is sentences
+from the standard library's docstrings (nobody wrote it for the test), shuffled by
+``seed``; one host asks short questions, guests answer for up to a minute, with
+backchannels over long turns, small overlaps and pauses; the output is what a podcast CDN
+serves (44.1 kHz stereo mp3), streamed into ffmpeg so hours of audio need little memory.
+The reference (``stm``/``rttm``) has one line per spoken turn.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import re
 import subprocess
 import sysconfig
@@ -30,18 +22,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from resources.schema import SpeakerTurn
-from twiml_assets.demo.synth import SyntheticEpisode, Voice, require_espeak, trim_silence
+from twiml_assets.demo.synth import DEFAULT_VOICES, SyntheticEpisode, Voice, espeak, trim_silence
 
 RATE = 22_050  # espeak-ng's native rate: no resampling before ffmpeg
-VOICES: tuple[Voice, ...] = (
-    Voice("en-us", pitch=35, speed=165),
-    Voice("en-gb+f3", pitch=75, speed=155),
-    Voice("en-us+m7", pitch=20, speed=150),
-    Voice("en-gb-scotland+f4", pitch=60, speed=170),
-)
+VOICES = (*DEFAULT_VOICES.values(), Voice("en-gb-scotland+f4", pitch=60, speed=170))
 SPEAKER_NAMES = ("HOST", "GUEST", "GUEST2", "GUEST3")
 BACKCHANNELS = ("yeah", "right", "okay", "sure", "exactly", "I see", "true", "got it")
 ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,;'\-]*[.?!]$")
@@ -55,7 +41,6 @@ class Line:
     speaker: str
     start: float
     text: str
-    backchannel: bool = False
 
 
 def stdlib_sentences() -> list[str]:
@@ -137,13 +122,7 @@ def estimated_seconds(text: str, voice: Voice) -> float:
 
 def render(text: str, voice: Voice) -> np.ndarray:
     """One line spoken by espeak-ng at 22.05 kHz, trimmed of its padding silence."""
-    result = subprocess.run(
-        [require_espeak(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed)]
-        + ["--stdout", text],
-        check=True,
-        capture_output=True,
-    )
-    audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=False)
+    audio, rate = espeak(text, voice)
     if rate != RATE:
         raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {RATE}")
     return trim_silence(audio, RATE)

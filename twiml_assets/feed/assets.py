@@ -2,19 +2,10 @@
 
 import time
 
-from dagster import (
-    AssetExecutionContext,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-)
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from resources.storage import StorageResource
-from twiml_assets.asset_io import (
-    GROUP_FEED,
-    GROUP_INGEST,
-)
+from twiml_assets.asset_io import GROUP_FEED, GROUP_INGEST
 from twiml_assets.feed.catalog import CATALOG, find_episode, save_catalog
 from twiml_assets.feed.partitions import EPISODES, episode_partitions
 from twiml_assets.feed.resource import FeedResource

@@ -47,25 +47,25 @@ def load_catalog(storage: StorageResource) -> tuple[ParsedFeed, dict[str, Any]] 
 
 
 def refresh_catalog(
-    storage: StorageResource, feed: FeedResource
-) -> tuple[ParsedFeed, FeedResponse | None, bool]:
-    """Fetch the feed conditionally against the stored snapshot.
+    storage: StorageResource, feed: FeedResource, known: dict[str, Any] | None = None
+) -> tuple[ParsedFeed, FeedResponse, bool]:
+    """Fetch the feed conditionally; returns ``(parsed feed, response, changed)``.
 
-    Returns ``(parsed feed, response, changed)``; on 304 the stored snapshot is used.
-    Raises FeedError when the feed cannot be fetched or parsed.
+    ``known`` holds the validators and sha256 of the last fetch of this URL (default: the
+    stored snapshot's). A 304, or the same bytes again, reuses the snapshot; anything else
+    is parsed and saved. Raises FeedError when the feed cannot be fetched or parsed.
     """
     stored = load_catalog(storage)
-    same_url = stored is not None and stored[1].get("url") == feed.url
-    etag = stored[1].get("etag") if same_url and stored else None
-    last_modified = stored[1].get("last_modified") if same_url and stored else None
-    response = feed.fetch(etag=etag, last_modified=last_modified)
-    if response.not_modified and stored is not None:
-        return stored[0], response, False
-    if response.not_modified:  # validators without a snapshot: fetch it whole
-        response = feed.fetch()
+    if known is None:
+        known = stored[1] if stored is not None and stored[1].get("url") == feed.url else {}
+    response = feed.fetch(etag=known.get("etag"), last_modified=known.get("last_modified"))
+    if response.not_modified:
+        if stored is not None:
+            return stored[0], response, False
+        response = feed.fetch()  # validators without a snapshot: fetch it whole
     assert response.body is not None
-    if same_url and stored is not None and response.digest == stored[1].get("sha256"):
-        return stored[0], response, False
+    if stored is not None and response.digest == known.get("sha256") == stored[1].get("sha256"):
+        return stored[0], response, False  # a server without validators, the same bytes
     parsed = parse_feed(response.body)
     save_catalog(storage, parsed, response)
     return parsed, response, True

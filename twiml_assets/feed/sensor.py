@@ -1,11 +1,9 @@
 """The feed sensor: new episodes become partitions, untranscribed ones become runs.
 
-Each tick fetches the feed conditionally (ETag/Last-Modified from the cursor, so an
-unchanged feed costs one 304), adds a partition for every key the instance does not
-have yet, and requests at most ``max_runs_per_tick`` runs for episodes without a
-transcript (``transcripts/{key}.json``), newest or oldest first. A first start on a
-700-episode feed therefore catches up in order over many ticks instead of queueing
-700 runs at once; ``max_in_flight`` stops it from running ahead of the workers.
+Each tick fetches the feed conditionally (validators from the cursor), adds a partition
+for every new key, and requests at most ``max_runs_per_tick`` runs for episodes without a
+transcript, so a long back catalogue catches up over many ticks instead of queueing
+hundreds of runs at once; ``max_in_flight`` stops it from running ahead of the workers.
 
 run_key = episode key: Dagster never launches the same key twice from this sensor, so
 a re-run is a deliberate act (UI, backfill), never an accident of a cursor reset.
@@ -30,20 +28,15 @@ from dagster import (
 from pydantic import Field
 
 from resources.storage import StorageResource
-from twiml_assets.feed.catalog import load_catalog, save_catalog
+from twiml_assets.feed.catalog import refresh_catalog
 from twiml_assets.feed.partitions import EPISODES, episode_partitions
 from twiml_assets.feed.resource import FeedResource
-from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed, parse_feed
+from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed
 from twiml_assets.jobs import EPISODE_JOB, episode_pipeline
 from twiml_assets.layout import EpisodeFiles
 
 SENSOR_NAME = "episode_feed_sensor"
-IN_FLIGHT = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
+IN_FLIGHT = [DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
 
 
 class CatchUpSettings(ConfigurableResource):
@@ -96,30 +89,11 @@ def _load_feed(
     feed: FeedResource, storage: StorageResource, state: FeedCursor
 ) -> tuple[ParsedFeed, bool]:
     """The current feed and whether it changed since the cursor; raises FeedError."""
-    same_url = state.url == feed.url
-    response = feed.fetch(
-        etag=state.etag if same_url else None,
-        last_modified=state.last_modified if same_url else None,
-    )
-    stored = load_catalog(storage)
-    if response.not_modified:
-        if stored is not None:
-            return stored[0], False
-        response = feed.fetch()  # no snapshot to fall back on: take the whole feed
-    assert response.body is not None
-    digest = response.digest
-    if (
-        same_url
-        and digest == state.sha256
-        and stored is not None
-        and stored[1].get("sha256") == digest
-    ):
-        parsed, changed = stored[0], False  # server without validators, same bytes
-    else:
-        parsed, changed = parse_feed(response.body), True
-        save_catalog(storage, parsed, response)
-    state.url, state.etag, state.last_modified = feed.url, response.etag, response.last_modified
-    state.sha256 = digest
+    known = asdict(state) if state.url == feed.url else {}
+    parsed, response, changed = refresh_catalog(storage, feed, known)
+    if not response.not_modified:
+        state.url, state.etag, state.last_modified = feed.url, response.etag, response.last_modified
+        state.sha256 = response.digest
     return parsed, changed
 
 

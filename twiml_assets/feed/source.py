@@ -2,9 +2,8 @@
 
 Every Dagster partition is an episode key derived here, so the rules must be stable: the
 same entry gets the same key on every tick, even as the feed grows. feedparser reads RSS
-and Atom, well-formed or not, the same way and is safe on untrusted XML, so the
-Podcasting 2.0 and Media RSS fields come out the same whatever the XML's shape. One bad
-entry is skipped with a reason and never fails the whole feed.
+and Atom, well-formed or not, safely and alike. One bad entry is skipped with a reason and
+never fails the whole feed.
 """
 
 from __future__ import annotations
@@ -24,16 +23,6 @@ from urllib.parse import urlparse
 import feedparser
 
 from twiml_assets.keys import rag_stem, validate_key
-
-__all__ = [
-    "EpisodeInfo",
-    "FeedError",
-    "ParsedFeed",
-    "SkippedEntry",
-    "episode_key",
-    "parse_feed",
-    "rag_stem",
-]
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +49,14 @@ class EpisodeInfo:
     audio_url: str
     audio_type: str | None = None
     audio_length: int | None = None
-    published: str | None = None
-    """ISO 8601 (UTC) publication time, or None when the feed's date is missing/unreadable."""
+    published: str | None = None  # ISO 8601 (UTC); None when missing or unreadable
     description: str = ""
     guid: str | None = None
     link: str | None = None
-    transcript_url: str | None = None
-    """Podcasting 2.0 ``<podcast:transcript>`` (a publisher transcript: a possible reference)."""
+    transcript_url: str | None = None  # <podcast:transcript>: a possible reference
     author: str | None = None
-    duration: float | None = None
-    """``itunes:duration`` (else the audio's ``media:content`` duration) in seconds."""
-    position: int = 0
-    """Index in the feed document (0 = first entry), the tie-breaker for ordering."""
+    duration: float | None = None  # seconds: itunes:duration, else media:content's
+    position: int = 0  # index in the feed document, the tie-breaker for ordering
 
     @property
     def rag_stem(self) -> str:
@@ -134,20 +119,14 @@ class ParsedFeed:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ParsedFeed:
-        return cls(
-            title=data.get("title"),
-            link=data.get("link"),
-            episodes=[EpisodeInfo.from_dict(e) for e in data.get("episodes", [])],
-            skipped=[SkippedEntry(**s) for s in data.get("skipped", [])],
-            parser=data.get("parser", "feedparser"),
-        )
+        episodes = [EpisodeInfo.from_dict(e) for e in data.get("episodes", [])]
+        skipped = [SkippedEntry(**s) for s in data.get("skipped", [])]
+        parser = data.get("parser", "feedparser")
+        return cls(data.get("title"), data.get("link"), episodes, skipped, parser)
 
 
 def order_episodes(episodes: Iterable[EpisodeInfo], newest_first: bool = True) -> list[EpisodeInfo]:
-    """Sort by publication time; undated entries keep their feed position (feeds list newest first).
-
-    Python's sort is stable and ISO strings of one time zone sort chronologically.
-    """
+    """Sort by publication time (ISO strings of one zone sort so); undated ones by position."""
     oldest_first = sorted(episodes, key=lambda e: (e.published or "", -e.position))
     return oldest_first[::-1] if newest_first else oldest_first
 
@@ -159,12 +138,7 @@ def guid_key(guid: str) -> str:
 
 def _number(text: str | None) -> str | None:
     """A positive integer as a canonical string (``0623`` → ``623``), else None."""
-    if text is None:
-        return None
-    text = text.strip()
-    if not text.isdigit():
-        return None
-    value = int(text)
+    value = int(text) if text and text.strip().isdigit() else 0
     return str(value) if value > 0 else None
 
 
@@ -221,9 +195,7 @@ _mixin._start_podcast_transcript = _start_podcast_transcript
 
 def clean_text(text: str | None) -> str:
     """HTML description → plain text (what a prompt or a reader wants)."""
-    if not text:
-        return ""
-    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text))).strip()
+    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", text or ""))).strip()
 
 
 def parse_duration(text: str | None) -> float | None:

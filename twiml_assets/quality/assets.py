@@ -41,10 +41,7 @@ from evaluation.reports import (
 from resources.quality import QualityResource
 from resources.schema import SpeakerTurn, load
 from resources.storage import StorageResource
-from twiml_assets.asset_io import (
-    files_metadata,
-    read_json_or_fail,
-)
+from twiml_assets.asset_io import files_metadata, read_json_or_fail
 from twiml_assets.audio.assets import raw_audio
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import (
@@ -91,23 +88,13 @@ def _metric_metadata(result: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[metric] = round(value, 4)
     if wer := result.get("wer"):
-        out.update(
-            reference_words=wer["reference_words"],
-            substitutions=wer["substitutions"],
-            deletions=wer["deletions"],
-            insertions=wer["insertions"],
-        )
+        names = ("reference_words", "substitutions", "deletions", "insertions")
+        out.update({k: wer[k] for k in names})
     if der := result.get("der"):
-        out.update(
-            reference_speech_s=round(der["total"], 2),
-            missed=round(der["missed"], 4),
-            false_alarm=round(der["false_alarm"], 4),
-            confusion=round(der["confusion"], 4),
-        )
+        out["reference_speech_s"] = round(der["total"], 2)
+        out.update({k: round(der[k], 4) for k in ("missed", "false_alarm", "confusion")})
     if wder := result.get("wder"):
-        out.update(
-            aligned_words=wder["aligned_words"], wrong_speaker_words=wder["wrong_speaker_words"]
-        )
+        out.update({k: wder[k] for k in ("aligned_words", "wrong_speaker_words")})
     return out
 
 

@@ -47,55 +47,9 @@ class Outcome:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list[Outcome]:
-    """The four integrity checks over a full record (``transcripts/{key}.json``)."""
-    key = record.get("key", "?")
-    duration = float(record.get("duration") or 0.0)
-    utterances = record.get("utterances") or []
-    words = [w for u in utterances for w in u.get("words", [])]
-    texts = [str(w.get("word", "")).strip() for w in words]
-    n_words = sum(1 for t in texts if t)
-    turns = (record.get("diarisation") or {}).get("turns") or []
-    speech = merge_intervals((t["start"], t["end"]) for t in turns)
-    speech_seconds = total(speech)
-    has_speech = speech_seconds >= quality.min_speech_seconds or n_words > 0
-    out: list[Outcome] = []
-
-    if has_speech and n_words == 0:
-        out.append(
-            Outcome(
-                "transcript_not_empty",
-                False,
-                f"{key}: {speech_seconds:.1f} s of speech detected but no words recognised; check "
-                "the audio (music only? another language?) and the ASR model/language settings",
-                {"speech_seconds": round(speech_seconds, 2), "words": 0},
-            )
-        )
-    else:
-        out.append(
-            Outcome(
-                "transcript_not_empty",
-                True,
-                f"{n_words} words" if n_words else "no speech detected, so no words expected",
-                {"speech_seconds": round(speech_seconds, 2), "words": n_words},
-            )
-        )
-
-    speakers = record.get("speakers") or []
-    out.append(
-        Outcome(
-            "has_speakers",
-            len(speakers) >= 1,
-            f"{len(speakers)} speaker(s): {', '.join(speakers)}"
-            if speakers
-            else f"{key}: no speaker found; the audio is silent or not speech, so there is nothing "
-            "for the RAG pipeline. Check the episode's audio",
-            {"speakers": len(speakers)},
-        )
-    )
-
+def _timestamp_problems(utterances: list[dict[str, Any]], limit: float) -> list[str]:
+    """Turns or words that go back in time or lie outside ``[0, limit]`` (the first few)."""
     problems: list[str] = []
-    limit = duration + quality.timestamp_tolerance
     previous_start = -1.0
     for u in utterances:
         if float(u["start"]) + 1e-3 < previous_start:
@@ -111,31 +65,63 @@ def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list
             word_start = s
         if len(problems) >= 5:
             break
-    out.append(
+    return problems
+
+
+def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list[Outcome]:
+    """The four integrity checks over a full record (``transcripts/{key}.json``)."""
+    key = record.get("key", "?")
+    duration = float(record.get("duration") or 0.0)
+    utterances = record.get("utterances") or []
+    speakers = record.get("speakers") or []
+    words = [w for u in utterances for w in u.get("words", [])]
+    n_words = sum(1 for w in words if str(w.get("word", "")).strip())
+    turns = (record.get("diarisation") or {}).get("turns") or []
+    speech = merge_intervals((t["start"], t["end"]) for t in turns)
+    speech_seconds = total(speech)
+    silent = speech_seconds < quality.min_speech_seconds
+    empty = n_words == 0 and not silent
+    problems = _timestamp_problems(utterances, duration + quality.timestamp_tolerance)
+    covered = merge_intervals(((w["start"], w["end"]) for w in words), gap=quality.word_gap_seconds)
+    coverage = 1.0 if silent else overlap(speech, covered) / speech_seconds
+    covers = coverage >= quality.min_speech_coverage
+    return [
+        Outcome(
+            "transcript_not_empty",
+            not empty,
+            f"{key}: {speech_seconds:.1f} s of speech detected but no words recognised; check "
+            "the audio (music only? another language?) and the ASR model/language settings"
+            if empty
+            else f"{n_words} words"
+            if n_words
+            else "no speech detected, so no words expected",
+            {"speech_seconds": round(speech_seconds, 2), "words": n_words},
+        ),
+        Outcome(
+            "has_speakers",
+            len(speakers) >= 1,
+            f"{len(speakers)} speaker(s): {', '.join(speakers)}"
+            if speakers
+            else f"{key}: no speaker found; the audio is silent or not speech, so there is nothing "
+            "for the RAG pipeline. Check the episode's audio",
+            {"speakers": len(speakers)},
+        ),
         Outcome(
             "timestamps_valid",
             not problems,
-            "timestamps increase and lie inside the audio"
-            if not problems
-            else f"{key}: "
-            + "; ".join(problems[:5])
-            + " (re-run the transcript; report if it persists)",
+            f"{key}: {'; '.join(problems[:5])} (re-run the transcript; report if it persists)"
+            if problems
+            else "timestamps increase and lie inside the audio",
             {"duration_s": round(duration, 2), "problems": len(problems)},
-        )
-    )
-
-    covered = merge_intervals(((w["start"], w["end"]) for w in words), gap=quality.word_gap_seconds)
-    silent = speech_seconds < quality.min_speech_seconds
-    coverage = 1.0 if silent else overlap(speech, covered) / speech_seconds
-    out.append(
+        ),
         Outcome(
             "speech_covered_by_words",
-            coverage >= quality.min_speech_coverage,
+            covers,
             f"words cover {coverage:.0%} of {speech_seconds:.1f} s of detected speech "
             f"(minimum {quality.min_speech_coverage:.0%})"
             + (
                 ""
-                if coverage >= quality.min_speech_coverage
+                if covers
                 else f"; {key}: the ASR skipped speech (VAD too aggressive? hallucination loop?) "
                 "or diarisation marked noise as speech"
             ),
@@ -144,9 +130,8 @@ def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list
                 "speech_seconds": round(speech_seconds, 2),
                 "covered_seconds": round(overlap(speech, covered), 2),
             },
-        )
-    )
-    return out
+        ),
+    ]
 
 
 # -- Dagster checks ---------------------------------------------------------------------------
@@ -222,14 +207,14 @@ def evaluation_limits(
     for metric in METRICS:
         warn, error = quality.limits(metric)
         value = metric_value(result, metric)
-        limits = {"warn_above": warn, "error_above": error}
+        limits = {"episode": key, "warn_above": warn, "error_above": error}
         if value is None:
             yield AssetCheckResult(
                 check_name=CHECK_NAMES[metric],
                 passed=True,
                 severity=AssetCheckSeverity.WARN,
                 description=f"{key}: no {metric.upper()}: needs {_NEEDS[metric]}",
-                metadata={"episode": key, "has_reference": result["has_reference"], **limits},
+                metadata={"has_reference": result["has_reference"], **limits},
             )
             continue
         passed, severity = judge(value, warn, error)
@@ -241,12 +226,7 @@ def evaluation_limits(
             severity=severity,
             description=f"{key}: {metric.upper()} {value:.1%} against {entry['reference']} "
             f"({verdict}; warn above {warn:.0%}, error above {error:.0%})",
-            metadata={
-                "episode": key,
-                metric: round(value, 4),
-                "reference": entry["reference"],
-                **limits,
-            },
+            metadata={metric: round(value, 4), "reference": entry["reference"], **limits},
         )
 
 

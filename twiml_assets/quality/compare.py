@@ -23,29 +23,19 @@ import pandas as pd
 import yaml
 
 from evaluation.references import Reference
+from evaluation.reports import evaluate_episode, markdown_table, metric_value
 from resources.asr import AsrSettings
 from resources.audio import SAMPLE_RATE
 from resources.model_registry import profile_settings
+from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, load
 from resources.storage import StorageResource
 from twiml_assets.layout import EpisodeFiles
 
-COLUMNS = [
-    "config",
-    "model",
-    "compute_type",
-    "device",
-    "beam_size",
-    "batched",
-    "speakers",
-    "wer",
-    "der",
-    "cpwer",
-    "rtf",
-    "asr_rtf",
-    "diarisation_rtf",
-    "peak_rss_mb",
-    "status",
-]
+RATE_COLUMNS = ("wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf")
+COLUMNS = (
+    "config model compute_type device beam_size batched speakers wer der cpwer rtf asr_rtf "
+    "diarisation_rtf peak_rss_mb status"
+).split()
 
 
 @dataclass(slots=True)
@@ -85,19 +75,9 @@ def run_worker(waveform_path: Path, config: ComparisonConfig, out: Path, timeout
     """Run one configuration in a fresh process and return what it reported."""
     spec = out.with_suffix(".config.json")
     spec.write_text(json.dumps({"asr": config.asr, "diarisation": config.diarisation}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "twiml_assets.quality.compare_worker",
-            str(waveform_path),
-            str(spec),
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    worker = [sys.executable, "-m", "twiml_assets.quality.compare_worker"]
+    args = [*worker, str(waveform_path), str(spec), str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         return {"error": lines[-1] if lines else f"worker exited with {proc.returncode}"}
@@ -108,9 +88,6 @@ def score(
     report: dict, references: Sequence[tuple[Path, Reference]], collar: float
 ) -> dict[str, Any]:
     """WER, DER and cpWER of one worker report: the evaluation's own scoring."""
-    from evaluation.reports import evaluate_episode, metric_value
-    from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, load
-
     utterances = load(list[Utterance], report["utterances"])
     turns = load(list[SpeakerTurn], report["turns"])
     duration = max((u.end for u in utterances), default=0.0)
@@ -144,11 +121,9 @@ def compare(
                 continue
             asr = report["asr_config"]
             row.update(
-                model=asr["model"],
-                compute_type=asr["compute_type"],
-                device=asr["device"],
-                beam_size=asr["beam_size"],
-                batched=asr["batched"],
+                {k: asr[k] for k in ("model", "compute_type", "device", "beam_size", "batched")}
+            )
+            row.update(
                 speakers=len(report["speakers"]),
                 rtf=(report["asr_seconds"] + report["diarisation_seconds"]) / duration,
                 asr_rtf=report["asr_seconds"] / duration,
@@ -162,16 +137,10 @@ def compare(
 
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
-    """A Markdown table (floats to 3 places) under a heading; no extra dependency."""
-    shown = table.copy()
-    for col in ("wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf"):
-        shown[col] = shown[col].map(lambda v: "" if v is None or pd.isna(v) else f"{v:.3f}")
-    shown["peak_rss_mb"] = shown["peak_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
-    shown = shown.fillna("")
-    header = "| " + " | ".join(shown.columns) + " |"
-    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    return "\n".join([f"# Model comparison: {title}", "", header, rule, *body, ""])
+    """The table in Markdown (rates to 3 places, memory in whole MB) under a heading."""
+    rss = table["peak_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    body = markdown_table(table.assign(peak_rss_mb=rss), RATE_COLUMNS)
+    return f"# Model comparison: {title}\n\n{body}\n"
 
 
 def write_report(storage: StorageResource, key: str, table: pd.DataFrame) -> dict[str, str]:

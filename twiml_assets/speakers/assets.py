@@ -1,4 +1,4 @@
-"""Speaker naming as its own step: ``speaker_names`` (issue 6).
+"""Speaker naming as its own step: ``speaker_names``.
 
 It runs after ``speaker_transcript`` and before the RAG files and subtitles, which
 render with its names. The voiceprints (``speakers/{key}.embeddings.json``) are computed
@@ -12,11 +12,7 @@ from pydantic import Field
 
 from resources.schema import DiarisationResult, load
 from resources.storage import StorageResource
-from twiml_assets.asset_io import (
-    GROUP_OUTPUTS,
-    load_episode,
-    read_json_or_fail,
-)
+from twiml_assets.asset_io import GROUP_OUTPUTS, load_episode, read_json_or_fail
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.speakers import service
@@ -44,9 +40,8 @@ def speaker_names(
     if config.recompute_embeddings or service.read_voiceprints(storage, key) is None:
         audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
         diar = read_json_or_fail(storage, EpisodeFiles(key).diarisation_result, key, "diarisation")
-        service.compute_voiceprints(
-            storage, key, audio["path"], load(DiarisationResult, diar).turns
-        )
+        turns = load(DiarisationResult, diar).turns
+        service.compute_voiceprints(storage, key, audio["path"], turns)
         computed = True
     doc = service.name_episode(
         storage,

@@ -37,12 +37,8 @@ class Source:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Source:
-        return cls(
-            data["ref"],
-            data.get("kind", "confirmed"),
-            VoicePrint.from_dict(data),
-            data.get("added", ""),
-        )
+        voice = VoicePrint.from_dict(data)
+        return cls(data["ref"], data.get("kind", "confirmed"), voice, data.get("added", ""))
 
 
 @dataclass(slots=True)
@@ -51,7 +47,6 @@ class SpeakerRegistry:
 
     speakers: dict[str, list[Source]] = field(default_factory=dict)
 
-    # -- queries ---------------------------------------------------------------------------
     def names(self) -> list[str]:
         return sorted(self.speakers)
 
@@ -72,7 +67,6 @@ class SpeakerRegistry:
     def similarities(self, embedding: np.ndarray) -> dict[str, float]:
         return {name: cosine(embedding, self.voice(name)) for name in self.speakers}
 
-    # -- updates ---------------------------------------------------------------------------
     def add(self, name: str, ref: str, kind: str, voice: VoicePrint) -> None:
         """Attach ``voice`` to ``name``; a source ref lives under one name only."""
         name = name.strip()
@@ -88,7 +82,6 @@ class SpeakerRegistry:
             if not self.speakers[name]:
                 del self.speakers[name]
 
-    # -- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": REGISTRY_VERSION,

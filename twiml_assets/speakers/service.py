@@ -1,12 +1,9 @@
 """Storage-level naming operations shared by the Dagster asset and the CLI.
 
-Files (under the storage root):
-
-* ``speakers/{key}.embeddings.json``: label → voiceprint, computed once from the decoded
-  audio and the diarisation turns; everything after it works without audio.
-* ``speakers/{key}.json``: label → name (or null), confidence, evidence; ``names`` holds
-  only the names above the threshold, which is what the outputs use.
-* ``speakers/registry.json``: known voices (``registry.py``).
+Voiceprints (``speakers/{key}.embeddings.json``) are computed once from the decoded audio;
+everything after works without audio. ``speakers/{key}.json`` holds every label's name (or
+null), confidence and evidence; its ``names``, only those above the threshold, are what
+the outputs use.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from resources.environment import environment
 from resources.schema import SpeakerTranscript, SpeakerTurn
 from resources.storage import StorageResource
 from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
-from twiml_assets.speakers.assign import NAME_THRESHOLD, SpeakerName, assign_names
+from twiml_assets.speakers.assign import NAME_THRESHOLD, assign_names
 from twiml_assets.speakers.hosts import MIN_EPISODES, recurring_voice
 from twiml_assets.speakers.metadata import guest_names
 from twiml_assets.speakers.registry import SpeakerRegistry, label_ref
@@ -177,19 +174,7 @@ def name_episode(
         settings.match_threshold,
         settings.name_threshold,
     )
-    doc = naming_document(key, names, guests, host_name, settings)
-    storage.write_json(EpisodeFiles(key).speaker_names, doc)
-    return doc
-
-
-def naming_document(
-    key: str,
-    names: dict[str, SpeakerName],
-    guests: list[str],
-    host_name: str | None,
-    settings: NamingSettings,
-) -> dict[str, Any]:
-    return {
+    doc = {
         "key": key,
         "names": {lb: n.name for lb, n in names.items() if n.name is not None},
         "speakers": {lb: n.to_dict() for lb, n in names.items()},
@@ -199,11 +184,12 @@ def naming_document(
         "name_threshold": settings.name_threshold,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    storage.write_json(EpisodeFiles(key).speaker_names, doc)
+    return doc
 
 
 def episode_text(storage: StorageResource, key: str) -> tuple[str | None, str | None, str | None]:
     """(title, description, author) of the episode's feed entry, when stored."""
-
     rel = EpisodeFiles(key).episode
     if not storage.exists(rel):
         return None, None, None

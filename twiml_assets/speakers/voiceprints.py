@@ -1,11 +1,8 @@
 """Per-label voiceprints: the mean GE2E embedding of each diarisation label's turns.
 
-The raw (not whitened) GE2E vectors are used on purpose: the diariser's whitening is
-estimated per recording, so whitened vectors of two episodes live in different spaces,
-while raw GE2E embeddings are on the encoder's own absolute scale and comparable
-across episodes and with enrolment audio. The windows and the encoder calls are the
-diariser's own (``resources.diarisation.embedding``), so an episode's voiceprints
-match what its clustering saw.
+Raw, not whitened, GE2E vectors: the diariser's whitening is estimated per recording, so
+only raw vectors are comparable across episodes and with enrolment audio. The windows and
+encoder calls are the diariser's own, so the voiceprints match what its clustering saw.
 """
 
 from __future__ import annotations
@@ -21,14 +18,9 @@ from resources.schema import SpeakerTurn
 MATCH_THRESHOLD = 0.90
 """Cosine similarity (raw GE2E voiceprints) at or above which two voices are one.
 
-Measured on generated espeak-ng speech (tests/test_naming.py re-checks the test corpus):
-the same voice in different episodes scored 0.976-0.996 (episodes sharing some phrases),
-enrolment audio with other text against the episodes 0.936-0.949; different voices
-0.54-0.85, except two male voices differing only in accent and pitch (en-us p35 vs
-en-gb+m2 p25: 0.936), which GE2E hears as one, as the diariser also does. 0.90 sits in
-the gap for everything but that pair. GE2E hears synthetic voices as unusually alike;
-real voices spread wider, so the value is conservative there. Settable per run
-(``speaker_names`` config ``match_threshold``).
+It sits between same-voice and different-voice scores on generated speech (re-checked by
+tests/test_naming.py), except for two male voices differing only in accent and pitch, which
+GE2E hears as one, as the diariser does. Real voices spread wider. Settable per run.
 """
 
 MIN_TURN_SECONDS = 0.3  # shorter turns are mostly boundary noise
