@@ -23,10 +23,7 @@ class ConfigError(ValueError):
 
 
 class PlatformSettings(BaseModel):
-    """``TWIML_<FIELD>`` for each field (``TWIML_FEED_URL``, ``TWIML_WER_WARN``, ...).
-
-    The web page reads the ``web_*`` fields and ``DAGSTER_GRAPHQL_URL`` from the same model.
-    """
+    """``TWIML_<FIELD>`` for each field (``TWIML_FEED_URL``, ...); the web app's too."""
 
     model_config = ConfigDict(
         alias_generator=lambda name: PREFIX + name.upper(), populate_by_name=True, extra="ignore"

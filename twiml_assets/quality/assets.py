@@ -1,17 +1,10 @@
 """Evaluation against references: evaluation (per episode), evaluation_summary (across
-episodes) and model_comparison (configurations side by side).
-
-``evaluation`` runs in the per-episode pipeline after speaker_transcript. An episode without
-a reference still materialises (``has_reference=False``) so the pipeline never fails for
-lack of one; its numeric metadata (``wer``, ``der``, ``cpwer``, ``wder``) is what the Dagster
-UI plots across materialisations, and what the ``evaluation_limits`` checks judge.
-"""
+episodes) and model_comparison (configurations side by side)."""
 
 import base64
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -60,7 +53,6 @@ GROUP_EVALUATION = "evaluation"
 MAX_INLINE_PNG_BYTES = 150_000
 
 
-# -- per-episode evaluation ---------------------------------------------------------------------
 class EvaluationConfig(Config):
     """Per-run settings; where references live is the ``quality`` resource's business."""
 
@@ -123,9 +115,9 @@ def evaluation(
 ) -> MaterializeResult:
     """WER, DER, cpWER and WDER against the episode's references: ``evaluation/{key}.json``.
 
-    Each metric is computed when some reference allows it (text → WER; timed speaker
-    turns → DER; text by speaker → cpWER, WDER). Without any reference the asset still
-    materialises, with ``has_reference=False``.
+    Each metric needs a reference that allows it (text: WER; timed turns: DER; text by
+    speaker: cpWER, WDER). Without one it still materialises (``has_reference=False``), so
+    the pipeline never fails for lack of a reference.
     """
     key = context.partition_key
     record = read_json_or_fail(storage, EpisodeFiles(key).record, key, "speaker_transcript")
@@ -167,7 +159,6 @@ def evaluation(
     )
 
 
-# -- across episodes ----------------------------------------------------------------------------
 def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
     """Every ``evaluation/{key}.json`` in storage (the summary's own files excluded)."""
     records = []
@@ -179,36 +170,27 @@ def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
     return records
 
 
-def _plain(value: Any) -> Any:
-    """A cell as a plain Python value (TableRecord refuses NumPy scalars); NaN → None."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def table_metadata(table: pd.DataFrame) -> MetadataValue:
-    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty."""
+    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty.
+
+    ``to_dict`` gives plain Python values: TableRecord refuses NumPy scalars.
+    """
     kinds = {"b": "bool", "i": "int", "f": "float"}
     schema = TableSchema(
         columns=[TableColumn(c, kinds.get(table[c].dtype.kind, "string")) for c in table.columns]
     )
-    records = [
-        TableRecord({k: _plain(v) for k, v in row.items()})
-        for row in table.astype(object).to_dict("records")
-    ]
-    return MetadataValue.table(records, schema)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return MetadataValue.table([TableRecord(row) for row in rows], schema)
 
 
 @asset(deps=[evaluation], group_name=GROUP_EVALUATION, kinds={"pandas", "png"})
 def evaluation_summary(
     context: AssetExecutionContext, storage: StorageResource
 ) -> MaterializeResult:
-    """All episodes' scores in one table, pooled corpus rates, and a WER/DER chart.
+    """All stored ``evaluation/*.json`` in one table, pooled corpus rates and a WER/DER chart.
 
-    Reads the stored ``evaluation/*.json`` (whatever partitions exist), so materialise it
-    after a backfill of ``evaluation``. Pooled rates sum errors over reference words or
-    seconds (long episodes weigh more), not a mean of per-episode rates. Writes
-    ``evaluation/summary.csv``, ``.md`` and ``.png``.
+    Materialise it after a backfill of ``evaluation``. Pooled rates sum errors over
+    reference words or seconds (long episodes weigh more).
     """
     records = stored_evaluations(storage)
     table = summary_table(records)
@@ -239,7 +221,6 @@ def evaluation_summary(
     return MaterializeResult(metadata={**metadata, **files_metadata(files)})
 
 
-# -- model comparison ---------------------------------------------------------------------------
 class ModelComparisonConfig(Config):
     """Which engine configurations to compare on this episode's audio."""
 
@@ -271,9 +252,8 @@ def model_comparison(
 ) -> MaterializeResult:
     """Engine configurations side by side on this episode: ``comparisons/{key}.md`` / ``.csv``.
 
-    The stored audio is decoded once; each configuration runs in its own worker process
-    (its own wall time and peak memory), scored against the episode's reference when one
-    exists. Not part of the per-episode pipeline: run it from the UI or model_comparison_job.
+    Each configuration runs in its own worker process (its own wall time and peak memory).
+    Not part of the per-episode pipeline: run it from the UI or model_comparison_job.
     """
     from resources.audio import decode_audio
     from twiml_assets.quality.compare import compare, parse_configs, to_markdown, write_report
@@ -282,9 +262,7 @@ def model_comparison(
     try:
         configs = parse_configs(config.configs)
     except ValueError as exc:
-        raise Failure(
-            description=f"configs={config.configs!r}: {exc}", allow_retries=False
-        ) from exc
+        raise Failure(f"configs={config.configs!r}: {exc}", allow_retries=False) from exc
     audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
     waveform = decode_audio(storage.local_path(audio["path"]), label=key)
 
@@ -304,19 +282,17 @@ def model_comparison(
     )
     del waveform
     files = write_report(storage, key, table)
-    failed = table[table["status"] != "ok"]
-    for row in failed.itertuples(index=False):
-        context.log.warning(f"{key}: configuration {row.config} {row.status}")
+    failed = [f"{row.config}: {row.status}" for row in table.itertuples() if row.status != "ok"]
+    for failure in failed:
+        context.log.warning(f"{key}: configuration {failure}")
     if len(failed) == len(table):
         raise Failure(
-            description=f"{key}: every configuration failed: "
-            + "; ".join(f"{c}: {s}" for c, s in zip(table["config"], table["status"], strict=True)),
-            allow_retries=False,
+            f"{key}: every configuration failed: " + "; ".join(failed), allow_retries=False
         )
     return MaterializeResult(
         metadata={
             "configurations": len(table),
-            "succeeded": int((table["status"] == "ok").sum()),
+            "succeeded": len(table) - len(failed),
             "references": ", ".join(p.name for p, _ in references) or "none",
             "table": table_metadata(table),
             "comparison": MetadataValue.md(to_markdown(table, key)),

@@ -1,23 +1,15 @@
 """The naming decision for one episode: label → name, confidence and evidence.
 
-Order of evidence, strongest first, each label and each name used at most once:
-
-1. a person confirmed this label of this episode (confidence 1.0);
-2. the label's voice matches a registered voice (confidence = cosine similarity);
-3. the label's voice is the recurring host voice (confidence = cosine similarity);
-4. guests named in the title/description go to the voices still unknown: one voice and
-   one name → 0.9; otherwise the longest talkers are the guests, matched to the names in
-   order of introduction, confidence = the talk-time margin over the best voice left out
-   (0.7 when every unknown voice gets a name).
-
-A name is only used when its confidence reaches ``name_threshold``; below it the label
-stays ``SPEAKER_xx`` and the candidate is kept in the evidence. Never inventing a name
-matters more than naming every voice: a wrong name in a RAG chunk is a false statement.
+Evidence, strongest first, each label and each name used at most once: a person confirmed
+this label (1.0); the voice matches a registered voice, then the recurring host voice
+(cosine similarity); guests named in the title/description go to the longest unknown
+talkers (see ``_assign_guests``). Below ``name_threshold`` the label stays ``SPEAKER_xx``,
+the candidate kept as evidence: a wrong name in a RAG chunk is a false statement.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from twiml_assets.speakers.hosts import RecurringVoice
@@ -41,12 +33,9 @@ class SpeakerName:
     candidate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "confidence": round(self.confidence, 4),
-            "evidence": self.evidence,
-            "candidate": self.candidate,
-        }
+        data = asdict(self)
+        del data["label"]
+        return {**data, "confidence": round(self.confidence, 4)}
 
 
 def assign_names(

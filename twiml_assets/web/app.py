@@ -1,21 +1,8 @@
 """The FastAPI app: episode list, episode page, transcript downloads, audio, uploads.
 
-Plain server-rendered HTML (Jinja2, autoescaped) with one small script for progress
-polling, timestamp seeking and the upload's automatic download. Pages read the
-storage root directly; Dagster is reached only through :class:`DagsterClient`
-(GraphQL over HTTP), and a request never waits for a run: launching queues it,
-and the page polls ``/api/episodes/{key}`` for progress.
-
-Routes::
-
-    GET  /                                   episodes, ?q= title search, ?status=, ?page=
-    GET  /episodes/{key}                     transcript with seekable timestamps, run progress
-    GET  /episodes/{key}/audio               stored audio, HTTP Range (seeking)
-    GET  /episodes/{key}/transcript.{fmt}    download: md, json, srt, vtt
-    POST /episodes/{key}/transcribe          launch the episode_pipeline run of the partition
-    GET  /api/episodes/{key}                 status + progress JSON (polled by the pages)
-    GET  /upload, POST /upload               upload audio → up-<hash> partition → run → download
-    GET  /healthz                            storage and Dagster reachability
+Server-rendered HTML (Jinja2, autoescaped) reading the storage root directly; Dagster is
+reached only through :class:`DagsterClient`, and no request waits for a run: launching
+queues it, and the pages poll ``/api/episodes/{key}`` for progress.
 """
 
 from __future__ import annotations
@@ -23,10 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -46,66 +34,24 @@ from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.keys import is_upload_key, is_valid_key
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
 from twiml_assets.web.http import SecurityHeaders, read_limited_form, same_origin, wants_json
-from twiml_assets.web.library import (
-    FORMATS,
-    STATUSES,
-    Library,
-    episode_status,
-)
+from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status
 from twiml_assets.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+T = TypeVar("T")
 
 
-class Services:
-    """What the routes share: settings, storage views, the Dagster client, the upload index."""
-
-    def __init__(self, settings: WebSettings, storage: StorageResource, dagster: DagsterClient):
-        self.settings = settings
-        self.storage = storage
-        self.library = Library(storage)
-        self.dagster = dagster
-        self.sidecars = SidecarIndex(storage)
-        self._launch_locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
-
-    def latest_run(self, key: str) -> tuple[RunInfo | None, bool]:
-        """(newest run of ``key`` with progress, whether Dagster answered)."""
-        try:
-            return self.dagster.latest_run(key), True
-        except DagsterUnavailableError:
-            return None, False
-
-    def status(self, key: str) -> dict[str, Any]:
-        """The JSON the pages poll: status, run progress, download links once done."""
-        run, reachable = self.latest_run(key)
-        done = self.library.is_done(key)
-        status = episode_status(done, run)
-        return {
-            "key": key,
-            "status": status,
-            "done": done,
-            "run": run.to_json() if run else None,
-            "dagster": "ok" if reachable else "unavailable",
-            "downloads": {f: f"/episodes/{key}/transcript.{f}" for f in FORMATS} if done else {},
-        }
-
-    def launch(self, key: str) -> tuple[RunInfo, bool]:
-        """(run, newly launched): an active run of the partition is reused, never doubled.
-
-        One lock per key, so two clicks (or an upload and a click) at the same moment in
-        this process cannot both see "no run" and launch two.
-        """
-        with self._locks_lock:
-            lock = self._launch_locks.setdefault(key, threading.Lock())
-        with lock:
-            current = self.dagster.runs(key, limit=1)
-            if current and current[0].active:
-                return current[0], False
-            return self.dagster.launch(key), True
+def attempt(
+    call: Callable[[], T], default: T, error: type[Exception] = DagsterUnavailableError
+) -> tuple[T, bool]:
+    """(``call()``, True), or (``default``, False) when the service behind it is unavailable."""
+    try:
+        return call(), True
+    except error:
+        return default, False
 
 
 def create_app(
@@ -117,16 +63,41 @@ def create_app(
     """The app; ``storage`` and ``dagster`` can be injected (tests), else built from settings."""
     settings = settings or WebSettings.from_env()
     if storage is None:
-        storage = (
-            StorageResource(root=settings.storage_root)
-            if settings.storage_root
-            else StorageResource()
-        )
+        root = {"root": settings.storage_root} if settings.storage_root else {}
+        storage = StorageResource(**root)
     dagster = dagster or DagsterClient(settings.graphql_url, timeout=settings.graphql_timeout)
-    services = Services(settings, storage, dagster)
+    library, sidecars = Library(storage), SidecarIndex(storage)
+    launch_locks: dict[str, threading.Lock] = {}
+    locks_lock = threading.Lock()
+
+    def episode_state(key: str) -> dict[str, Any]:
+        """The JSON the pages poll: status, run progress, download links once done."""
+        run, reachable = attempt(lambda: dagster.latest_run(key), None)
+        done = library.is_done(key)
+        return {
+            "key": key,
+            "status": episode_status(done, run),
+            "done": done,
+            "run": run.to_json() if run else None,
+            "dagster": "ok" if reachable else "unavailable",
+            "downloads": {f: f"/episodes/{key}/transcript.{f}" for f in FORMATS} if done else {},
+        }
+
+    def launch(key: str) -> tuple[RunInfo, bool]:
+        """(run, newly launched): an active run of the partition is reused, never doubled.
+
+        One lock per key, so two clicks (or an upload and a click) at the same moment in
+        this process cannot both see "no run" and launch two.
+        """
+        with locks_lock:
+            lock = launch_locks.setdefault(key, threading.Lock())
+        with lock:
+            current = dagster.runs(key, limit=1)
+            if current and current[0].active:
+                return current[0], False
+            return dagster.launch(key), True
 
     app = FastAPI(title="twiml-transcribe", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.services = services
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -141,12 +112,11 @@ def create_app(
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     def episode_or_404(key: str) -> EpisodeInfo:
-        episode = services.library.episode(key) if is_valid_key(key) else None
+        episode = library.episode(key)
         if episode is None:
             raise HTTPException(404, "no such episode")
         return episode
 
-    # -- errors: short, page-safe messages only (details go to the server log) -----------
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else "error"
@@ -163,29 +133,26 @@ def create_app(
             request, "error.html", 503, message="the storage is not available", status=503
         )
 
-    # -- pages --------------------------------------------------------------------------
     @app.get("/")
     def index(request: Request, q: str = "", status: str = "", page: str = "1") -> Response:
         """Every episode with its status; ``q`` searches titles (and keys)."""
-        page_no = int(page) if page.isdigit() else 1
-        library = services.library
         episodes = library.episodes()
         done = library.done_keys()
-        try:
-            runs, reachable = services.dagster.latest_runs(), True
-        except DagsterUnavailableError:
-            runs, reachable = {}, False
+        runs, reachable = attempt(dagster.latest_runs, {})
         needle = q.strip().lower()[:200]
-        rows = []
-        for e in episodes:
-            if needle and needle not in e.title.lower() and needle not in e.key:
-                continue
-            row_status = episode_status(e.key in done, runs.get(e.key))
-            if status in STATUSES and row_status != status:
-                continue
-            rows.append({"episode": e, "status": row_status, "upload": is_upload_key(e.key)})
+        status = status if status in STATUSES else ""
+        rows = [
+            {
+                "episode": e,
+                "status": episode_status(e.key in done, runs.get(e.key)),
+                "upload": is_upload_key(e.key),
+            }
+            for e in episodes
+            if not needle or needle in e.title.lower() or needle in e.key
+        ]
+        rows = [row for row in rows if not status or row["status"] == status]
         pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
-        page_no = min(max(1, page_no), pages)
+        page_no = min(max(1, int(page) if page.isdigit() else 1), pages)
         return render(
             request,
             "index.html",
@@ -193,7 +160,7 @@ def create_app(
             total=len(rows),
             all_count=len(episodes),
             q=q[:200],
-            status=status if status in STATUSES else "",
+            status=status,
             statuses=STATUSES,
             page_no=page_no,
             pages=pages,
@@ -203,14 +170,14 @@ def create_app(
     @app.get("/episodes/{key}")
     def episode_page(request: Request, key: str, download: str = "", notice: str = "") -> Response:
         episode = episode_or_404(key)
-        state = services.status(key)
+        state = episode_state(key)
         return render(
             request,
             "episode.html",
             episode=episode,
             state=state,
-            transcript=services.library.transcript(key),
-            has_audio=services.library.audio_relpath(key) is not None,
+            transcript=library.transcript(key),
+            has_audio=library.audio_relpath(key) is not None,
             download=download if download in FORMATS else "",
             notice=notice if notice in {"linked", "uploaded"} else "",
             dagster_ok=state["dagster"] == "ok",
@@ -220,13 +187,12 @@ def create_app(
     def upload_form(request: Request) -> Response:
         return render(request, "upload.html", error="")
 
-    # -- files --------------------------------------------------------------------------
     @app.api_route("/episodes/{key}/audio", methods=["GET", "HEAD"])
     def audio(key: str) -> Response:
         """The stored audio; Starlette's FileResponse answers Range requests (seeking)."""
         if not is_valid_key(key):
             raise HTTPException(404, "no such episode")
-        found = services.library.audio_file(key)
+        found = library.audio_file(key)
         if found is None:
             raise HTTPException(404, "no audio stored for this episode")
         path, media_type = found
@@ -238,7 +204,7 @@ def create_app(
     def transcript_file(key: str, fmt: str) -> Response:
         if not is_valid_key(key) or fmt not in FORMATS:
             raise HTTPException(404, "no such transcript")
-        data = services.library.download(key, fmt)
+        data = library.download(key, fmt)
         if data is None:
             raise HTTPException(404, "no transcript yet")
         return Response(
@@ -247,23 +213,18 @@ def create_app(
             headers={"content-disposition": f'attachment; filename="{key}.{fmt}"'},
         )
 
-    # -- runs ---------------------------------------------------------------------------
     @app.get("/api/episodes/{key}")
     def status_json(key: str) -> JSONResponse:
         episode_or_404(key)
-        return JSONResponse(services.status(key), headers={"cache-control": "no-store"})
+        return JSONResponse(episode_state(key), headers={"cache-control": "no-store"})
 
-    @app.post("/episodes/{key}/transcribe")
+    @app.post("/episodes/{key}/transcribe", dependencies=[Depends(same_origin)])
     def transcribe(request: Request, key: str) -> Response:
         """Queue the episode's run and return at once; the page polls for progress."""
-        if not same_origin(request):
-            raise HTTPException(403, "cross-site request refused")
         episode_or_404(key)
         try:
-            run, launched = services.launch(key)
+            run, launched = launch(key)
         except DagsterUnavailableError as exc:
-            if wants_json(request):
-                return JSONResponse({"error": str(exc)}, status_code=503)
             raise HTTPException(503, str(exc)) from None
         if wants_json(request):
             return JSONResponse(
@@ -271,15 +232,13 @@ def create_app(
             )
         return RedirectResponse(f"/episodes/{key}", status_code=303)
 
-    @app.post("/upload")
+    @app.post("/upload", dependencies=[Depends(same_origin)])
     async def upload(request: Request) -> Response:
         """Store the file as ``up-<hash>`` (or link a published duplicate), launch its run.
 
         Redirects to the episode page with ``?download=<fmt>``: the page polls the run
         and starts the browser download once the transcript exists.
         """
-        if not same_origin(request):
-            raise HTTPException(403, "cross-site request refused")
         limits = settings.limits
         form = None
         try:
@@ -292,21 +251,22 @@ def create_app(
                 raise UploadError("choose an audio file to upload")
             staged = await run_in_threadpool(stage_upload, file.file, limits, file.filename)
         except UploadError as exc:
-            return upload_refused(request, exc)
+            log.info("upload refused (%s): %s", exc.status, exc)
+            if wants_json(request):
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return render(request, "upload.html", exc.status, error=str(exc))
         finally:
             if form is not None:
                 await form.close()
         try:
-            registered = await run_in_threadpool(
-                register_upload, services.storage, staged, services.sidecars
-            )
+            registered = await run_in_threadpool(register_upload, storage, staged, sidecars)
         finally:
             staged.discard()
         key = registered.key
-        run_json, launched, error = None, False, ""
-        if not services.library.is_done(key):
+        run_json, launched, error = None, False, None
+        if not library.is_done(key):
             try:
-                run, launched = await run_in_threadpool(services.launch, key)
+                run, launched = await run_in_threadpool(launch, key)
                 run_json = run.to_json()
             except DagsterUnavailableError as exc:
                 error = str(exc)
@@ -320,7 +280,7 @@ def create_app(
                     "stored": registered.stored,
                     "launched": launched,
                     "run": run_json,
-                    "error": error or None,
+                    "error": error,
                     "episode_url": target,
                     "download_url": f"/episodes/{key}/transcript.{fmt}",
                 },
@@ -328,24 +288,10 @@ def create_app(
             )
         return RedirectResponse(target, status_code=303)
 
-    def upload_refused(request: Request, exc: UploadError) -> Response:
-        log.info("upload refused (%s): %s", exc.status, exc)
-        if wants_json(request):
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        return render(request, "upload.html", exc.status, error=str(exc))
-
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        try:
-            services.storage.list("feed")
-            storage_ok = True
-        except StorageError:
-            storage_ok = False
-        try:
-            services.dagster.repository()
-            dagster_ok = True
-        except DagsterUnavailableError:
-            dagster_ok = False
+        _, storage_ok = attempt(lambda: storage.list("feed"), None, StorageError)
+        _, dagster_ok = attempt(dagster.repository, None)
         return JSONResponse(
             {
                 "storage": "ok" if storage_ok else "unavailable",

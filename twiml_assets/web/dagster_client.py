@@ -1,20 +1,16 @@
 """The web app's only way to Dagster: its GraphQL API over HTTP.
 
-The app never opens the Dagster instance itself, so it can run on another machine
-than the webserver and needs no access to DAGSTER_HOME. Runs are launched the way
-the UI's launchpad does it: ``addDynamicPartition`` for the key (a duplicate is
-fine), then ``launchRun`` of ``episode_pipeline`` with the ``dagster/partition`` tag;
-the run coordinator queues it and the daemon starts it, so a request never waits for
-a transcription. The repository is discovered through ``workspaceOrError`` (the one
-that has the job) rather than hard-coded.
+The app never opens the Dagster instance, so it needs no DAGSTER_HOME and may run on
+another machine. A launch is what the UI's launchpad does: ``addDynamicPartition`` (a
+duplicate is fine), then ``launchRun`` with the ``dagster/partition`` tag; the daemon
+starts the queued run, so no request waits for a transcription.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
 
 import requests
 
@@ -23,15 +19,17 @@ from twiml_assets.web.settings import redact_url
 
 log = logging.getLogger(__name__)
 
-# twiml_assets.jobs.EPISODE_JOB (a test keeps them equal): importing the jobs module would
-# load every asset module into the web process for one string.
+# Equal to twiml_assets.jobs.EPISODE_JOB (tested): importing it would load every asset module.
 EPISODE_JOB = "episode_pipeline"
 
 PARTITION_TAG = "dagster/partition"
 SOURCE_TAG = "twiml/launched_by"
-QUEUED = {"QUEUED", "NOT_STARTED"}
-RUNNING = {"STARTING", "STARTED", "CANCELING", "MANAGED", "SUSPENDED"}
-FAILED = {"FAILURE", "CANCELED"}
+PARTITION_ADDED = {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}
+PHASES = {
+    **dict.fromkeys(("QUEUED", "NOT_STARTED"), "queued"),
+    **dict.fromkeys(("STARTING", "STARTED", "CANCELING", "MANAGED", "SUSPENDED"), "running"),
+    **dict.fromkeys(("FAILURE", "CANCELED"), "failed"),
+}
 
 WORKSPACE_QUERY = """
 query TwimlWorkspace {
@@ -130,17 +128,15 @@ query TwimlRun($runId: ID!) {
     + RUN_DETAIL
 )
 
-ALL_DOCUMENTS = {
-    "workspace": WORKSPACE_QUERY,
-    "add_partition": ADD_PARTITION_MUTATION,
-    "launch": LAUNCH_MUTATION,
-    "runs": RUNS_QUERY,
-    "run": RUN_QUERY,
-}
-
 
 class DagsterUnavailableError(RuntimeError):
     """Dagster could not be reached or answered with an error; the message is page-safe."""
+
+
+def _refuse(what: str, result: dict[str, Any], message: str) -> NoReturn:
+    """Log Dagster's own error message (never shown on a page) and raise a page-safe one."""
+    log.warning("%s: %s", what, str(result.get("message", ""))[:300])
+    raise DagsterUnavailableError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,42 +157,26 @@ class RunInfo:
     @property
     def phase(self) -> str:
         """``queued``, ``running``, ``succeeded`` or ``failed``."""
-        if self.status in QUEUED:
-            return "queued"
-        if self.status in RUNNING:
-            return "running"
-        if self.status in FAILED:
-            return "failed"
-        return "succeeded"
+        return PHASES.get(self.status, "succeeded")
 
     @property
     def active(self) -> bool:
         return self.phase in {"queued", "running"}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.run_id,
-            "status": self.status,
-            "phase": self.phase,
-            "created": self.created,
-            "started": self.started,
-            "ended": self.ended,
-            "steps_total": self.steps_total,
-            "steps_done": self.steps_done,
-            "current_step": self.current_step,
-            "failed_step": self.failed_step,
-        }
+        fields = asdict(self)
+        del fields["run_id"], fields["partition"]
+        return {"id": self.run_id, "phase": self.phase, **fields}
 
     @classmethod
     def from_graphql(cls, run: dict[str, Any]) -> RunInfo:
         tags = {t["key"]: t["value"] for t in run.get("tags") or []}
-        stats = run.get("stepStats")
+        stats = run.get("stepStats") or []
         plan = run.get("executionPlan")
-        done = current = failed = None
-        if stats is not None:
-            done = sum(1 for s in stats if s.get("status") in {"SUCCESS", "SKIPPED"})
-            current = next((s["stepKey"] for s in stats if s.get("status") == "IN_PROGRESS"), None)
-            failed = next((s["stepKey"] for s in stats if s.get("status") == "FAILURE"), None)
+
+        def first(status: str) -> str | None:
+            return next((s["stepKey"] for s in stats if s.get("status") == status), None)
+
         return cls(
             run_id=run["runId"],
             status=run["status"],
@@ -205,41 +185,23 @@ class RunInfo:
             started=run.get("startTime"),
             ended=run.get("endTime"),
             steps_total=len(plan["steps"]) if plan else None,
-            steps_done=done or 0,
-            current_step=current,
-            failed_step=failed,
+            steps_done=sum(s.get("status") in {"SUCCESS", "SKIPPED"} for s in stats),
+            current_step=first("IN_PROGRESS"),
+            failed_step=first("FAILURE"),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Repository:
-    location: str
-    name: str
-
-    def selector(self) -> dict[str, str]:
-        return {"repositoryLocationName": self.location, "repositoryName": self.name}
 
 
 class DagsterClient:
     """A small typed client for the five GraphQL operations the app uses."""
 
-    def __init__(
-        self,
-        url: str,
-        timeout: float = 10.0,
-        session: requests.Session | None = None,
-        job: str = EPISODE_JOB,
-        partitions_def: str = EPISODES,
-    ):
+    def __init__(self, url: str, timeout: float = 10.0, session: requests.Session | None = None):
         self.url = url
         self.timeout = timeout
         self.session = session or requests.Session()
-        self.job = job
-        self.partitions_def = partitions_def
-        self._repository: Repository | None = None
-        self._lock = threading.Lock()
+        self.job = EPISODE_JOB
+        self.partitions_def = EPISODES
+        self._repository: dict[str, str] | None = None
 
-    # -- transport --------------------------------------------------------------------------
     def execute(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         """POST one GraphQL document; raise DagsterUnavailableError on any transport error."""
         where = redact_url(self.url)
@@ -265,64 +227,50 @@ class DagsterClient:
             raise DagsterUnavailableError("Dagster rejected the request (see the server log)")
         return body.get("data") or {}
 
-    # -- repository -------------------------------------------------------------------------
-    def repository(self, refresh: bool = False) -> Repository:
-        """The code location and repository that define the episode job (cached)."""
-        with self._lock:
-            if self._repository is not None and not refresh:
-                return self._repository
+    def repository(self) -> dict[str, str]:
+        """The selector of the repository that defines the episode job (found once, cached)."""
+        if self._repository is not None:
+            return self._repository
         data = self.execute(WORKSPACE_QUERY)["workspaceOrError"]
         if data["__typename"] != "Workspace":
-            log.warning("Dagster workspace error: %s", data.get("message", "")[:300])
-            raise DagsterUnavailableError("Dagster could not load its workspace")
+            _refuse("Dagster workspace error", data, "Dagster could not load its workspace")
         for entry in data["locationEntries"]:
             location = entry.get("locationOrLoadError") or {}
             if location.get("__typename") == "PythonError":
-                log.warning(
-                    "code location %s failed to load: %s",
-                    entry["name"],
-                    location.get("message", "")[:300],
-                )
+                message = location.get("message", "")[:300]
+                log.warning("code location %s failed to load: %s", entry["name"], message)
                 continue
             for repo in location.get("repositories", []):
                 if any(job["name"] == self.job for job in repo["jobs"]):
-                    found = Repository(location["name"], repo["name"])
-                    with self._lock:
-                        self._repository = found
-                    return found
+                    self._repository = {
+                        "repositoryLocationName": location["name"],
+                        "repositoryName": repo["name"],
+                    }
+                    return self._repository
         raise DagsterUnavailableError(
             f"no loaded code location defines the job {self.job!r} (is it still loading?)"
         )
 
-    # -- partitions and runs ----------------------------------------------------------------
     def ensure_partition(self, key: str) -> None:
         """Register ``key`` in the dynamic partitions definition; an existing key is fine."""
-        result = self.execute(
-            ADD_PARTITION_MUTATION,
-            {
-                "repositorySelector": self.repository().selector(),
-                "partitionsDefName": self.partitions_def,
-                "partitionKey": key,
-            },
-        )["addDynamicPartition"]
-        ok = {"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"}
-        if result["__typename"] not in ok:
-            log.warning("addDynamicPartition %s: %s", key, result.get("message", "")[:300])
-            raise DagsterUnavailableError(f"Dagster refused to add the partition {key}")
+        variables = {
+            "repositorySelector": self.repository(),
+            "partitionsDefName": self.partitions_def,
+            "partitionKey": key,
+        }
+        result = self.execute(ADD_PARTITION_MUTATION, variables)["addDynamicPartition"]
+        if result["__typename"] not in PARTITION_ADDED:
+            message = f"Dagster refused to add the partition {key}"
+            _refuse(f"addDynamicPartition {key}", result, message)
 
     def launch(self, key: str) -> RunInfo:
         """Queue one ``episode_pipeline`` run for partition ``key`` (registered first)."""
         self.ensure_partition(key)
-        selector = {**self.repository().selector(), "jobName": self.job}
+        tags = [{"key": PARTITION_TAG, "value": key}, {"key": SOURCE_TAG, "value": "web"}]
         params = {
-            "selector": selector,
+            "selector": {**self.repository(), "jobName": self.job},
             "runConfigData": {},
-            "executionMetadata": {
-                "tags": [
-                    {"key": PARTITION_TAG, "value": key},
-                    {"key": SOURCE_TAG, "value": "web"},
-                ]
-            },
+            "executionMetadata": {"tags": tags},
         }
         result = self.execute(LAUNCH_MUTATION, {"executionParams": params})["launchRun"]
         kind = result["__typename"]
@@ -341,16 +289,15 @@ class DagsterClient:
             run_filter["tags"] = [{"key": PARTITION_TAG, "value": key}]
         result = self.execute(RUNS_QUERY, {"filter": run_filter, "limit": limit})["runsOrError"]
         if result["__typename"] != "Runs":
-            log.warning("runsOrError: %s", result.get("message", "")[:300])
-            raise DagsterUnavailableError("Dagster could not list runs")
+            _refuse("runsOrError", result, "Dagster could not list runs")
         return [RunInfo.from_graphql(r) for r in result["results"]]
 
     def latest_runs(self, limit: int = 1000) -> dict[str, RunInfo]:
         """The newest run of every partition among the last ``limit`` runs (one request)."""
         latest: dict[str, RunInfo] = {}
         for run in self.runs(limit=limit):  # newest first
-            if run.partition and run.partition not in latest:
-                latest[run.partition] = run
+            if run.partition:
+                latest.setdefault(run.partition, run)
         return latest
 
     def run(self, run_id: str) -> RunInfo | None:
@@ -358,10 +305,9 @@ class DagsterClient:
         result = self.execute(RUN_QUERY, {"runId": run_id})["runOrError"]
         if result["__typename"] == "Run":
             return RunInfo.from_graphql(result)
-        if result["__typename"] == "RunNotFoundError":
-            return None
-        log.warning("runOrError %s: %s", run_id, result.get("message", "")[:300])
-        raise DagsterUnavailableError("Dagster could not read the run")
+        if result["__typename"] != "RunNotFoundError":
+            _refuse(f"runOrError {run_id}", result, "Dagster could not read the run")
+        return None
 
     def latest_run(self, key: str) -> RunInfo | None:
         """The newest run of partition ``key`` with its progress, or None."""

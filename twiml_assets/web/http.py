@@ -1,13 +1,11 @@
-"""HTTP-level safety for the web app: body size cap, same-origin POSTs, response headers.
-
-Kept apart from the routes so each rule is visible in one place and testable alone.
-"""
+"""HTTP-level safety for the web app: body size cap, same-origin POSTs, response headers."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from starlette.datastructures import FormData
+from fastapi import HTTPException
+from starlette.datastructures import FormData, MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,38 +33,29 @@ class SecurityHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {k.lower() for k, _ in headers}
+                message.setdefault("headers", [])
+                headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
-                    if name.encode() not in present:
-                        headers.append((name.encode(), value.encode()))
-                message["headers"] = headers
+                    headers.setdefault(name, value)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
-def same_origin(request: Request) -> bool:
-    """False for a cross-site browser POST (CSRF): Origin or Sec-Fetch-Site say so.
+def same_origin(request: Request) -> None:
+    """Dependency refusing a cross-site browser POST (CSRF) that Origin or Sec-Fetch-Site reveal.
 
     Non-browser clients (curl, tests) send neither header and are allowed.
     """
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in {"same-origin", "none"}:
-        return False
+    site = request.headers.get("sec-fetch-site", "none")
     origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    if origin == "null":  # sandboxed or file:// documents
-        return False
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc.lower() == host.lower()
+    host = request.headers.get("host", "").lower()
+    # "null": a sandboxed or file:// document
+    cross = origin is not None and (origin == "null" or urlsplit(origin).netloc.lower() != host)
+    if cross or site not in {"same-origin", "none"}:
+        raise HTTPException(403, "cross-site request refused")
 
 
 def wants_json(request: Request) -> bool:

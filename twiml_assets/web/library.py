@@ -60,7 +60,6 @@ def episode_status(done: bool, run: RunInfo | None) -> str:
 class Turn:
     """One speaker turn as the episode page shows it."""
 
-    speaker: str
     name: str
     index: int
     start: float
@@ -76,7 +75,6 @@ class Turn:
 class TranscriptView:
     turns: list[Turn]
     speakers: list[str]
-    duration: float
     model: str
 
 
@@ -87,7 +85,6 @@ class Library:
         self.storage = storage
         self._stored: dict[str, EpisodeInfo] = {}
 
-    # -- episodes -------------------------------------------------------------------------
     def _stored_episode(self, key: str) -> EpisodeInfo | None:
         if key in self._stored:
             return self._stored[key]
@@ -120,8 +117,7 @@ class Library:
         """The episode for a valid key: the stored entry (what runs use), else the catalog."""
         if not is_valid_key(key):
             return None
-        stored = self._stored_episode(key)
-        if stored is not None:
+        if stored := self._stored_episode(key):
             return stored
         loaded = load_catalog(self.storage)
         return loaded[0].by_key().get(key) if loaded else None
@@ -138,7 +134,6 @@ class Library:
     def is_done(self, key: str) -> bool:
         return is_valid_key(key) and self.storage.exists(EpisodeFiles(key).record)
 
-    # -- transcript -----------------------------------------------------------------------
     def record(self, key: str) -> dict[str, Any] | None:
         if not self.is_done(key):
             return None
@@ -161,9 +156,8 @@ class Library:
             if label not in speakers:
                 speakers.append(label)
             name, start, end = names.get(label) or label, float(u["start"]), float(u["end"])
-            turns.append(Turn(label, name, speakers.index(label), start, end, u.get("text", "")))
-        model = str((record.get("asr") or {}).get("model", ""))
-        return TranscriptView(turns, speakers, float(record.get("duration", 0.0)), model)
+            turns.append(Turn(name, speakers.index(label), start, end, u.get("text", "")))
+        return TranscriptView(turns, speakers, str((record.get("asr") or {}).get("model", "")))
 
     def download(self, key: str, fmt: str) -> bytes | None:
         """The stored file of format ``fmt``, else rendered from the full record."""
@@ -180,15 +174,12 @@ class Library:
         if record is None:
             return None
         transcript = with_names(self.storage, transcript_from_record(record))
-        if fmt == "md":
-            return renderers.markdown(transcript).encode("utf-8")
         if fmt == "json":
             data = renderers.corrected_json(transcript)
             return (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-        render = renderers.srt if fmt == "srt" else renderers.vtt
+        render = {"md": renderers.markdown, "srt": renderers.srt, "vtt": renderers.vtt}[fmt]
         return render(transcript).encode("utf-8")
 
-    # -- audio ----------------------------------------------------------------------------
     def audio_relpath(self, key: str) -> str | None:
         """``audio/{key}<ext>`` as recorded by the sidecar, else found by listing."""
         if not is_valid_key(key):

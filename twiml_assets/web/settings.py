@@ -1,9 +1,4 @@
-"""Web app settings: the ``web_*`` fields of the platform settings, validated once.
-
-``DAGSTER_GRAPHQL_URL`` (the webserver's GraphQL endpoint), ``TWIML_STORAGE_ROOT``,
-``TWIML_WEB_MAX_UPLOAD_MB``, ``TWIML_WEB_UPLOAD_TYPES`` (accepted containers, by content)
-and ``TWIML_WEB_POLL_SECONDS``: see ``twiml_assets.settings`` and the README.
-"""
+"""Web app settings: the ``web_*`` fields and ``DAGSTER_GRAPHQL_URL`` of the platform settings."""
 
 from __future__ import annotations
 
@@ -14,15 +9,11 @@ from urllib.parse import urlsplit, urlunsplit
 from twiml_assets.audio.uploads import DEFAULT_TYPES, UploadLimits
 from twiml_assets.settings import PlatformSettings
 
-DEFAULT_GRAPHQL_URL = PlatformSettings.model_fields["dagster_graphql_url"].default
-
 
 def redact_url(url: str) -> str:
     """``url`` without user:password and query (safe for logs and pages)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
@@ -30,7 +21,7 @@ def redact_url(url: str) -> str:
 class WebSettings:
     """Everything the app needs; the storage root and Dagster URL never reach a page whole."""
 
-    graphql_url: str = DEFAULT_GRAPHQL_URL
+    graphql_url: str = PlatformSettings.model_fields["dagster_graphql_url"].default
     storage_root: str | None = None
     limits: UploadLimits = field(default_factory=UploadLimits)
     poll_seconds: float = 2.0
@@ -40,16 +31,13 @@ class WebSettings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WebSettings:
         """Settings from ``env`` (default: the process environment), ``overrides`` on top."""
         platform = PlatformSettings.from_env(env)
-        types = tuple(
-            t.strip().lower().lstrip(".")
-            for t in (platform.web_upload_types or ",".join(DEFAULT_TYPES)).split(",")
-            if t.strip()
-        )
+        types = (platform.web_upload_types or ",".join(DEFAULT_TYPES)).split(",")
         values: dict[str, object] = {
             "graphql_url": platform.dagster_graphql_url,
             "storage_root": platform.storage_root,
             "limits": UploadLimits(
-                max_bytes=int(platform.web_max_upload_mb * 1024 * 1024), types=types
+                max_bytes=int(platform.web_max_upload_mb * 1024 * 1024),
+                types=tuple(t.strip().lower().lstrip(".") for t in types if t.strip()),
             ),
             "poll_seconds": platform.web_poll_seconds,
         }
