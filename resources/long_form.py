@@ -1,13 +1,10 @@
 """Long-form decoding: bounded memory, and no speech lost to Whisper's long-form failures.
 
-Handing a whole episode to ``WhisperModel.transcribe`` computes the log-Mel spectrogram
-of all of it at once (a complex STFT of every sample: about 2 GB per hour of speech),
-so memory grows with the episode. And Whisper decodes long audio window by window,
-conditioned on what it wrote before, which fails in known ways that only show on long
-audio: a window whose temperature fallback fails is skipped when it also looks like
-silence (``no_speech_prob``), a failed fallback keeps a repetitive hallucination, and a
-hallucination conditions the windows after it. On a 60-minute generated episode these
-left 15-25 s stretches of clear speech without a single word.
+Handing a whole episode to ``WhisperModel.transcribe`` computes the log-Mel spectrogram of
+all of it at once, so memory grows with the episode; and Whisper's window-by-window,
+conditioned decoding fails in ways that only show on long audio (a window skipped after a
+failed temperature fallback that also looks like silence, a repetitive hallucination, and
+the windows it conditions). ``docs/benchmarks.md`` has what this cost before.
 
 So the engine decodes an episode as follows:
 
