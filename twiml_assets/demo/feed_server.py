@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,11 @@ from twiml_assets.demo.synth import dialogue, synthesize_dialogue
 DEFAULT_PORT = 8765
 FEED_PATH = "/feed.xml"
 MANIFEST = "episodes.json"
+TITLE = "The Demo AI Podcast"
 
-# Different lines per episode: the transcripts must visibly differ in the UI.
+# Episodes 1..4 in this order, with different lines: the transcripts must visibly differ in the UI.
 DEMO_EPISODES: tuple[dict[str, Any], ...] = (
     {
-        "number": 1,
         "title": "Speech recognition on real recordings with Ada Example - #1",
         "description": "Why long audio is hard, and how voice activity detection helps.",
         "lines": dialogue("""
@@ -48,7 +48,6 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         """),
     },
     {
-        "number": 2,
         "title": "Who said what: speaker diarization with Ben Sample - #2",
         "description": "Finding the speakers in a conversation and attributing every word.",
         "lines": dialogue("""
@@ -61,7 +60,6 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         """),
     },
     {
-        "number": 3,
         "title": "Measuring transcripts with Cleo Placeholder - #3",
         "description": "Word error rate, diarization error rate, and reference transcripts.",
         "lines": dialogue("""
@@ -75,7 +73,6 @@ DEMO_EPISODES: tuple[dict[str, Any], ...] = (
         """),
     },
     {
-        "number": 4,
         "title": "Running the pipeline on a schedule with Dev Demo - #4",
         "description": "A sensor keeps up with the feed and transcribes each new episode.",
         "lines": dialogue("""
@@ -105,17 +102,8 @@ class DemoEpisode:
     published: str
     guid: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
 
-
-def generate_demo(
-    directory: str | Path,
-    episodes: Sequence[dict[str, Any]] = DEMO_EPISODES,
-    *,
-    audio_format: str = "mp3",
-    force: bool = False,
-) -> list[DemoEpisode]:
+def generate_demo(directory: str | Path, *, force: bool = False) -> list[DemoEpisode]:
     """Synthesise the episodes (espeak-ng) and their references into ``directory``.
 
     Idempotent: existing audio is reused unless ``force``. References (RTTM turns and
@@ -130,9 +118,8 @@ def generate_demo(
     if manifest_path.exists() and not force:
         known = {e["number"]: e for e in json.loads(manifest_path.read_text())["episodes"]}
     out: list[DemoEpisode] = []
-    for spec in episodes:
-        number = int(spec["number"])
-        filename = f"audio/demo-{number}.{audio_format}"
+    for number, spec in enumerate(DEMO_EPISODES, 1):
+        filename = f"audio/demo-{number}.mp3"
         path = directory / filename
         previous = known.get(number)
         if previous and path.exists() and previous.get("filename") == filename:
@@ -147,7 +134,7 @@ def generate_demo(
             DemoEpisode(
                 number=number,
                 title=spec["title"],
-                description=spec.get("description", ""),
+                description=spec["description"],
                 filename=filename,
                 size=path.stat().st_size,
                 duration=round(synth.duration, 3),
@@ -155,7 +142,7 @@ def generate_demo(
                 guid=f"demo-podcast-{number}",
             )
         )
-    manifest = {"title": "The Demo AI Podcast", "episodes": [e.to_dict() for e in out]}
+    manifest = {"title": TITLE, "episodes": [asdict(e) for e in out]}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -180,11 +167,7 @@ def catalogue_entries(count: int) -> list[DemoEpisode]:
 
 
 def render_rss(
-    episodes: Sequence[DemoEpisode],
-    base_url: str,
-    *,
-    title: str = "The Demo AI Podcast",
-    extra_items: Sequence[str] = (),
+    episodes: Sequence[DemoEpisode], base_url: str, *, extra_items: Sequence[str] = ()
 ) -> bytes:
     """An RSS 2.0 + iTunes feed, newest first like real podcast feeds."""
     items = []
@@ -209,7 +192,7 @@ def render_rss(
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd">\n'
         "  <channel>\n"
-        f"    <title>{escape(title)}</title>\n"
+        f"    <title>{escape(TITLE)}</title>\n"
         f"    <link>{escape(base_url)}/</link>\n"
         "    <description>Generated offline demo episodes (espeak-ng).</description>\n"
         + "".join(items)

@@ -8,6 +8,7 @@ without shipping audio files or reaching a network.
 from __future__ import annotations
 
 import io
+import math
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from resources.schema import SpeakerTurn
+from twiml_assets.outputs import renderers
 
 SAMPLE_RATE = 16_000
 
@@ -99,45 +101,32 @@ class SyntheticEpisode:
         )
 
     def rttm(self, uri: str = "episode") -> str:
-        return "".join(
-            f"SPEAKER {uri} 1 {t.start:.3f} {t.duration:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n"
-            for t in self.turns
-        )
+        return renderers.rttm(self.turns, uri)
 
 
-def require_espeak() -> str:
+def espeak(text: str, voice: Voice) -> tuple[np.ndarray, int]:
+    """One line as espeak-ng speaks it: samples (float32) and their rate."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RuntimeError(
             "espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)"
         )
-    return exe
-
-
-def espeak(text: str, voice: Voice) -> tuple[np.ndarray, int]:
-    """One line as espeak-ng speaks it: samples (float32) and their rate."""
     args = ["-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text]
-    result = subprocess.run([require_espeak(), *args], check=True, capture_output=True)
+    result = subprocess.run([exe, *args], check=True, capture_output=True)
     return sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=False)
 
 
 def speak(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Render one line with espeak-ng and return it trimmed of leading/trailing silence."""
+    """Render one line with espeak-ng at ``sample_rate``, trimmed of leading/trailing silence."""
     audio, rate = espeak(text, voice)
     if audio.ndim > 1:
         audio = audio.mean(axis=1)
-    return trim_silence(resample(audio, rate, sample_rate), sample_rate)
+    if rate != sample_rate:
+        from scipy.signal import resample_poly
 
-
-def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    if rate == target:
-        return audio.astype(np.float32)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(rate, target)
-    return resample_poly(audio, target // g, rate // g).astype(np.float32)
+        g = math.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g)
+    return trim_silence(audio.astype(np.float32), sample_rate)
 
 
 def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float = -45.0) -> np.ndarray:
@@ -186,12 +175,7 @@ def synthesize_dialogue(
     audio += (10 ** (noise_db / 20)) * rng.standard_normal(len(audio)).astype(np.float32)
     path = Path(path)
     write_audio(path, audio, SAMPLE_RATE)
-    return SyntheticEpisode(
-        audio_path=path,
-        duration=len(audio) / SAMPLE_RATE,
-        turns=turns,
-        lines=list(lines),
-    )
+    return SyntheticEpisode(path, len(audio) / SAMPLE_RATE, turns, list(lines))
 
 
 def write_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:

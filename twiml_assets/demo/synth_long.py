@@ -31,6 +31,7 @@ VOICES = (*DEFAULT_VOICES.values(), Voice("en-gb-scotland+f4", pitch=60, speed=1
 SPEAKER_NAMES = ("HOST", "GUEST", "GUEST2", "GUEST3")
 BACKCHANNELS = ("yeah", "right", "okay", "sure", "exactly", "I see", "true", "got it")
 ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,;'\-]*[.?!]$")
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 FLUSH_LAG_S = 10.0  # audio older than this behind the write position can no longer change
 
 
@@ -43,16 +44,11 @@ class Line:
     text: str
 
 
-def stdlib_sentences() -> list[str]:
-    """Clean English sentences from the standard library's docstrings, in a stable order."""
-    return list(_stdlib_sentences())
-
-
 @lru_cache(maxsize=1)
-def _stdlib_sentences() -> tuple[str, ...]:
+def stdlib_sentences() -> tuple[str, ...]:
+    """Clean English sentences from the standard library's docstrings, in a stable order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    seen: set[str] = set()
-    out: list[str] = []
+    sentences: dict[str, None] = {}  # ordered, without repeats
     for path in sorted(root.glob("*.py")) + sorted(root.glob("[a-z]*/*.py")):
         if "test" in path.parts[-2:][0] or path.name.startswith("test"):
             continue
@@ -61,17 +57,9 @@ def _stdlib_sentences() -> tuple[str, ...]:
         except (SyntaxError, ValueError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(
-                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
-            ):
-                continue
-            doc = ast.get_docstring(node)
-            if doc:
-                for sentence in split_sentences(doc):
-                    if sentence not in seen:
-                        seen.add(sentence)
-                        out.append(sentence)
-    return tuple(out)
+            if isinstance(node, DOCUMENTED) and (doc := ast.get_docstring(node)):
+                sentences.update(dict.fromkeys(split_sentences(doc)))
+    return tuple(sentences)
 
 
 def split_sentences(doc: str) -> Iterator[str]:
@@ -104,20 +92,11 @@ def plan_lines(minutes: float, speakers: int, seed: int) -> list[Line]:
         text = " ".join(pool[order[(used + i) % len(pool)]] for i in range(n))
         used += n
         lines.append(Line(names[speaker], cursor, text))
-        cursor += estimated_seconds(text, VOICES[speaker])
+        cursor += len(text.split()) * 60.0 / VOICES[speaker].speed + 0.6  # estimated
         if speakers > 1:
-            speaker = next_speaker(speaker, speakers, rng)
+            back = speaker != 0 and rng.random() < 0.6  # guests mostly hand back to the host
+            speaker = 0 if back else int(rng.choice([s for s in range(speakers) if s != speaker]))
     return lines
-
-
-def next_speaker(current: int, speakers: int, rng: np.random.Generator) -> int:
-    if current != 0 and rng.random() < 0.6:
-        return 0
-    return int(rng.choice([s for s in range(speakers) if s != current]))
-
-
-def estimated_seconds(text: str, voice: Voice) -> float:
-    return len(text.split()) * 60.0 / voice.speed + 0.6
 
 
 def render(text: str, voice: Voice) -> np.ndarray:
@@ -157,14 +136,11 @@ class Mixer:
     def flush_before(self, position: int) -> None:
         n = min(max(0, position - self.flushed), len(self.buffer))
         if n:
-            self.write(self.buffer[:n])
+            noise = self.noise * self.rng.standard_normal(n).astype(np.float32)
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(np.clip(self.buffer[:n] + noise, -1, 1).astype("<f4").tobytes())
             self.buffer = self.buffer[n:].copy()
             self.flushed += n
-
-    def write(self, audio: np.ndarray) -> None:
-        noisy = audio + self.noise * self.rng.standard_normal(len(audio)).astype(np.float32)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(np.clip(noisy, -1, 1).astype("<f4").tobytes())
 
     def close(self, total: int) -> None:
         if total > self.flushed + len(self.buffer):

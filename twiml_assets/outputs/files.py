@@ -138,13 +138,12 @@ def write_all_outputs(
     source: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Everything for one recording. The full record goes last: its presence marks done."""
-    written: dict[str, str] = {}
-    written.update(write_rttm(storage, diarisation, transcript.key))
-    written.update(write_subtitles(storage, transcript))
-    written.update(write_rag_outputs(storage, transcript, info))
-    record = full_record(transcript, asr, diarisation, timings, source)
-    written.update(write_full_record(storage, record))
-    return written
+    return {
+        **write_rttm(storage, diarisation, transcript.key),
+        **write_subtitles(storage, transcript),
+        **write_rag_outputs(storage, transcript, info),
+        **write_full_record(storage, full_record(transcript, asr, diarisation, timings, source)),
+    }
 
 
 def transcript_from_record(record: dict[str, Any]) -> SpeakerTranscript:

@@ -59,11 +59,9 @@ def speakers_json(transcript: SpeakerTranscript) -> SpeakersJson:
 
 def format_markdown_time(seconds: float) -> str:
     """``{h}h {m}m {s:.2f}s`` as the RAG markdown uses it."""
-    seconds = max(0.0, seconds)
-    hours = int(seconds // 3600)
-    minutes = int(seconds % 3600 // 60)
-    secs = seconds - 3600 * hours - 60 * minutes
-    return f"{hours}h {minutes}m {secs:.2f}s"
+    hours, rest = divmod(max(0.0, seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{int(hours)}h {int(minutes)}m {secs:.2f}s"
 
 
 def markdown(transcript: SpeakerTranscript) -> str:
@@ -94,17 +92,12 @@ def subtitle_cues(transcript: SpeakerTranscript) -> list[tuple[float, float, str
 
 def _split_words(u: Utterance) -> list[list[Word]]:
     chunks: list[list[Word]] = []
-    current: list[Word] = []
     for word in u.words:
-        if current:
-            too_long = word.end - current[0].start > CUE_MAX_SECONDS
-            too_wide = len("".join(w.text for w in current)) + len(word.text) > CUE_MAX_CHARS
-            if too_long or too_wide:
-                chunks.append(current)
-                current = []
-        current.append(word)
-    if current:
-        chunks.append(current)
+        current = chunks[-1] if chunks else []
+        width = len("".join(w.text for w in current)) + len(word.text)
+        if not current or word.end - current[0].start > CUE_MAX_SECONDS or width > CUE_MAX_CHARS:
+            chunks.append([])
+        chunks[-1].append(word)
     return chunks
 
 
@@ -117,10 +110,10 @@ def _timestamp(seconds: float, sep: str) -> str:
 
 
 def srt(transcript: SpeakerTranscript) -> str:
-    lines = []
-    for i, (start, end, name, text) in enumerate(subtitle_cues(transcript), 1):
-        lines.append(f"{i}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{name}: {text}\n")
-    return "\n".join(lines)
+    return "\n".join(
+        f"{i}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{name}: {text}\n"
+        for i, (start, end, name, text) in enumerate(subtitle_cues(transcript), 1)
+    )
 
 
 def vtt(transcript: SpeakerTranscript) -> str:

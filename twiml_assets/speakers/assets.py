@@ -43,14 +43,9 @@ def speaker_names(
         turns = load(DiarisationResult, diar).turns
         service.compute_voiceprints(storage, key, audio["path"], turns)
         computed = True
-    doc = service.name_episode(
-        storage,
-        key,
-        config.naming(),
-        episode.title or "",
-        episode.description or "",
-        episode.author,
-    )
+    # "" rather than None, so that name_episode does not read the feed entry again
+    text = episode.title or "", episode.description or "", episode.author
+    doc = service.name_episode(storage, key, config.naming(), *text)
     table = "\n".join(
         f"| {label} | {s['name'] or '—'} | {s['confidence']:.2f} | {s['evidence']} |"
         for label, s in doc["speakers"].items()

@@ -29,12 +29,8 @@ MAX_WORDS = 4  # longer runs of capitalised words are titles of things, not name
 
 
 def _names_in(match_text: str) -> list[str]:
-    out = []
-    for part in _SPLIT.split(match_text):
-        name = _TITLES.sub("", part.strip())
-        if 2 <= len(name.split()) <= MAX_WORDS:
-            out.append(name)
-    return out
+    names = (_TITLES.sub("", part.strip()) for part in _SPLIT.split(match_text))
+    return [name for name in names if 2 <= len(name.split()) <= MAX_WORDS]
 
 
 def guest_names(
@@ -50,10 +46,8 @@ def guest_names(
     matches = list(TITLE.finditer(title or ""))
     if matches:
         found.extend(_names_in(matches[-1].group(1)))
-    seen = {e.casefold() for e in exclude}
-    out = []
+    first: dict[str, str] = {}  # casefolded → the name as first written
     for name in found:
-        if name.casefold() not in seen:
-            seen.add(name.casefold())
-            out.append(name)
-    return out
+        first.setdefault(name.casefold(), name)
+    excluded = {e.casefold() for e in exclude}
+    return [name for folded, name in first.items() if folded not in excluded]

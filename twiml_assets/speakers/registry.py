@@ -72,15 +72,10 @@ class SpeakerRegistry:
         name = name.strip()
         if not name:
             raise ValueError("a speaker name cannot be empty")
-        self.remove_ref(ref)
+        kept = {n: [s for s in sources if s.ref != ref] for n, sources in self.speakers.items()}
+        self.speakers = {n: sources for n, sources in kept.items() if sources}
         now = datetime.now(UTC).isoformat(timespec="seconds")
         self.speakers.setdefault(name, []).append(Source(ref, kind, voice, now))
-
-    def remove_ref(self, ref: str) -> None:
-        for name in list(self.speakers):
-            self.speakers[name] = [s for s in self.speakers[name] if s.ref != ref]
-            if not self.speakers[name]:
-                del self.speakers[name]
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -54,12 +54,16 @@ class NamingSettings(BaseModel):
         return NamingSettings(**{name: getattr(self, name) for name in NamingSettings.model_fields})
 
 
+def _stored(storage: StorageResource, rel: str) -> Any:
+    """The JSON document at ``rel``, or None when there is none (not written yet)."""
+    return storage.read_json(rel) if storage.exists(rel) else None
+
+
 # -- voiceprints -----------------------------------------------------------------------------
 def read_voiceprints(storage: StorageResource, key: str) -> dict[str, VoicePrint] | None:
-    rel = EpisodeFiles(key).voiceprints
-    if not storage.exists(rel):
+    data = _stored(storage, EpisodeFiles(key).voiceprints)
+    if data is None:
         return None
-    data = storage.read_json(rel)
     return {label: VoicePrint.from_dict(vp) for label, vp in data["labels"].items()}
 
 
@@ -90,26 +94,22 @@ def write_voiceprints(storage: StorageResource, key: str, prints: dict[str, Voic
 
 def all_voiceprints(storage: StorageResource) -> dict[str, dict[str, VoicePrint]]:
     """Every episode's stored voiceprints: key → label → voiceprint."""
-    out = {}
-    for rel in storage.list("speakers"):
-        name = rel.rsplit("/", 1)[-1]
-        if name.endswith(VOICEPRINTS_SUFFIX):
-            key = name[: -len(VOICEPRINTS_SUFFIX)]
-            prints = read_voiceprints(storage, key)
-            if prints:
-                out[key] = prints
-    return out
+    names = (rel.rsplit("/", 1)[-1] for rel in storage.list("speakers"))
+    keys = [n.removesuffix(VOICEPRINTS_SUFFIX) for n in names if n.endswith(VOICEPRINTS_SUFFIX)]
+    prints = {key: read_voiceprints(storage, key) for key in keys}
+    return {key: labels for key, labels in prints.items() if labels}
 
 
 # -- registry --------------------------------------------------------------------------------
 def load_registry(storage: StorageResource) -> SpeakerRegistry:
-    if not storage.exists(SPEAKER_REGISTRY):
-        return SpeakerRegistry()
-    return SpeakerRegistry.from_dict(storage.read_json(SPEAKER_REGISTRY))
+    return SpeakerRegistry.from_dict(_stored(storage, SPEAKER_REGISTRY) or {})
 
 
-def save_registry(storage: StorageResource, registry: SpeakerRegistry) -> str:
-    return storage.write_json(SPEAKER_REGISTRY, registry.to_dict())
+def register(storage: StorageResource, name: str, ref: str, kind: str, voice: VoicePrint) -> None:
+    """Attach ``voice`` to ``name`` in the stored registry (see ``SpeakerRegistry.add``)."""
+    registry = load_registry(storage)
+    registry.add(name, ref, kind, voice)
+    storage.write_json(SPEAKER_REGISTRY, registry.to_dict())
 
 
 def enroll(storage: StorageResource, name: str, audio: Sequence[str | Path]) -> VoicePrint:
@@ -117,10 +117,8 @@ def enroll(storage: StorageResource, name: str, audio: Sequence[str | Path]) -> 
     from resources.audio import decode_audio
 
     voice = audio_voiceprint([decode_audio(Path(a)) for a in audio])
-    registry = load_registry(storage)
     ref = "enrol:" + ",".join(sorted(Path(a).name for a in audio))
-    registry.add(name, ref, "enrol", voice)
-    save_registry(storage, registry)
+    register(storage, name, ref, "enrol", voice)
     return voice
 
 
@@ -134,9 +132,7 @@ def confirm(storage: StorageResource, key: str, label: str, name: str) -> dict[s
         )
     if label not in prints:
         raise KeyError(f"{key} has no speaker {label!r} (labels: {', '.join(sorted(prints))})")
-    registry = load_registry(storage)
-    registry.add(name, label_ref(key, label), "confirmed", prints[label])
-    save_registry(storage, registry)
+    register(storage, name, label_ref(key, label), "confirmed", prints[label])
     return name_episode(storage, key)
 
 
@@ -155,25 +151,16 @@ def name_episode(
     if prints is None:
         rel = EpisodeFiles(key).voiceprints
         raise FileNotFoundError(f"{key}: no {rel} (compute voiceprints first)")
-    if title is None and description is None:
-        title, description, author = episode_text(storage, key)
+    if title is None and description is None:  # from the stored feed entry, if any
+        entry = _stored(storage, EpisodeFiles(key).episode) or {}
+        title, description, author = (entry.get(k) for k in ("title", "description", "author"))
     host_name = settings.host_name or environment().host_name or author or None
     registry = load_registry(storage)
-    host = recurring_voice(
-        all_voiceprints(storage), settings.match_threshold, settings.min_host_episodes
-    )
+    match, cutoff = settings.match_threshold, settings.name_threshold
+    host = recurring_voice(all_voiceprints(storage), match, settings.min_host_episodes)
     exclude = {host_name} if host_name else set()
     guests = guest_names(title, description, exclude)
-    names = assign_names(
-        key,
-        prints,
-        registry,
-        guests,
-        host,
-        host_name,
-        settings.match_threshold,
-        settings.name_threshold,
-    )
+    names = assign_names(key, prints, registry, guests, host, host_name, match, cutoff)
     doc = {
         "key": key,
         "names": {lb: n.name for lb, n in names.items() if n.name is not None},
@@ -188,24 +175,10 @@ def name_episode(
     return doc
 
 
-def episode_text(storage: StorageResource, key: str) -> tuple[str | None, str | None, str | None]:
-    """(title, description, author) of the episode's feed entry, when stored."""
-    rel = EpisodeFiles(key).episode
-    if not storage.exists(rel):
-        return None, None, None
-    data = storage.read_json(rel)
-    return data.get("title"), data.get("description"), data.get("author")
-
-
-def stored_names(storage: StorageResource, key: str) -> dict[str, str]:
-    """The confident names of ``key`` (label → name); empty when not named yet."""
-    rel = EpisodeFiles(key).speaker_names
-    return dict(storage.read_json(rel).get("names", {})) if storage.exists(rel) else {}
-
-
 def with_names(storage: StorageResource, transcript: SpeakerTranscript) -> SpeakerTranscript:
-    """``transcript`` with the stored names applied (raw labels stay in ``speakers``)."""
-    names = {**transcript.speaker_names, **stored_names(storage, transcript.key)}
+    """``transcript`` with the stored confident names applied (raw labels stay in ``speakers``)."""
+    stored = _stored(storage, EpisodeFiles(transcript.key).speaker_names) or {}
+    names = {**transcript.speaker_names, **stored.get("names", {})}
     transcript.speaker_names = {lb: n for lb, n in names.items() if lb in transcript.speakers}
     return transcript
 
@@ -223,13 +196,12 @@ def render_outputs(storage: StorageResource, key: str) -> dict[str, str]:
         write_subtitles,
     )
 
-    record_rel = EpisodeFiles(key).record
-    if not storage.exists(record_rel):
+    record = _stored(storage, EpisodeFiles(key).record)
+    if record is None:
         return {}
-    transcript = with_names(storage, transcript_from_record(storage.read_json(record_rel)))
-    info = None
-    if storage.exists(EpisodeFiles(key).episode):
-        info = EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)).info_json()
+    transcript = with_names(storage, transcript_from_record(record))
+    entry = _stored(storage, EpisodeFiles(key).episode)
+    info = None if entry is None else EpisodeInfo.from_dict(entry).info_json()
     return {
         **write_rag_outputs(storage, transcript, info=info),
         **write_subtitles(storage, transcript),
