@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from resources.environment import environment
-from resources.schema import SpeakerTranscript, SpeakerTurn
+from resources.schema import SpeakerTranscript, SpeakerTurn, load
 from resources.storage import StorageResource
 from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
 from twiml_assets.speakers.assign import NAME_THRESHOLD, assign_names
@@ -229,7 +229,7 @@ def render_outputs(storage: StorageResource, key: str) -> dict[str, str]:
     transcript = with_names(storage, transcript_from_record(storage.read_json(record_rel)))
     info = None
     if storage.exists(EpisodeFiles(key).episode):
-        info = EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)).info_json()
+        info = load(EpisodeInfo, storage.read_json(EpisodeFiles(key).episode)).info_json()
     return {
         **write_rag_outputs(storage, transcript, info=info),
         **write_subtitles(storage, transcript),
