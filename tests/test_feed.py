@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 
 import pytest
 
+from resources.schema import dump, load
 from twiml_assets.demo.feed_server import catalogue_entries, render_rss
 from twiml_assets.feed.resource import FeedResource
 from twiml_assets.feed.source import (
@@ -113,7 +115,7 @@ def test_parse_rss_fields() -> None:
     assert ep.description == "Today we're joined by Jane ."
     assert ep.author == "Sam Charrington" and ep.duration == 3723.0
     assert ep.transcript_url == "https://x.example/t.vtt"
-    assert EpisodeInfo.from_dict(ep.to_dict()) == ep
+    assert load(EpisodeInfo, json.loads(json.dumps(dump(ep)))) == ep
     info = ep.info_json()
     assert info["episode"] == "712" and info["url"] == ep.audio_url and info["link"] == ep.link
 
@@ -287,7 +289,7 @@ def test_fetch_times_out_and_gives_up(http_server) -> None:
 def test_fetch_local_file(tmp_path) -> None:
     path = tmp_path / "feed.xml"
     path.write_bytes(render_rss(catalogue_entries(2), "https://cdn.example.com"))
-    assert len(FeedResource(url=str(path)).load().episodes) == 2
+    assert len(parse_feed(FeedResource(url=str(path)).fetch().body).episodes) == 2
     with pytest.raises(FeedError, match="cannot read"):
         FeedResource(url=str(tmp_path / "nope.xml")).fetch()
 
@@ -310,7 +312,7 @@ def test_find_episode_from_feed_then_snapshot_then_stored_copy(http_server, tmp_
     http_server.remove("feed.xml")  # the feed is gone (404): the snapshot still answers
     assert find_episode(storage, feed, "ep-1") == (episode_from(storage, "ep-1"), "catalog")
 
-    storage.write_json(EpisodeFiles("ep-77").episode, {**episode.to_dict(), "key": "ep-77"})
+    storage.write_json(EpisodeFiles("ep-77").episode, {**dump(episode), "key": "ep-77"})
     assert find_episode(storage, feed, "ep-77")[1] == "stored"
     with pytest.raises(LookupError, match="ep-99 is not in the stored feed snapshot.*HTTP 404"):
         find_episode(storage, feed, "ep-99")

@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
+from resources.schema import dump, load
 from resources.storage import StorageResource
 from twiml_assets.audio.download import audio_extension
 from twiml_assets.audio.uploads import (
@@ -253,9 +254,7 @@ def root(tmp_path: Path) -> Path:
             episode("ep-4", "4", "Large language models - #4", "2024-01-22T10:00:00+00:00"),
         ],
     )
-    storage.write_json(
-        "feed/catalog.json", {"url": "http://127.0.0.1:9/feed.xml", **feed.to_dict()}
-    )
+    storage.write_json("feed/catalog.json", {"url": "http://127.0.0.1:9/feed.xml", **dump(feed)})
     storage.write_json("transcripts/ep-1.json", record("ep-1"))
     audio = wav_bytes(2.0)
     storage.write_bytes("audio/ep-1.wav", audio)
@@ -431,7 +430,7 @@ def test_upload_stores_an_episode_and_launches_its_run(
     sidecar = storage.read_json(f"audio/{key}.json")
     assert sidecar["path"] == f"audio/{key}.wav" and sidecar["size"] == len(data)
     assert sidecar["sha256"] == hashlib.sha256(data).hexdigest()
-    info = EpisodeInfo.from_dict(storage.read_json(f"episodes/{key}.json"))
+    info = load(EpisodeInfo, storage.read_json(f"episodes/{key}.json"))
     assert info.audio_url == sidecar["url"] == f"upload:{key}.wav"
     assert audio_extension(info.audio_url, info.audio_type) == ".wav"
     assert info.title == "talk.wav"

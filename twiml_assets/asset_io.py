@@ -13,7 +13,7 @@ from typing import Any
 
 from dagster import Failure, MetadataValue
 
-from resources.schema import SpeakerTranscript
+from resources.schema import SpeakerTranscript, load
 from resources.storage import StorageResource
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.layout import EpisodeFiles
@@ -37,7 +37,7 @@ def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: st
 
 def load_episode(storage: StorageResource, key: str) -> EpisodeInfo:
     rel = EpisodeFiles(key).episode
-    return EpisodeInfo.from_dict(read_json_or_fail(storage, rel, key, "episode_metadata"))
+    return load(EpisodeInfo, read_json_or_fail(storage, rel, key, "episode_metadata"))
 
 
 def format_clock(seconds: float) -> str:

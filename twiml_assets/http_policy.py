@@ -78,10 +78,7 @@ def session(
     """
     extra = {"backoff_jitter": backoff, "backoff_max": max_backoff} if _URLLIB3_2 else {}
     retry = _Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
+        total=retries,  # connect, read and status errors alike: each one counts
         backoff_factor=backoff,
         status_forcelist=TRANSIENT_STATUS,
         allowed_methods=frozenset({"GET", "HEAD"}),
@@ -96,6 +93,11 @@ def session(
     http.mount("https://", adapter)
     http.headers["User-Agent"] = USER_AGENT
     return http
+
+
+def media_type(content_type: str | None) -> str:
+    """``Audio/MPEG; charset=x`` → ``audio/mpeg``; ``""`` when there is none."""
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 def attempts(response: requests.Response) -> int:

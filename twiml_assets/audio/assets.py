@@ -93,10 +93,8 @@ def _download(
     config: RawAudioConfig,
 ) -> dict:
     """Download into the storage directory (local root) or a staging dir (S3), then record."""
-    if storage.is_local:
-        dest = Path(storage.root).expanduser() / clean_relpath(rel)
-    else:  # staged locally, then uploaded
-        dest = Path(tempfile.gettempdir()) / "twiml-transcribe-downloads" / clean_relpath(rel)
+    staging = Path(tempfile.gettempdir()) / "twiml-transcribe-downloads"
+    dest = (Path(storage.root).expanduser() if storage.is_local else staging) / clean_relpath(rel)
     last_report = [0.0]
 
     def progress(done: int, total: int | None) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import requests
 
 from twiml_assets import http_policy
+from twiml_assets.http_policy import media_type
 from twiml_assets.keys import sha256_file
 from twiml_assets.layout import AUDIO_DIR, EpisodeFiles
 
@@ -51,7 +52,6 @@ AUDIO_TYPES = {
 }
 MEDIA_TYPES = {ext: types.split()[0] for ext, types in AUDIO_TYPES.items()}
 EXTENSIONS = {mime: ext for ext, types in reversed(AUDIO_TYPES.items()) for mime in types.split()}
-KNOWN_SUFFIXES = set(MEDIA_TYPES)
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -87,20 +87,16 @@ class DownloadResult:
         return {**asdict(self), "path": rel, "key": key, "downloaded_at": stamp}
 
 
-def _mime(content_type: str | None) -> str:
-    return (content_type or "").split(";")[0].strip().lower()
-
-
 def audio_extension(url: str, content_type: str | None = None) -> str:
     """File extension for the stored audio: from the URL path, else the MIME type, else .mp3."""
     suffix = Path(urlparse(url).path).suffix.lower()
-    return suffix if suffix in KNOWN_SUFFIXES else EXTENSIONS.get(_mime(content_type), ".mp3")
+    return suffix if suffix in AUDIO_TYPES else EXTENSIONS.get(media_type(content_type), ".mp3")
 
 
 def is_audio_of(rel: str, key: str) -> bool:
     """``rel`` is ``audio/{key}<audio ext>``: not the sidecar, not the audio of a longer key."""
     prefix = EpisodeFiles(key).audio("")
-    return rel.startswith(prefix) and rel[len(prefix) :] in KNOWN_SUFFIXES
+    return rel.startswith(prefix) and rel[len(prefix) :] in AUDIO_TYPES
 
 
 def audio_files(storage: StorageResource, key: str) -> list[str]:
@@ -196,7 +192,7 @@ class Downloader:
                 return "HTTP 416 on resume; restarting from zero"
             if status >= 400:
                 raise self._error(http_policy.describe(resp))
-            if _mime(content_type).startswith(NON_AUDIO_TYPES):
+            if media_type(content_type).startswith(NON_AUDIO_TYPES):
                 raise NotAudioError(
                     f"{self.label}: {self.url} is not audio (HTTP {status}, Content-Type "
                     f"{content_type}); the enclosure may point at a web page or need a login. "
@@ -215,12 +211,8 @@ class Downloader:
             result.content_type = content_type
             result.etag = resp.headers.get("ETag")
             result.last_modified = resp.headers.get("Last-Modified")
-            if not offset:
-                state = {
-                    "url": self.url,
-                    "etag": result.etag,
-                    "last_modified": result.last_modified,
-                }
+            if not offset:  # a fresh part file: what it is a part of, for resuming it
+                state = {k: getattr(result, k) for k in ("url", "etag", "last_modified")}
                 self.state_path.write_text(json.dumps(state))
             written = self._stream(resp, offset, total)
         if total is not None and written < total:
@@ -240,8 +232,13 @@ class Downloader:
             for chunk in resp.iter_content(chunk_size=self.chunk_size):
                 if not chunk:
                     continue
-                if not written:  # the first bytes of a fresh download: are they audio at all?
-                    self._check_head(chunk, resp.headers.get("Content-Type"))
+                if not written and (what := sniff_not_audio(chunk)):  # first bytes: audio at all?
+                    self._discard_part()
+                    raise NotAudioError(
+                        f"{self.label}: {self.url} returned {what} instead of audio (Content-Type "
+                        f"{resp.headers.get('Content-Type')}); the enclosure URL is broken or "
+                        "redirects to a web page. Check it in a browser; nothing was saved"
+                    )
                 fh.write(chunk)
                 written += len(chunk)
                 if self.progress is not None:
@@ -249,16 +246,6 @@ class Downloader:
             fh.flush()
             os.fsync(fh.fileno())
         return written
-
-    def _check_head(self, head: bytes, content_type: str | None) -> None:
-        what = sniff_not_audio(head)
-        if what:
-            self._discard_part()
-            raise NotAudioError(
-                f"{self.label}: {self.url} returned {what} instead of audio (Content-Type "
-                f"{content_type}); the enclosure URL is broken or redirects to a web page. "
-                "Check it in a browser; nothing was saved"
-            )
 
     def _resume_point(self) -> tuple[int, str]:
         """Bytes kept and their If-Range validator: only for a partial file of this URL."""

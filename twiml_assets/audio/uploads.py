@@ -20,6 +20,7 @@ from pathlib import Path
 from threading import Lock
 from typing import BinaryIO, NamedTuple
 
+from resources.schema import dump
 from resources.storage import StorageError, StorageResource
 from twiml_assets.audio.download import CHUNK_SIZE, DownloadResult, audio_extension, is_audio_of
 from twiml_assets.feed.source import EpisodeInfo
@@ -229,16 +230,14 @@ class SidecarIndex:
         except (StorageError, ValueError):
             return None
         sha, path, key = record.get("sha256"), record.get("path"), Path(rel).stem
-        if isinstance(sha, str) and isinstance(path, str) and is_valid_key(key):
-            return (sha, key) if is_audio_of(path, key) else None
-        return None
+        valid = isinstance(sha, str) and isinstance(path, str) and is_valid_key(key)
+        return (sha, key) if valid and is_audio_of(path, key) else None
 
     def refresh(self) -> None:
         with self._lock:
             for rel in self.storage.list(AUDIO_DIR):
                 if rel.endswith(".json") and rel not in self._by_path:
-                    entry = self._read(rel)
-                    if entry is not None:
+                    if (entry := self._read(rel)) is not None:
                         self._by_path[rel] = entry
 
     def find(self, sha256: str) -> str | None:
@@ -309,5 +308,5 @@ def register_upload(
         description="Uploaded through the web app.",
         guid=f"upload:{staged.sha256}",
     )
-    storage.write_json(files.episode, episode.to_dict())
+    storage.write_json(files.episode, dump(episode))
     return Registered(key, linked=False, stored=True)

@@ -4,6 +4,7 @@ import time
 
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
+from resources.schema import dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_FEED, GROUP_INGEST
 from twiml_assets.feed.catalog import CATALOG, find_episode, save_catalog
@@ -89,7 +90,7 @@ def episode_metadata(
         raise Failure(description=str(exc), allow_retries=False) from exc
     if source != "feed":
         context.log.warning(f"{key}: using the {source} copy of the episode metadata")
-    uri = storage.write_json(EpisodeFiles(key).episode, episode.to_dict())
+    uri = storage.write_json(EpisodeFiles(key).episode, dump(episode))
     return MaterializeResult(
         metadata={
             "title": episode.title,

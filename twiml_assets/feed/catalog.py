@@ -13,6 +13,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from resources.schema import dump, load
 from resources.storage import StorageError, StorageResource
 from twiml_assets.feed.resource import FeedResource, FeedResponse
 from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed, parse_feed
@@ -29,7 +30,7 @@ def save_catalog(storage: StorageResource, parsed: ParsedFeed, response: FeedRes
         "etag": response.etag,
         "last_modified": response.last_modified,
         "sha256": response.digest,
-        **parsed.to_dict(),
+        **dump(parsed),
     }
     return storage.write_json(CATALOG, data)
 
@@ -40,7 +41,7 @@ def load_catalog(storage: StorageResource) -> tuple[ParsedFeed, dict[str, Any]] 
         if not storage.exists(CATALOG):
             return None
         data = storage.read_json(CATALOG)
-        return ParsedFeed.from_dict(data), data
+        return load(ParsedFeed, data), data
     except (StorageError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable %s: %s", CATALOG, exc)
         return None
@@ -76,26 +77,22 @@ def find_episode(storage: StorageResource, feed: FeedResource, key: str) -> tupl
 
     Raises LookupError with what to do when the key is nowhere.
     """
-    if key.startswith("up-") and storage.exists(EpisodeFiles(key).episode):
-        # Uploads are never in a feed: no network round-trip (or retries offline).
-        return EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)), "stored"
-    fetch_error: str | None = None
+    rel = EpisodeFiles(key).episode
+    # Uploads are never in a feed: no network round-trip (or retries offline).
+    upload = key.startswith("up-") and storage.exists(rel)
+    where = f"the feed {feed.url}"
     try:
-        parsed, _, _ = refresh_catalog(storage, feed)
-        episode = parsed.by_key().get(key)
+        episode = None if upload else refresh_catalog(storage, feed)[0].by_key().get(key)
         if episode is not None:
             return episode, "feed"
     except FeedError as exc:
-        fetch_error = str(exc)
+        where = f"the stored feed snapshot (the feed itself failed: {exc})"
         log.warning("%s: feed unavailable (%s); trying the stored snapshot", key, exc)
         stored = load_catalog(storage)
         if stored is not None and key in stored[0].by_key():
             return stored[0].by_key()[key], "catalog"
-    if storage.exists(EpisodeFiles(key).episode):
-        return EpisodeInfo.from_dict(storage.read_json(EpisodeFiles(key).episode)), "stored"
-    where = f"the feed {feed.url}"
-    if fetch_error:
-        where = f"the stored feed snapshot (the feed itself failed: {fetch_error})"
+    if upload or storage.exists(rel):
+        return load(EpisodeInfo, storage.read_json(rel)), "stored"
     raise LookupError(
         f"episode {key} is not in {where}, and no earlier run stored it. If the episode "
         "was removed from the feed, delete the partition; if the feed URL changed, set "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,7 +12,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from twiml_assets import http_policy
-from twiml_assets.feed.source import FeedError, ParsedFeed, parse_feed
+from twiml_assets.feed.source import FeedError
 
 DEFAULT_FEED_URL = "https://feeds.megaphone.fm/MLN2155636147"
 FETCH_BUDGET_SECONDS = 45.0
@@ -28,7 +27,6 @@ class FeedResponse:
     body: bytes | None
     etag: str | None = None
     last_modified: str | None = None
-    seconds: float = 0.0
 
     @property
     def not_modified(self) -> bool:
@@ -40,7 +38,7 @@ class FeedResponse:
 
 
 class FeedResource(ConfigurableResource):
-    """Fetch and parse one podcast feed (RSS/Atom over http(s), or a local file path)."""
+    """Fetch one podcast feed (RSS/Atom over http(s), or a local file path)."""
 
     url: str = Field(
         default=DEFAULT_FEED_URL, description="Feed URL (env TWIML_FEED_URL in definitions)."
@@ -56,7 +54,12 @@ class FeedResource(ConfigurableResource):
         """GET the feed, conditionally when validators from the previous fetch are given."""
         parsed = urlparse(self.url)
         if parsed.scheme in {"", "file"}:
-            return self._read_local(Path(parsed.path if parsed.scheme else self.url))
+            path = Path(parsed.path if parsed.scheme else self.url)
+            try:
+                return FeedResponse(str(path), 200, path.expanduser().read_bytes())
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise FeedError(f"cannot read the feed file {path}: {reason}") from exc
         if parsed.scheme not in {"http", "https"}:
             raise FeedError(f"unsupported feed URL {self.url!r}: use http(s):// or a file path")
         headers = {
@@ -65,7 +68,6 @@ class FeedResource(ConfigurableResource):
             "If-Modified-Since": last_modified,
         }
         timeout = (min(5.0, self.timeout_seconds), self.timeout_seconds)
-        started = time.perf_counter()
         try:
             with (
                 http_policy.session(
@@ -89,35 +91,19 @@ class FeedResource(ConfigurableResource):
             body,
             etag=resp.headers.get("ETag", etag if kept else None),
             last_modified=resp.headers.get("Last-Modified", last_modified if kept else None),
-            seconds=time.perf_counter() - started,
         )
-
-    def load(self) -> ParsedFeed:
-        """Fetch (unconditionally) and parse."""
-        response = self.fetch()
-        assert response.body is not None
-        return parse_feed(response.body)
 
     # -- helpers --------------------------------------------------------------------------
     def _read_body(self, resp: requests.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
         for chunk in resp.iter_content(chunk_size=1 << 16):
-            size += len(chunk)
-            if size > self.max_bytes:
+            body += chunk
+            if len(body) > self.max_bytes:
                 raise FeedError(
                     f"the feed at {self.url} is larger than {self.max_bytes} bytes; "
                     "raise max_bytes if this is really the feed"
                 )
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _read_local(self, path: Path) -> FeedResponse:
-        try:
-            body = path.expanduser().read_bytes()
-        except OSError as exc:
-            raise FeedError(f"cannot read the feed file {path}: {exc.strerror or exc}") from exc
-        return FeedResponse(str(path), 200, body)
+        return bytes(body)
 
     def _failure(self, failure: http_policy.Failure) -> str:
         todo = (

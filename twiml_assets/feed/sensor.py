@@ -10,7 +10,7 @@ a re-run is a deliberate act (UI, backfill), never an accident of a cursor reset
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dagster import (
@@ -27,11 +27,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from resources import schema
 from resources.storage import StorageResource
 from twiml_assets.feed.catalog import refresh_catalog
 from twiml_assets.feed.partitions import EPISODES, episode_partitions
 from twiml_assets.feed.resource import FeedResource
-from twiml_assets.feed.source import EpisodeInfo, FeedError, ParsedFeed
+from twiml_assets.feed.source import FeedError
 from twiml_assets.jobs import EPISODE_JOB, episode_pipeline
 from twiml_assets.layout import EpisodeFiles
 
@@ -70,31 +71,14 @@ class FeedCursor:
 
     @classmethod
     def parse(cls, raw: str | None) -> "FeedCursor":
-        if not raw:
-            return cls()
+        """The cursor, or a fresh one when it is missing or unreadable."""
         try:
-            data = json.loads(raw)
-            return cls(
-                **{k: data.get(k) for k in ("url", "etag", "last_modified", "sha256")},
-                requested=list(data.get("requested") or []),
-            )
-        except (ValueError, TypeError, AttributeError):
+            return schema.load(cls, json.loads(raw or "{}"))
+        except ValueError:
             return cls()
 
     def dump(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-
-def _load_feed(
-    feed: FeedResource, storage: StorageResource, state: FeedCursor
-) -> tuple[ParsedFeed, bool]:
-    """The current feed and whether it changed since the cursor; raises FeedError."""
-    known = asdict(state) if state.url == feed.url else {}
-    parsed, response, changed = refresh_catalog(storage, feed, known)
-    if not response.not_modified:
-        state.url, state.etag, state.last_modified = feed.url, response.etag, response.last_modified
-        state.sha256 = response.digest
-    return parsed, changed
+        return json.dumps(schema.dump(self), separators=(",", ":"))
 
 
 def evaluate_feed(
@@ -105,11 +89,15 @@ def evaluate_feed(
 ) -> SensorResult:
     """One tick (separate from the decorator so tests can call it with any context)."""
     state = FeedCursor.parse(context.cursor)
+    known = schema.dump(state) if state.url == feed.url else {}
     try:
-        parsed, changed = _load_feed(feed, storage, state)
+        parsed, response, changed = refresh_catalog(storage, feed, known)
     except FeedError as exc:
         context.log.error(f"feed tick skipped: {exc}")
         return SensorResult(skip_reason=SkipReason(f"feed unavailable: {exc}"))
+    if not response.not_modified:
+        state.url, state.etag, state.last_modified = feed.url, response.etag, response.last_modified
+        state.sha256 = response.digest
     if changed:
         for s in parsed.skipped:
             context.log.warning(f"skipped feed entry #{s.position} {s.title!r}: {s.reason}")
@@ -120,7 +108,7 @@ def evaluate_feed(
 
     listing = set(storage.list("transcripts"))
     requested = set(state.requested)
-    pending: list[EpisodeInfo] = [
+    pending = [
         e
         for e in parsed.ordered(newest_first=catch_up.order == "newest_first")
         if e.key not in requested and EpisodeFiles(e.key).record not in listing
@@ -147,11 +135,10 @@ def evaluate_feed(
     )
     context.log.info(summary)
     partition_requests = [episode_partitions.build_add_request(new_keys)] if new_keys else []
-    if not run_requests and not partition_requests:
-        return SensorResult(skip_reason=SkipReason(summary), cursor=state.dump())
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
+        skip_reason=None if run_requests or partition_requests else SkipReason(summary),
         cursor=state.dump(),
     )
 
@@ -160,8 +147,7 @@ def build_feed_sensor(
     minimum_interval_seconds: int = 300, running_by_default: bool = True
 ) -> SensorDefinition:
     """The sensor, with its interval and default status decided by the deployment."""
-
-    @sensor(
+    return sensor(
         name=SENSOR_NAME,
         job=episode_pipeline,
         minimum_interval_seconds=minimum_interval_seconds,
@@ -170,13 +156,4 @@ def build_feed_sensor(
         else DefaultSensorStatus.STOPPED,
         description="Adds a partition per new feed episode and requests a run for each "
         "episode without a transcript (a few per tick).",
-    )
-    def episode_feed_sensor(
-        context: SensorEvaluationContext,
-        feed: FeedResource,
-        storage: StorageResource,
-        catch_up: CatchUpSettings,
-    ) -> SensorResult:
-        return evaluate_feed(context, feed, storage, catch_up)
-
-    return episode_feed_sensor
+    )(evaluate_feed)

@@ -8,20 +8,21 @@ never fails the whole feed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import html
 import io
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import reduce
 from typing import Any
 from urllib.parse import urlparse
 
 import feedparser
 
+from twiml_assets.http_policy import media_type
 from twiml_assets.keys import rag_stem, validate_key
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ class EpisodeInfo:
     def rag_stem(self) -> str:
         return rag_stem(self.key)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EpisodeInfo:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
     def info_json(self) -> dict[str, Any]:
         """``info/{n}.info.json`` for the RAG pipeline: the episode's RSS fields."""
         return {
@@ -77,11 +70,7 @@ class EpisodeInfo:
             "key": self.key,
             "title": self.title,
             "url": self.audio_url,
-            "description": self.description,
-            "published": self.published,
-            "link": self.link,
-            "guid": self.guid,
-            "author": self.author,
+            **{k: getattr(self, k) for k in ("description", "published", "link", "guid", "author")},
         }
 
 
@@ -96,33 +85,19 @@ class SkippedEntry:
 
 @dataclass(slots=True)
 class ParsedFeed:
-    title: str | None
-    link: str | None
-    episodes: list[EpisodeInfo]
-    skipped: list[SkippedEntry] = field(default_factory=list)
+    """A parsed feed; its fields are in the order ``dump`` writes them to ``feed/catalog.json``."""
+
+    title: str | None = None
+    link: str | None = None
     parser: str = "feedparser"
+    episodes: list[EpisodeInfo] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
     def by_key(self) -> dict[str, EpisodeInfo]:
         return {e.key: e for e in self.episodes}
 
     def ordered(self, newest_first: bool = True) -> list[EpisodeInfo]:
         return order_episodes(self.episodes, newest_first=newest_first)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "title": self.title,
-            "link": self.link,
-            "parser": self.parser,
-            "episodes": [e.to_dict() for e in self.episodes],
-            "skipped": [asdict(s) for s in self.skipped],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ParsedFeed:
-        episodes = [EpisodeInfo.from_dict(e) for e in data.get("episodes", [])]
-        skipped = [SkippedEntry(**s) for s in data.get("skipped", [])]
-        parser = data.get("parser", "feedparser")
-        return cls(data.get("title"), data.get("link"), episodes, skipped, parser)
 
 
 def order_episodes(episodes: Iterable[EpisodeInfo], newest_first: bool = True) -> list[EpisodeInfo]:
@@ -155,17 +130,13 @@ def episode_key(
     ``ep-<n>.<N>``); a twimlai.com/talk|go/<n> link; else ``g-<sha1(guid)[:12]>``.
     """
     number = _number(itunes_episode)
-    if number is None and title:
-        match = _TITLE_NUMBER.search(title)
-        if match:
-            number = _number(match.group(1))
-            part = _TITLE_PART.search(title)
-            if number is not None and part and int(part.group(1)) > 0:
-                number = f"{number}.{int(part.group(1))}"
-    if number is None and link:
-        match = _TWIML_LINK.search(link)
-        if match:
-            number = _number(match.group(1))
+    if number is None and title and (match := _TITLE_NUMBER.search(title)):
+        number = _number(match.group(1))
+        part = _TITLE_PART.search(title)
+        if number is not None and part and int(part.group(1)) > 0:
+            number = f"{number}.{int(part.group(1))}"
+    if number is None and link and (match := _TWIML_LINK.search(link)):
+        number = _number(match.group(1))
     if number is not None:
         return f"ep-{number}", number
     if not guid:
@@ -200,27 +171,21 @@ def clean_text(text: str | None) -> str:
 
 def parse_duration(text: str | None) -> float | None:
     """``itunes:duration``: seconds, ``MM:SS`` or ``HH:MM:SS``."""
-    if not text:
-        return None
     try:
-        total = 0.0
-        for part in text.strip().split(":"):
-            total = total * 60 + float(part)
-        return total if total >= 0 else None
+        total = reduce(lambda total, part: total * 60 + float(part), (text or "").split(":"), 0.0)
     except ValueError:
         return None
+    return total if total >= 0 else None
 
 
 def is_audio_enclosure(url: str | None, mime: str | None) -> bool:
     if not url:
         return False
-    if mime:
-        mime = mime.lower().split(";")[0].strip()
-        if mime.startswith("audio/") or mime in {"video/mp4", "application/ogg"}:
-            return True
-        if mime not in {"", "application/octet-stream", "binary/octet-stream"}:
-            return False
-    return bool(_AUDIO_EXT.search(urlparse(url).path + "?"))
+    mime = media_type(mime)
+    if mime.startswith("audio/") or mime in {"video/mp4", "application/ogg"}:
+        return True
+    untyped = mime in {"", "application/octet-stream", "binary/octet-stream"}
+    return untyped and bool(_AUDIO_EXT.search(urlparse(url).path + "?"))
 
 
 def _preferred_transcript(transcripts: list[dict[str, str]]) -> str | None:
@@ -242,12 +207,7 @@ def _build_episode(entry: dict[str, Any], position: int) -> EpisodeInfo:
     """
     # feedparser types an untyped Atom enclosure link text/html: no enclosure is a web page.
     found = [
-        (
-            e.get("href"),
-            None if e.get("type") == "text/html" else e.get("type"),
-            e.get("length"),
-            None,
-        )
+        (e.get("href"), None if (t := e.get("type")) == "text/html" else t, e.get("length"), None)
         for e in entry.get("enclosures", [])
     ]
     found += [
@@ -278,7 +238,7 @@ def _build_episode(entry: dict[str, Any], position: int) -> EpisodeInfo:
         number=number,
         title=title or f"Untitled episode ({key})",
         audio_url=url,
-        audio_type=(mime or "").split(";")[0].strip().lower() or None,
+        audio_type=media_type(mime) or None,
         audio_length=int(length) or None if (length or "").strip().isdigit() else None,
         published=datetime(*dated[:6], tzinfo=UTC).isoformat() if dated else None,
         description=clean_text(description),
@@ -310,7 +270,7 @@ def _resolve_duplicates(
                 )
                 continue
             log.warning("feed entry %r reuses key %s; keyed as %s", episode.title, episode.key, alt)
-            episode = dataclasses.replace(episode, key=alt, number=None)
+            episode = replace(episode, key=alt, number=None)
         taken.add(episode.key)
         kept.append(episode)
     return sorted(kept, key=lambda e: e.position)
@@ -346,5 +306,5 @@ def parse_feed(data: bytes | str) -> ParsedFeed:
             )
     for s in skipped:
         log.warning("skipped feed entry #%d %r: %s", s.position, s.title, s.reason)
-    episodes = _resolve_duplicates(episodes, skipped)
-    return ParsedFeed(parsed.feed.get("title"), parsed.feed.get("link"), episodes, skipped)
+    title, link = parsed.feed.get("title"), parsed.feed.get("link")
+    return ParsedFeed(title, link, episodes=_resolve_duplicates(episodes, skipped), skipped=skipped)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from resources.environment import environment
-from resources.schema import SpeakerTranscript, SpeakerTurn
+from resources.schema import SpeakerTranscript, SpeakerTurn, load
 from resources.storage import StorageResource
 from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
 from twiml_assets.speakers.assign import NAME_THRESHOLD, assign_names
@@ -201,7 +201,7 @@ def render_outputs(storage: StorageResource, key: str) -> dict[str, str]:
         return {}
     transcript = with_names(storage, transcript_from_record(record))
     entry = _stored(storage, EpisodeFiles(key).episode)
-    info = None if entry is None else EpisodeInfo.from_dict(entry).info_json()
+    info = None if entry is None else load(EpisodeInfo, entry).info_json()
     return {
         **write_rag_outputs(storage, transcript, info=info),
         **write_subtitles(storage, transcript),

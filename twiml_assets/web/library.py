@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from resources.schema import load
 from resources.storage import StorageError, StorageResource
 from twiml_assets.asset_io import format_clock
 from twiml_assets.audio.download import MEDIA_TYPES, audio_files, is_audio_of
@@ -92,7 +93,7 @@ class Library:
         try:
             if not self.storage.exists(rel):
                 return None
-            episode = EpisodeInfo.from_dict(self.storage.read_json(rel))
+            episode = load(EpisodeInfo, self.storage.read_json(rel))
         except (StorageError, ValueError, TypeError) as exc:
             log.warning("unreadable %s: %s", rel, exc)
             return None
