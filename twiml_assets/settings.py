@@ -10,8 +10,9 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from resources.quality import EvaluationLimits
 from twiml_assets.feed.resource import DEFAULT_FEED_URL
 
 PREFIX = "TWIML_"
@@ -22,7 +23,7 @@ class ConfigError(ValueError):
     """An environment variable has a value the code location cannot use."""
 
 
-class PlatformSettings(BaseModel):
+class PlatformSettings(EvaluationLimits):
     """``TWIML_<FIELD>`` for each field (``TWIML_FEED_URL``, ...); the web app's too."""
 
     model_config = ConfigDict(
@@ -38,14 +39,6 @@ class PlatformSettings(BaseModel):
     max_runs_per_tick: int = Field(default=3, ge=0)
     max_in_flight: int = Field(default=4, ge=0)
     catchup_order: Literal["newest_first", "oldest_first"] = "newest_first"
-    wer_warn: float | None = None
-    wer_error: float | None = None
-    der_warn: float | None = None
-    der_error: float | None = None
-    cpwer_warn: float | None = None
-    cpwer_error: float | None = None
-    wder_warn: float | None = None
-    wder_error: float | None = None
     web_max_upload_mb: float = Field(default=500.0, gt=0)
     web_upload_types: str | None = None
     web_poll_seconds: float = Field(default=2.0, ge=0.5)
@@ -66,9 +59,8 @@ class PlatformSettings(BaseModel):
         return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
 
     def evaluation_limits(self) -> dict[str, float]:
-        """The evaluation limits that were set (the quality resource has the defaults)."""
-        names = [n for n in type(self).model_fields if n.endswith(("_warn", "_error"))]
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        """The quality resource's share of the settings."""
+        return self.model_dump(include=set(EvaluationLimits.model_fields))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
@@ -84,6 +76,4 @@ class PlatformSettings(BaseModel):
 def _describe(error: Any, env: Mapping[str, str]) -> str:
     """``TWIML_X='value': what is wrong`` for one validation error."""
     name = str(error["loc"][0]) if error["loc"] else ""
-    if name in env:
-        return f"{name}={env[name]!r}: {error['msg']}"
-    return error["msg"]
+    return f"{name}={env[name]!r}: {error['msg']}" if name in env else error["msg"]

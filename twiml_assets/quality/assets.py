@@ -74,11 +74,8 @@ def _transcript_url(storage: StorageResource, key: str) -> str | None:
 
 def _metric_metadata(result: dict[str, Any]) -> dict[str, Any]:
     """Rates and counts as flat numbers, so the UI can plot each over materialisations."""
-    out: dict[str, Any] = {}
-    for metric in METRICS:
-        value = metric_value(result, metric)
-        if value is not None:
-            out[metric] = round(value, 4)
+    values = {metric: metric_value(result, metric) for metric in METRICS}
+    out: dict[str, Any] = {m: round(v, 4) for m, v in values.items() if v is not None}
     if wer := result.get("wer"):
         names = ("reference_words", "substitutions", "deletions", "insertions")
         out.update({k: wer[k] for k in names})
@@ -161,13 +158,12 @@ def evaluation(
 
 def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
     """Every ``evaluation/{key}.json`` in storage (the summary's own files excluded)."""
-    records = []
-    for rel in storage.list(EVALUATION_DIR):
-        name = rel[len(EVALUATION_DIR) + 1 :]
-        if "/" in name or not name.endswith(".json") or name.startswith("summary."):
-            continue
-        records.append(storage.read_json(rel))
-    return records
+    names = {rel: rel[len(EVALUATION_DIR) + 1 :] for rel in storage.list(EVALUATION_DIR)}
+    return [
+        storage.read_json(rel)
+        for rel, name in names.items()
+        if "/" not in name and name.endswith(".json") and not name.startswith("summary.")
+    ]
 
 
 def table_metadata(table: pd.DataFrame) -> MetadataValue:

@@ -28,7 +28,6 @@ def main(waveform_path: str, config_path: str, out_path: str) -> None:
     transcript, asr_result, diarisation, _ = run_models(waveform, "compare", asr, diariser)
     report = {
         "asr_config": asr_result.config,
-        "diarisation_config": diarisation.config,
         "asr_seconds": asr_result.seconds,
         "diarisation_seconds": diarisation.seconds,
         "speakers": transcript.speakers,

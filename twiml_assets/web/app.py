@@ -54,18 +54,12 @@ def attempt(
         return default, False
 
 
-def create_app(
-    settings: WebSettings | None = None,
-    *,
-    storage: StorageResource | None = None,
-    dagster: DagsterClient | None = None,
-) -> FastAPI:
-    """The app; ``storage`` and ``dagster`` can be injected (tests), else built from settings."""
+def create_app(settings: WebSettings | None = None) -> FastAPI:
+    """The app for ``settings`` (default: from the environment)."""
     settings = settings or WebSettings.from_env()
-    if storage is None:
-        root = {"root": settings.storage_root} if settings.storage_root else {}
-        storage = StorageResource(**root)
-    dagster = dagster or DagsterClient(settings.graphql_url, timeout=settings.graphql_timeout)
+    root = {"root": settings.storage_root} if settings.storage_root else {}
+    storage = StorageResource(**root)
+    dagster = DagsterClient(settings.graphql_url, timeout=settings.graphql_timeout)
     library, sidecars = Library(storage), SidecarIndex(storage)
     launch_locks: dict[str, threading.Lock] = {}
     locks_lock = threading.Lock()
@@ -84,11 +78,8 @@ def create_app(
         }
 
     def launch(key: str) -> tuple[RunInfo, bool]:
-        """(run, newly launched): an active run of the partition is reused, never doubled.
-
-        One lock per key, so two clicks (or an upload and a click) at the same moment in
-        this process cannot both see "no run" and launch two.
-        """
+        """(run, newly launched): an active run is reused; the key's lock stops two clicks (or an
+        upload and a click) at the same moment from both seeing "no run" and launching two."""
         with locks_lock:
             lock = launch_locks.setdefault(key, threading.Lock())
         with lock:
@@ -234,11 +225,8 @@ def create_app(
 
     @app.post("/upload", dependencies=[Depends(same_origin)])
     async def upload(request: Request) -> Response:
-        """Store the file as ``up-<hash>`` (or link a published duplicate), launch its run.
-
-        Redirects to the episode page with ``?download=<fmt>``: the page polls the run
-        and starts the browser download once the transcript exists.
-        """
+        """Store the file as ``up-<hash>`` (or link a published duplicate), launch its run, and
+        send the browser to its page with ``?download=<fmt>``: the download starts once done."""
         limits = settings.limits
         form = None
         try:
@@ -290,14 +278,11 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
-        _, storage_ok = attempt(lambda: storage.list("feed"), None, StorageError)
-        _, dagster_ok = attempt(dagster.repository, None)
-        return JSONResponse(
-            {
-                "storage": "ok" if storage_ok else "unavailable",
-                "dagster": "ok" if dagster_ok else "unavailable",
-            },
-            status_code=200 if storage_ok else 503,
-        )
+        up = {
+            "storage": attempt(lambda: storage.list("feed"), None, StorageError)[1],
+            "dagster": attempt(dagster.repository, None)[1],
+        }
+        body = {name: "ok" if ok else "unavailable" for name, ok in up.items()}
+        return JSONResponse(body, status_code=200 if up["storage"] else 503)
 
     return app

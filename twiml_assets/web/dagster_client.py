@@ -194,10 +194,10 @@ class RunInfo:
 class DagsterClient:
     """A small typed client for the five GraphQL operations the app uses."""
 
-    def __init__(self, url: str, timeout: float = 10.0, session: requests.Session | None = None):
+    def __init__(self, url: str, timeout: float = 10.0):
         self.url = url
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = requests.Session()
         self.job = EPISODE_JOB
         self.partitions_def = EPISODES
         self._repository: dict[str, str] | None = None
@@ -294,11 +294,8 @@ class DagsterClient:
 
     def latest_runs(self, limit: int = 1000) -> dict[str, RunInfo]:
         """The newest run of every partition among the last ``limit`` runs (one request)."""
-        latest: dict[str, RunInfo] = {}
-        for run in self.runs(limit=limit):  # newest first
-            if run.partition:
-                latest.setdefault(run.partition, run)
-        return latest
+        oldest_first = reversed(self.runs(limit=limit))  # so a partition's newest run is kept
+        return {run.partition: run for run in oldest_first if run.partition}
 
     def run(self, run_id: str) -> RunInfo | None:
         """One run with its step progress, None when Dagster does not know it."""

@@ -52,9 +52,8 @@ def episode_status(done: bool, run: RunInfo | None) -> str:
         return run.phase
     if done:
         return "done"
-    if run is not None and run.phase in {"failed", "succeeded"}:
-        return "failed"  # a successful run without a transcript was stopped by a check
-    return "not started"
+    # An ended run left no transcript: it failed, or a check stopped it.
+    return "not started" if run is None else "failed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit, urlunsplit
 
 from twiml_assets.audio.uploads import DEFAULT_TYPES, UploadLimits
@@ -32,14 +32,13 @@ class WebSettings:
         """Settings from ``env`` (default: the process environment), ``overrides`` on top."""
         platform = PlatformSettings.from_env(env)
         types = (platform.web_upload_types or ",".join(DEFAULT_TYPES)).split(",")
-        values: dict[str, object] = {
-            "graphql_url": platform.dagster_graphql_url,
-            "storage_root": platform.storage_root,
-            "limits": UploadLimits(
+        settings = cls(
+            graphql_url=platform.dagster_graphql_url,
+            storage_root=platform.storage_root,
+            limits=UploadLimits(
                 max_bytes=int(platform.web_max_upload_mb * 1024 * 1024),
                 types=tuple(t.strip().lower().lstrip(".") for t in types if t.strip()),
             ),
-            "poll_seconds": platform.web_poll_seconds,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+            poll_seconds=platform.web_poll_seconds,
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
