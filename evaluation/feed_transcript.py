@@ -54,7 +54,7 @@ _MIME_TYPES = {
     "txt": "text/plain",
 }
 _TYPE_FORMATS = {mime: fmt for fmt, mimes in _MIME_TYPES.items() for mime in mimes.split()}
-_URL_FORMATS = {f".{fmt}": fmt for fmt in ("vtt", "srt", "json", "html", "txt")} | {".htm": "html"}
+_URL_FORMATS = {f".{fmt}": fmt for fmt in _MIME_TYPES} | {".htm": "html"}
 
 
 def detect_format(content_type: str | None, url: str, body: bytes) -> str | None:

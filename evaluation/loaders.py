@@ -6,23 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from evaluation.formats import (
-    is_podcast_json,
-    load_podcast_json,
-    load_rttm,
-    load_stm,
-    load_subtitles,
-    load_text,
-)
-from evaluation.rag_formats import load_rag_corrected, load_rag_markdown, speakers_json_for
+from evaluation import formats
 from evaluation.references import Reference, ReferenceFormatError
 
 _LOADERS: dict[str, Callable[[Path], Reference]] = {
-    ".stm": load_stm,
-    ".rttm": load_rttm,
-    **dict.fromkeys((".md", ".markdown"), load_rag_markdown),
-    **dict.fromkeys((".srt", ".vtt"), load_subtitles),
-    **dict.fromkeys((".txt", ".text"), load_text),
+    ".stm": formats.load_stm,
+    ".rttm": formats.load_rttm,
+    **dict.fromkeys((".md", ".markdown"), formats.load_rag_markdown),
+    **dict.fromkeys((".srt", ".vtt"), formats.load_subtitles),
+    **dict.fromkeys((".txt", ".text"), formats.load_text),
 }
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (*_LOADERS, ".json")
@@ -40,14 +32,14 @@ def load_reference(path: str | Path, speakers_json_path: str | Path | None = Non
         raise FileNotFoundError(f"reference not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".json":
-        if is_podcast_json(path):
-            return load_podcast_json(path)
+        if formats.is_podcast_json(path):
+            return formats.load_podcast_json(path)
         if path.name.endswith(".speakers.json"):
             raise ReferenceFormatError(
                 path, "a speakers.json holds names only; load its corrected.json instead"
             )
-        names = speakers_json_path or speakers_json_for(path)
-        return load_rag_corrected(path, names)
+        names = speakers_json_path or formats.speakers_json_for(path)
+        return formats.load_rag_corrected(path, names)
     loader = _LOADERS.get(suffix)
     if loader is None:
         raise ReferenceFormatError(

@@ -47,17 +47,13 @@ def find_references(
     """
     stems = (key, rag_stem(key))
     found: list[tuple[int, int, str, Path]] = []
-    if references_root:
-        root = Path(references_root).expanduser()
-        if root.is_dir():
-            for p in root.iterdir():
-                suffix = _suffix_of(p.name, stems) if p.is_file() else None
-                if suffix is not None:
-                    found.append((0, REFERENCE_SUFFIXES.index(suffix), p.name, p))
+    if references_root and (root := Path(references_root).expanduser()).is_dir():
+        for p in root.iterdir():
+            if p.is_file() and (suffix := _suffix_of(p.name, stems)) is not None:
+                found.append((0, REFERENCE_SUFFIXES.index(suffix), p.name, p))
     for rel in storage.list(REFERENCES_DIR):
         name = rel[len(REFERENCES_DIR) + 1 :]
-        suffix = None if "/" in name else _suffix_of(name, stems)
-        if suffix is not None:
+        if "/" not in name and (suffix := _suffix_of(name, stems)) is not None:
             found.append((1, REFERENCE_SUFFIXES.index(suffix), name, storage.local_path(rel)))
     unique: dict[Path, Path] = {}
     for *_, path in sorted(found):
@@ -74,11 +70,7 @@ def resolve_references(
     timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     warn: Callable[[str], None] | None = None,
 ) -> tuple[list[Path], FeedTranscript | None]:
-    """References of an episode, fetching the feed's transcript when there is nothing else.
-
-    Files someone provided take precedence over the publisher's transcript, which is
-    therefore only downloaded for episodes without one.
-    """
+    """References of an episode, fetching the feed's transcript only when there is nothing else."""
     references = find_references(storage, key, references_root)
     if references or not transcript_url:
         return references, None

@@ -90,9 +90,6 @@ class WerResult(WordErrors):
     def of(cls, counts: WordErrors) -> WerResult:
         return cls(wer=rate(counts.errors, counts.reference_words), **asdict(counts))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"wer": self.wer, **asdict(self)}  # the rate first, then its counts
-
     @classmethod
     def pooled(cls, results: Iterable[WerResult]) -> WerResult:
         """Corpus WER: summed errors over summed reference words (not a mean of rates)."""
@@ -162,9 +159,6 @@ class DerResult:
             **settings,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def pooled(cls, results: Iterable[DerResult]) -> DerResult:
         """Corpus DER: summed error seconds over summed reference seconds (mapping dropped)."""
@@ -192,22 +186,6 @@ def turns_to_annotation(turns: Iterable[SpeakerTurn], uri: str = "recording") ->
     return annotation.support()
 
 
-def _as_timeline(
-    uem: Timeline | Sequence[tuple[float, float]] | None,
-    reference: Annotation,
-    hypothesis: Annotation,
-) -> Timeline:
-    from pyannote.core import Segment, Timeline
-
-    if isinstance(uem, Timeline):
-        return uem
-    if uem is not None:
-        return Timeline([Segment(float(s), float(e)) for s, e in uem], uri=reference.uri)
-    # pyannote's own fallback (union of both extents), made explicit to avoid its warning.
-    extent = reference.get_timeline().extent() | hypothesis.get_timeline().extent()
-    return Timeline([extent] if extent else [], uri=reference.uri)
-
-
 def diarisation_error_rate(
     reference: Sequence[SpeakerTurn],
     hypothesis: Sequence[SpeakerTurn],
@@ -223,6 +201,7 @@ def diarisation_error_rate(
     ``(start, end)`` regions; by default it is the union of the reference and hypothesis
     extents, so hypothesis speech after the reference ends is false alarm.
     """
+    from pyannote.core import Segment, Timeline
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     settings: dict[str, Any] = {"collar": collar, "skip_overlap": skip_overlap}
@@ -230,8 +209,13 @@ def diarisation_error_rate(
     hyp = turns_to_annotation(hypothesis)
     if not ref and not hyp:
         return DerResult.of(0.0, 0.0, 0.0, 0.0, 0.0, **settings)
-    timeline = _as_timeline(uem, ref, hyp)
-
+    if isinstance(uem, Timeline):
+        timeline = uem
+    elif uem is not None:
+        timeline = Timeline([Segment(float(s), float(e)) for s, e in uem], uri=ref.uri)
+    else:  # pyannote's own fallback (union of both extents), made explicit to avoid its warning
+        extent = ref.get_timeline().extent() | hyp.get_timeline().extent()
+        timeline = Timeline([extent] if extent else [], uri=ref.uri)
     metric = DiarizationErrorRate(**settings)
     parts = metric.compute_components(ref, hyp, uem=timeline)
     # The mapping on the same collar/overlap-extruded region the components were scored on.

@@ -102,8 +102,6 @@ class Reference:
         """Wrap a pipeline transcript (a hypothesis) in the same model as the references."""
         return cls(
             utterances=list(transcript.utterances),
-            has_speakers=True,
-            has_timestamps=True,
             has_words=any(u.words for u in transcript.utterances),
             speaker_names=dict(transcript.speaker_names),
             source=source or transcript.key,

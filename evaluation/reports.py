@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def evaluate_episode(
     }
     if found := _first(references, "has_text"):
         ref, source = found
-        record["wer"] = {**word_error_rate(ref.text, hypothesis.text).to_dict(), **source}
+        record["wer"] = _entry("wer", word_error_rate(ref.text, hypothesis.text), source)
     if found := _first(references, "has_timestamps", "has_speakers"):
         ref, source = found
         if hypothesis_turns is None:
@@ -97,18 +98,20 @@ def evaluate_episode(
                 SpeakerTurn(u.start, u.end, u.speaker) for u in hypothesis.utterances
             ]
         der = diarisation_error_rate(ref.turns, hypothesis_turns, collar=collar)
-        record["der"] = {**der.to_dict(), **source}
+        record["der"] = _entry("der", der, source)
     if found := _first(references, "has_speakers", "has_text"):
         ref, source = found
-        record["cpwer"] = {**cp_word_error_rate(ref, hypothesis.utterances).to_dict(), **source}
+        record["cpwer"] = _entry("cpwer", cp_word_error_rate(ref, hypothesis.utterances), source)
         wder = word_diarisation_error_rate(ref.speaker_words, hypothesis.words)
-        record["wder"] = {
-            **wder.to_dict(),
-            "aligned_words": wder.aligned_words,
-            "wrong_speaker_words": wder.wrong_speaker_words,
-            **source,
-        }
+        record["wder"] = _entry("wder", wder, source, "aligned_words", "wrong_speaker_words")
     return record
+
+
+def _entry(metric: str, result: Any, source: dict[str, str], *also: str) -> dict[str, Any]:
+    """A metric's part of the record: the rate first, its counts and the properties ``also``,
+    then the reference it came from."""
+    values = {metric: getattr(result, metric), **asdict(result)}
+    return values | {name: getattr(result, name) for name in also} | source
 
 
 def metric_value(record: dict[str, Any], metric: str) -> float | None:
@@ -118,16 +121,13 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
 
 
 # -- corpus summary -----------------------------------------------------------------------------
-def _fields(cls: type, entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry[k] for k in cls.__dataclass_fields__ if k in entry}
-
-
 def pooled_scores(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Corpus WER/DER/cpWER/WDER from summed counts, with the totals they are pooled over."""
     records = list(records)
 
     def entries(metric: str, cls: type) -> list[Any]:
-        return [cls(**_fields(cls, r[metric])) for r in records if r.get(metric)]
+        found = [r[metric] for r in records if r.get(metric)]
+        return [cls(**{k: e[k] for k in cls.__dataclass_fields__ if k in e}) for e in found]
 
     wers, ders = entries("wer", WerResult), entries("der", DerResult)
     cps, wders = entries("cpwer", WordErrors), entries("wder", WderResult)

@@ -7,7 +7,6 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
-from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -45,9 +44,6 @@ class CpWerResult(WordErrors):
     speaker_mapping: dict[str, str] = field(default_factory=dict)
     unmatched_reference: list[str] = field(default_factory=list)
     unmatched_hypothesis: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"cpwer": self.cpwer, **asdict(self)}  # the rate first, as in ``WerResult``
 
 
 def cp_word_error_rate(
@@ -113,9 +109,6 @@ class WderResult:
     @property
     def wrong_speaker_words(self) -> int:
         return self.hits_wrong_speaker + self.substitutions_wrong_speaker
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _speaker_tokens(words: Sequence[Word], normalise: bool) -> tuple[list[str], list[str]]:

@@ -117,7 +117,8 @@ class Utterance:
     def text(self) -> str:
         if self.text_override is not None:
             return self.text_override
-        return join_words(self.words)
+        # faster-whisper word tokens carry their own leading spaces
+        return "".join(w.text for w in self.words).strip()
 
 
 @dataclass(slots=True)
@@ -181,11 +182,6 @@ class SpeakerTranscript:
     @property
     def text(self) -> str:
         return " ".join(u.text for u in self.utterances if u.text)
-
-
-def join_words(words: list[Word]) -> str:
-    """Join faster-whisper word tokens, which carry their own leading spaces."""
-    return "".join(w.text for w in words).strip()
 
 
 @cache

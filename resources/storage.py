@@ -91,11 +91,7 @@ class LocalBackend:
 
     def list(self, prefix: str) -> list[str]:
         start = self.path(prefix) if prefix else self.base
-        return sorted(
-            p.relative_to(self.base).as_posix()
-            for p in start.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        return [p.relative_to(self.base).as_posix() for p in start.rglob("*") if p.is_file()]
 
     def delete(self, rel: str) -> None:
         self.path(rel).unlink(missing_ok=True)
@@ -202,8 +198,7 @@ class S3Backend:
         base = f"{self.prefix}/" if self.prefix else ""
         with self._errors("list", prefix or "."):
             pages = list(paginator.paginate(Bucket=self.bucket, Prefix=base + prefix))
-        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-        return sorted(k[len(base) :] for k in keys if not PurePosixPath(k).name.startswith("."))
+        return [obj["Key"][len(base) :] for page in pages for obj in page.get("Contents", [])]
 
     def delete(self, rel: str) -> None:
         self._object("delete", self.client.delete_object, rel)
@@ -300,7 +295,8 @@ class StorageResource(ConfigurableResource):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Relative paths of files under ``prefix``, sorted; hidden temp files skipped."""
-        return iter(self.backend().list(clean_relpath(prefix) if prefix else ""))
+        paths = self.backend().list(clean_relpath(prefix) if prefix else "")
+        return iter(sorted(p for p in paths if not PurePosixPath(p).name.startswith(".")))
 
     def delete(self, relpath: str) -> None:
         self.backend().delete(clean_relpath(relpath))

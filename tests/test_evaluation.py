@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.formats import load_rttm, load_stm, load_subtitles, load_text
+from evaluation.formats import (
+    load_rag_corrected,
+    load_rag_markdown,
+    load_rttm,
+    load_stm,
+    load_subtitles,
+    load_text,
+)
 from evaluation.loaders import load_reference
 from evaluation.metrics import DerResult, WerResult, diarisation_error_rate, word_error_rate
 from evaluation.normalise import normalise_text
-from evaluation.rag_formats import load_rag_corrected, load_rag_markdown
 from evaluation.references import UNKNOWN_SPEAKER, Reference, ReferenceFormatError
 from evaluation.speaker_metrics import CpWerResult, cp_word_error_rate, word_diarisation_error_rate
 from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, Word

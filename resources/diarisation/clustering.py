@@ -25,16 +25,17 @@ REFINE_PASSES = 2  # nearest-centroid passes after clustering
 
 def cluster_segments(segments: Segments, s: DiarisationSettings) -> tuple[np.ndarray, int]:
     """A speaker index per segment, and the speaker count estimated before assignment."""
+    from scipy.cluster.hierarchy import linkage
+
     n = len(segments.bounds)
     fewest, most = s.speaker_bounds()
-    durations = segments.durations
-    core = np.flatnonzero(durations >= CLUSTER_MIN_SEGMENT)
+    core = np.flatnonzero(segments.durations >= CLUSTER_MIN_SEGMENT)
     if len(core) < 2:
         core = np.arange(n)
     if len(core) < 2:
         return np.zeros(n, dtype=int), 1
 
-    tree = average_linkage(segments.whitened[core])
+    tree = linkage(segments.whitened[core], method="average", metric="cosine")
     if s.num_speakers is not None:
         core_labels = cut_tree(tree, min(s.num_speakers, len(core)))
     else:
@@ -47,12 +48,6 @@ def cluster_segments(segments: Segments, s: DiarisationSettings) -> tuple[np.nda
     labels[core] = core_labels
     estimated = len(np.unique(core_labels[core_labels >= 0]))
     return assign_to_centroids(segments, labels, fixed=s.num_speakers is not None), estimated
-
-
-def average_linkage(x: np.ndarray) -> np.ndarray:
-    from scipy.cluster.hierarchy import linkage
-
-    return linkage(x, method="average", metric="cosine")
 
 
 def cut_tree(tree: np.ndarray, k: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from resources.audio import SAMPLE_RATE, AudioSource
+from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
 from resources.diarisation.clustering import cluster_segments
 from resources.diarisation.embedding import embed_segments
 from resources.diarisation.segmentation import (
@@ -26,7 +26,7 @@ from resources.diarisation.segmentation import (
     segmentation_scores,
     single_voice_segments,
 )
-from resources.diarisation.settings import DiarisationSettings, ProgressCallback
+from resources.diarisation.settings import DiarisationSettings
 from resources.diarisation.turns import (
     add_overlapping_speakers,
     annotation_to_turns,

@@ -83,14 +83,12 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         config = {**s.model_dump(), "device": device, "hf_token_set": token is not None}
         started = time.perf_counter()
         if s.pipeline == OFFLINE:
-            models = (
-                load_segmentation_model(str(segmentation_checkpoint()), device),
-                load_speaker_encoder(str(resemblyzer_encoder()), device),
-            )
+            segmentation = load_segmentation_model(str(segmentation_checkpoint()), device)
+            encoder = load_speaker_encoder(str(resemblyzer_encoder()), device)
             model_name = OFFLINE_MODEL_NAME
         else:
             check_pipeline_source(s.pipeline, token)
-            models = (load_hub_pipeline(s.pipeline, device, token),)
+            pipeline = load_hub_pipeline(s.pipeline, device, token)
             model_name = s.pipeline
         load_seconds = time.perf_counter() - started
 
@@ -98,9 +96,9 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         if duration < MIN_AUDIO_SECONDS or is_silent(waveform):
             turns, details = [], {"num_speakers": 0, "reason": "silent or too short"}
         elif s.pipeline == OFFLINE:
-            turns, details = diarise_offline(waveform, s, *models, progress=progress)
+            turns, details = diarise_offline(waveform, s, segmentation, encoder, progress=progress)
         else:
-            turns, details = diarise_with_pipeline(waveform, s, models[0])
+            turns, details = diarise_with_pipeline(waveform, s, pipeline)
         seconds = time.perf_counter() - started
         if progress is not None:
             progress(duration, duration)

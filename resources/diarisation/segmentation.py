@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from resources.audio import SAMPLE_RATE, AudioSource
-from resources.diarisation.settings import ProgressCallback
+from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
 
 LOCAL_ACTIVE = 0.5  # a local speaker of a segmentation window is "on" above this activation
 CHANGE_SMOOTHING_FRAMES = 3  # votes within +-3 frames (+-50 ms) count for the same change
@@ -90,21 +89,12 @@ class FrameScores:
 
 
 class FrameScoreAccumulator:
-    """Aggregates the windows' local activations on one global frame grid, in batches.
-
-    Speaker identities are only consistent inside a window, so only permutation-free
-    quantities are aggregated: the loudest activation, switches of the dominant local
-    speaker (votes smoothed over +-50 ms) and how many local speakers are on.
-    """
+    """The permutation-free evidence of the windows (see the module docstring) summed on one
+    global frame grid, a batch of windows at a time."""
 
     def __init__(self, n_frames: int, chunk_step: float, frame_step: float) -> None:
-        self.n_frames = n_frames
-        self.chunk_step = chunk_step
-        self.frame_step = frame_step
-        self.speech = np.zeros(n_frames)
-        self.votes = np.zeros(n_frames)
-        self.overlap = np.zeros(n_frames)
-        self.coverage = np.zeros(n_frames)
+        self.n_frames, self.chunk_step, self.frame_step = n_frames, chunk_step, frame_step
+        self.speech, self.votes, self.overlap, self.coverage = np.zeros((4, n_frames))
 
     def add(self, chunks: np.ndarray, first_chunk: int = 0) -> None:
         """Fold in windows ``first_chunk``, ``first_chunk + 1``, ... (frames x speakers each)."""

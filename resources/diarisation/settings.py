@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from resources.audio import ProgressCallback  # noqa: F401 - the algorithm modules take it here
-
 OFFLINE = "offline"
 
 
