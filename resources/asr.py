@@ -30,6 +30,7 @@ from resources.schema import AsrResult
 
 log = logging.getLogger(__name__)
 
+DECODE_SEED = 1234  # CTranslate2's sampling seed (temperature fallback)
 CPU_FALLBACK = {"float16": "float32", "int8_float16": "int8", "bfloat16": "float32"}
 ComputeType = Literal[
     "default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"
@@ -121,8 +122,16 @@ def effective_device_and_type(device: str, compute_type: str) -> tuple[str, str]
 def load_whisper_model(
     model: str, device: str, compute_type: str, cpu_threads: int, download_root: str | None
 ) -> Any:
-    """Load (once per process per key) a ``faster_whisper.WhisperModel``."""
+    """Load (once per process per key) a ``faster_whisper.WhisperModel``.
+
+    Temperature fallback samples with CTranslate2's generator, seeded at random per
+    process unless set before the model's threads first use it: seeding it here makes a
+    re-run of an episode in a fresh process write the same words.
+    """
+    import ctranslate2
     from faster_whisper import WhisperModel
+
+    ctranslate2.set_random_seed(DECODE_SEED)
 
     target, is_local = resolve_whisper_model(model)
     kwargs = dict(
@@ -181,7 +190,7 @@ class WhisperASR(ConfigurableResource):
         return settings
 
     def load(self, **overrides: Any) -> Any:
-        """The (cached) WhisperModel for these settings; loads it on first use."""
+        """The (cached) WhisperModel for these settings, as faster-whisper ships it."""
         return load_for(self.settings(**overrides))[0]
 
     def transcribe(
@@ -201,11 +210,13 @@ class WhisperASR(ConfigurableResource):
         if duration < 0.1:
             return AsrResult([], s.language or "en", duration, s.model, config, 0.0)
 
+        from resources.log_mel import with_sliced_features  # imports faster-whisper
+
         common = transcribe_options(s)
         del common["initial_prompt"]  # set per block by the long-form pass
         result = transcribe_long_form(
             waveform,
-            decoder(model, s, common),
+            decoder(with_sliced_features(model), s, common),
             vad_options=vad_options(s),
             prompt=s.initial_prompt,
             carry_prompt=s.condition_on_previous_text and not s.batched,

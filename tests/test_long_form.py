@@ -206,3 +206,26 @@ def test_a_skipped_window_is_recovered_and_counted(monkeypatch) -> None:
     assert starts == sorted(starts)
     assert any(20 <= t < 40 for t in starts)
     assert result.language == "en"
+
+
+def test_sliced_log_mel_matches_faster_whisper() -> None:
+    """Features computed a minute at a time equal faster-whisper's one-shot spectrogram.
+
+    The Mel projection is a matrix product whose BLAS blocking depends on the number of
+    frames, so values may differ in the last bit; nothing more.
+    """
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from resources.log_mel import FRAMES_PER_SLICE, SlicedFeatureExtractor
+
+    rng = np.random.default_rng(5)
+    seconds = 2.5 * FRAMES_PER_SLICE / 100  # two and a half slices
+    t = np.arange(int(seconds * SR)) / SR
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(t)) + 0.05 * rng.standard_normal(len(t))
+    audio = audio.astype(np.float32)
+    expected = FeatureExtractor()(audio)
+    sliced = SlicedFeatureExtractor()(audio)
+    assert sliced.shape == expected.shape and sliced.dtype == expected.dtype
+    np.testing.assert_allclose(sliced, expected, rtol=0, atol=1e-6)
+    short = audio[: 30 * SR]  # a window or a batched chunk: exactly upstream's code path
+    assert np.array_equal(SlicedFeatureExtractor()(short), FeatureExtractor()(short))
