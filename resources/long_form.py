@@ -51,8 +51,8 @@ class LongFormOptions:
 
     ``block_seconds``: each block starts a new decoding pass, whose 30 s windows fall
     elsewhere than in one pass over the episode, so the text differs a little at random;
-    15 minutes keeps those restarts few (episodes up to 15 minutes decode exactly as bare
-    faster-whisper) while the block's features stay under about 0.6 GB.
+    15 minutes keeps those restarts few (an episode up to 15 minutes is one faster-whisper
+    call, as bare) while a block's working memory stays near 0.3 GB.
     """
 
     block_seconds: float = 900.0
