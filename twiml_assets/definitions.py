@@ -12,6 +12,7 @@ from typing import Any
 from dagster import Definitions, definitions, in_process_executor
 
 from resources.asr import WhisperASR
+from resources.compute import ComputeResource
 from resources.diarisation import PyannoteDiariser
 from resources.quality import QualityResource
 from resources.storage import StorageResource
@@ -48,6 +49,12 @@ def resources_from_settings(settings: PlatformSettings) -> dict[str, Any]:
         "feed": FeedResource(url=settings.feed_url),
         "storage": StorageResource(**storage_kwargs),
         "asr": WhisperASR(profile=settings.profile),
+        "compute": ComputeResource(
+            backend=settings.compute,
+            modal_gpu=settings.modal_gpu,
+            k8s_image=settings.k8s_image,
+            k8s_namespace=settings.k8s_namespace,
+        ),
         "diariser": diariser,
         "quality": quality,
         "catch_up": CatchUpSettings(

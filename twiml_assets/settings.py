@@ -39,6 +39,10 @@ class PlatformSettings(EvaluationLimits):
     max_runs_per_tick: int = Field(default=3, ge=0)
     max_in_flight: int = Field(default=4, ge=0)
     catchup_order: Literal["newest_first", "oldest_first"] = "newest_first"
+    compute: Literal["local", "subprocess", "modal", "k8s"] = "local"
+    modal_gpu: str = "L4"
+    k8s_image: str | None = None
+    k8s_namespace: str | None = None
     web_max_upload_mb: float = Field(default=500.0, gt=0)
     web_upload_types: str | None = None
     web_poll_seconds: float = Field(default=2.0, ge=0.5)
@@ -53,7 +57,7 @@ class PlatformSettings(EvaluationLimits):
             return {k: v for k, v in values.items() if not (isinstance(v, str) and not v.strip())}
         return values
 
-    @field_validator("sensor_status", "catchup_order", mode="before")
+    @field_validator("sensor_status", "catchup_order", "compute", mode="before")
     @classmethod
     def _lenient_choice(cls, value: Any) -> Any:
         return value.strip().lower().replace("-", "_") if isinstance(value, str) else value

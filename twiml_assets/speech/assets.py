@@ -5,54 +5,27 @@ waveform (decoding a one-hour MP3 twice costs tens of seconds and twice the memo
 It runs in the ``gpu`` pool (limit 1 in dagster.yaml), so two runs never fight over one
 accelerator, while their downloads and renders go on in parallel. Models are cached
 per process by the resources, and the job runs in-process, so a run loads each model
-once whatever the number of steps.
+once whatever the number of steps. The ``compute`` resource can move the step to a GPU
+worker (a subprocess, Modal or Kubernetes, through Dagster Pipes): same code, same files.
 """
 
-import time
 from collections.abc import Iterator
+from typing import Any
 
-from dagster import (
-    AssetExecutionContext,
-    AssetSpec,
-    Config,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    multi_asset,
-)
-from pydantic import Field
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
 from resources.asr import WhisperASR
-from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
+from resources.compute import ComputeResource
 from resources.diarisation import PyannoteDiariser
-from resources.schema import dump
 from resources.storage import StorageResource
-from twiml_assets.asset_io import (
-    GROUP_MODELS,
-    files_metadata,
-    load_episode,
-    read_json_or_fail,
-    rtf,
-)
+from twiml_assets.asset_io import GROUP_MODELS
 from twiml_assets.audio.assets import raw_audio
 from twiml_assets.feed.partitions import episode_partitions
-from twiml_assets.layout import EpisodeFiles
-from twiml_assets.outputs.files import write_rttm
-from twiml_assets.speech.engine import episode_prompt
+from twiml_assets.speech import worker
+from twiml_assets.speech.step import ModelStepConfig, run_model_step
 
 GPU_POOL = "gpu"
-
-
-class ModelStepConfig(Config):
-    """Per-run knobs; model choice and quality settings live on the asr/diariser resources."""
-
-    use_episode_prompt: bool = Field(
-        default=True,
-        description="Prompt Whisper with the episode title and description (names, jargon).",
-    )
-    num_speakers: int | None = Field(default=None, description="Exact number of speakers.")
-    min_speakers: int | None = Field(default=None, description="Lower bound on speakers.")
-    max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
+TYPED_METADATA = {"path": MetadataValue.path, "json": MetadataValue.json, "md": MetadataValue.md}
 
 
 def model_output(name: str, kind: str, description: str) -> AssetSpec:
@@ -90,110 +63,28 @@ def transcribe_and_diarise(
     storage: StorageResource,
     asr: WhisperASR,
     diariser: PyannoteDiariser,
+    compute: ComputeResource,
 ) -> Iterator[MaterializeResult]:
-    """Decode the episode once; transcribe and diarise that one waveform (gpu pool)."""
+    """Decode the episode once; transcribe and diarise that one waveform (gpu pool).
+
+    Runs here or on a GPU worker, as the ``compute`` resource says; the files and the
+    metadata are the same either way.
+    """
     key = context.partition_key
-    episode = load_episode(storage, key)
-    audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
-    started = time.perf_counter()
-    try:
-        waveform = open_waveform(storage.local_path(audio["path"]), label=key)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this episode's bad audio
-        reason = (
-            str(exc)
-            if isinstance(exc, AudioDecodeError)
-            else (f"cannot decode {key} ({audio['path']}): {type(exc).__name__}: {exc}")
-        )
-        raise Failure(
-            description=f"{reason}. Re-materialise raw_audio with force_download=true if the "
-            "download was damaged; if the source itself is broken, this episode cannot be "
-            "transcribed until the publisher fixes it (the other episodes are unaffected)",
-            allow_retries=False,
-        ) from exc
-    decode_seconds = time.perf_counter() - started
-    duration = len(waveform) / SAMPLE_RATE
-    context.log.info(f"{key}: decoded {duration:.1f} s of audio in {decode_seconds:.1f} s")
+    if not compute.runs_in_process:
+        params = worker.WorkerParams.build(key, config, storage, asr, diariser)
+        context.log.info(f"{key}: model step on the {compute.backend} backend")
+        yield from compute.run_worker(context, worker.MODULE, params.model_dump(mode="json"))
+        return
+    for output in run_model_step(key, config, storage, asr, diariser, log=context.log.info):
+        yield MaterializeResult(asset_key=output.asset, metadata=as_metadata(output.metadata))
 
-    prompt = (
-        episode_prompt(episode.title, episode.description) if config.use_episode_prompt else None
-    )
-    asr_result = asr.transcribe(
-        waveform, initial_prompt=prompt, progress=_progress(context, key, "transcribed")
-    )
-    diarisation = diariser.diarise(
-        waveform,
-        SAMPLE_RATE,
-        num_speakers=config.num_speakers,
-        min_speakers=config.min_speakers,
-        max_speakers=config.max_speakers,
-        progress=_progress(context, key, "diarised"),
-    )
-    waveform.close()
 
-    p = EpisodeFiles(key)
-    source = {
-        "audio_path": audio["path"],
-        "audio_sha256": audio.get("sha256"),
-        "decode_seconds": round(decode_seconds, 3),
-        "duration": round(duration, 3),
+def as_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Pipes' wire form (``{"raw_value", "type"}`` entries) as Dagster metadata values."""
+    return {
+        name: TYPED_METADATA[value["type"]](value["raw_value"])
+        if isinstance(value, dict) and value.get("type") in TYPED_METADATA
+        else value
+        for name, value in metadata.items()
     }
-    asr_files = {
-        "asr_json": storage.write_json(p.asr_result, {**dump(asr_result), "audio": source})
-    }
-    diar_files = {
-        "diarisation_json": storage.write_json(
-            p.diarisation_result, {**dump(diarisation), "audio": source}
-        ),
-        **write_rttm(storage, diarisation, key),
-    }
-
-    words = asr_result.words
-    yield MaterializeResult(
-        asset_key="transcript",
-        metadata={
-            "duration_s": round(duration, 2),
-            "words": len(words),
-            "segments": len(asr_result.segments),
-            "language": asr_result.language,
-            "asr_seconds": round(asr_result.seconds, 2),
-            "decode_seconds": round(decode_seconds, 2),
-            "real_time_factor": rtf(asr_result.seconds, duration),
-            "recovered_stretches": asr_result.details.get("recovered_stretches", 0),
-            "unrecovered_stretches": asr_result.details.get("unrecovered_stretches", 0),
-            "model": asr_result.model,
-            "config": MetadataValue.json(asr_result.config),
-            "preview": MetadataValue.md(asr_result.text[:600] or "_(no speech recognised)_"),
-            **files_metadata(asr_files),
-        },
-    )
-    speech = sum(t.duration for t in diarisation.turns)
-    yield MaterializeResult(
-        asset_key="diarisation",
-        metadata={
-            "duration_s": round(duration, 2),
-            "speakers": len(diarisation.speakers),
-            "speaker_labels": ", ".join(diarisation.speakers) or "none",
-            "turns": len(diarisation.turns),
-            "speech_s": round(speech, 2),
-            "diarisation_seconds": round(diarisation.seconds, 2),
-            "real_time_factor": rtf(diarisation.seconds, duration),
-            "model": diarisation.model,
-            "config": MetadataValue.json(diarisation.config),
-            **files_metadata(diar_files),
-        },
-    )
-
-
-def _progress(context: AssetExecutionContext, key: str, verb: str):
-    """A progress callback that logs about every 10 % (at most once a minute of audio)."""
-    last = [-1]
-
-    def report(done: float, total: float) -> None:
-        second = round(done)
-        if not total or second == last[0]:
-            return
-        if last[0] < 0 or second - last[0] >= max(60.0, total / 10) or done >= total:
-            last[0] = second
-            context.log.info(f"{key}: {verb} {second}/{total:.0f} s")
-
-    return report

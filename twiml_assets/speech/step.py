@@ -1,0 +1,179 @@
+"""The model step itself, without Dagster: decode once, ASR, diarisation, files, metadata.
+
+The ``transcribe_and_diarise`` asset runs it in the run's process (compute ``local``);
+the Pipes worker (``speech/worker.py``) runs the very same function on a GPU worker.
+Both report the same two materialisations, so the outputs and the metadata shown in
+the UI do not depend on where the step ran. Metadata is kept in Pipes' wire form
+(plain values, and ``{"raw_value", "type"}`` for paths, JSON and Markdown), which the
+worker sends as is and the asset turns into ``MetadataValue``s. Failures that a re-run
+cannot fix (a missing upstream file, undecodable audio) are ``dagster.Failure``s with
+``allow_retries=False``, wherever the step runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import Config, Failure
+from pydantic import Field
+
+from resources.asr import WhisperASR
+from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
+from resources.diarisation import PyannoteDiariser
+from resources.schema import dump
+from resources.storage import StorageResource
+from twiml_assets.asset_io import load_episode, read_json_or_fail, rtf
+from twiml_assets.layout import EpisodeFiles
+from twiml_assets.outputs.files import write_rttm
+from twiml_assets.speech.engine import episode_prompt
+
+Log = Callable[[str], None]
+
+
+class ModelStepConfig(Config):
+    """Per-run knobs; model choice and quality settings live on the asr/diariser resources."""
+
+    use_episode_prompt: bool = Field(
+        default=True,
+        description="Prompt Whisper with the episode title and description (names, jargon).",
+    )
+    num_speakers: int | None = Field(default=None, description="Exact number of speakers.")
+    min_speakers: int | None = Field(default=None, description="Lower bound on speakers.")
+    max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """One materialisation of the step: asset name and metadata in Pipes' wire form."""
+
+    asset: str
+    metadata: dict[str, Any]
+
+
+def typed(value: Any, kind: str) -> dict[str, Any]:
+    """A metadata entry of an explicit type (``path``, ``json``, ``md``)."""
+    return {"raw_value": value, "type": kind}
+
+
+def run_model_step(
+    key: str,
+    options: ModelStepConfig,
+    storage: StorageResource,
+    asr: WhisperASR,
+    diariser: PyannoteDiariser,
+    log: Log,
+) -> list[StepOutput]:
+    """Decode the episode once; transcribe and diarise that one waveform; write the files."""
+    files = EpisodeFiles(key)
+    episode = load_episode(storage, key)
+    audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
+    started = time.perf_counter()
+    try:
+        waveform = open_waveform(storage.local_path(audio["path"]), label=key)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this episode's bad audio
+        reason = (
+            str(exc)
+            if isinstance(exc, AudioDecodeError)
+            else f"cannot decode {key} ({audio['path']}): {type(exc).__name__}: {exc}"
+        )
+        raise Failure(
+            description=f"{reason}. Re-materialise raw_audio with force_download=true if the "
+            "download was damaged; if the source itself is broken, this episode cannot be "
+            "transcribed until the publisher fixes it (the other episodes are unaffected)",
+            allow_retries=False,
+        ) from exc
+    decode_seconds = time.perf_counter() - started
+    duration = len(waveform) / SAMPLE_RATE
+    log(f"{key}: decoded {duration:.1f} s of audio in {decode_seconds:.1f} s")
+
+    prompt = (
+        episode_prompt(episode.title, episode.description) if options.use_episode_prompt else None
+    )
+    asr_result = asr.transcribe(
+        waveform, initial_prompt=prompt, progress=progress_logger(log, key, "transcribed")
+    )
+    diarisation = diariser.diarise(
+        waveform,
+        SAMPLE_RATE,
+        num_speakers=options.num_speakers,
+        min_speakers=options.min_speakers,
+        max_speakers=options.max_speakers,
+        progress=progress_logger(log, key, "diarised"),
+    )
+    waveform.close()
+
+    source = {
+        "audio_path": audio["path"],
+        "audio_sha256": audio.get("sha256"),
+        "decode_seconds": round(decode_seconds, 3),
+        "duration": round(duration, 3),
+    }
+    asr_files = {
+        "asr_json": storage.write_json(files.asr_result, {**dump(asr_result), "audio": source})
+    }
+    diar_files = {
+        "diarisation_json": storage.write_json(
+            files.diarisation_result, {**dump(diarisation), "audio": source}
+        ),
+        **write_rttm(storage, diarisation, key),
+    }
+
+    speech = sum(t.duration for t in diarisation.turns)
+    return [
+        StepOutput(
+            "transcript",
+            {
+                "duration_s": round(duration, 2),
+                "words": len(asr_result.words),
+                "segments": len(asr_result.segments),
+                "language": asr_result.language,
+                "asr_seconds": round(asr_result.seconds, 2),
+                "decode_seconds": round(decode_seconds, 2),
+                "real_time_factor": rtf(asr_result.seconds, duration),
+                "recovered_stretches": asr_result.details.get("recovered_stretches", 0),
+                "unrecovered_stretches": asr_result.details.get("unrecovered_stretches", 0),
+                "model": asr_result.model,
+                "config": typed(asr_result.config, "json"),
+                "preview": typed(asr_result.text[:600] or "_(no speech recognised)_", "md"),
+                **paths(asr_files),
+            },
+        ),
+        StepOutput(
+            "diarisation",
+            {
+                "duration_s": round(duration, 2),
+                "speakers": len(diarisation.speakers),
+                "speaker_labels": ", ".join(diarisation.speakers) or "none",
+                "turns": len(diarisation.turns),
+                "speech_s": round(speech, 2),
+                "diarisation_seconds": round(diarisation.seconds, 2),
+                "real_time_factor": rtf(diarisation.seconds, duration),
+                "model": diarisation.model,
+                "config": typed(diarisation.config, "json"),
+                **paths(diar_files),
+            },
+        ),
+    ]
+
+
+def paths(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """One ``path:<name>`` entry per written file (clickable paths in the UI)."""
+    return {f"path:{name}": typed(uri, "path") for name, uri in sorted(files.items())}
+
+
+def progress_logger(log: Log, key: str, verb: str) -> Callable[[float, float], None]:
+    """A progress callback that logs about every 10 % (at most once a minute of audio)."""
+    last = [-1]
+
+    def report(done: float, total: float) -> None:
+        second = round(done)
+        if not total or second == last[0]:
+            return
+        if last[0] < 0 or second - last[0] >= max(60.0, total / 10) or done >= total:
+            last[0] = second
+            log(f"{key}: {verb} {second}/{total:.0f} s")
+
+    return report

@@ -1,0 +1,120 @@
+"""The model step's worker program: ``python -m twiml_assets.speech.worker``, under Dagster Pipes.
+
+The ``subprocess`` and ``k8s`` compute backends start this module; the Modal app runs its
+:func:`step_events` in a GPU container and forwards them with :func:`report`. It reads the
+episode key, the storage settings and the engine settings from the Pipes extra
+``model_step``, reads the audio from storage (local or ``s3://``), runs
+:func:`~twiml_assets.speech.step.run_model_step`, writes the same files, and reports the
+``transcript`` and ``diarisation`` materialisations back; progress comes back as Pipes logs.
+
+A failure that a re-run cannot fix (undecodable audio, a missing upstream file) exits with
+status :data:`PERMANENT_EXIT` after printing its reason as the last line of stderr, so the
+orchestrator can tell it from a crash.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from resources.asr import WhisperASR
+from resources.compute import PERMANENT_EXIT, PERMANENT_PREFIX, WORKER_EXTRA
+from resources.diarisation import PyannoteDiariser
+from resources.storage import StorageResource
+from twiml_assets.speech.step import ModelStepConfig, run_model_step
+
+MODULE = "twiml_assets.speech.worker"
+SECRET_FIELDS = {"hf_token"}
+"""Never sent as parameters: the worker reads them from its own environment or secrets."""
+
+
+class WorkerParams(BaseModel):
+    """What one model step needs besides the audio: all of it plain, JSON-able config."""
+
+    key: str
+    options: ModelStepConfig = ModelStepConfig()
+    storage: dict[str, Any] = {}
+    asr: dict[str, Any] = {}
+    diariser: dict[str, Any] = {}
+
+    @classmethod
+    def build(
+        cls,
+        key: str,
+        options: ModelStepConfig,
+        storage: StorageResource,
+        asr: WhisperASR,
+        diariser: PyannoteDiariser,
+    ) -> WorkerParams:
+        """The run's resolved resources, as the worker rebuilds them."""
+        return cls(
+            key=key,
+            options=options,
+            storage=storage.model_dump(),
+            asr=asr.model_dump(),
+            diariser=diariser.model_dump(exclude=SECRET_FIELDS),
+        )
+
+
+def step_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Run the step; yield ``{"log": text}`` as it goes, then ``{"asset", "metadata"}`` each.
+
+    The step runs in a thread so that progress streams out while it works (Modal's remote
+    generator sends each item as it is yielded). Its exception, if any, is re-raised here.
+    """
+    p = WorkerParams.model_validate(params)
+    events: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
+
+    def work() -> None:
+        try:
+            outputs = run_model_step(
+                p.key,
+                p.options,
+                StorageResource(**p.storage),
+                WhisperASR(**p.asr),
+                PyannoteDiariser(**p.diariser),
+                log=lambda text: events.put({"log": text}),
+            )
+            for out in outputs:
+                events.put({"asset": out.asset, "metadata": out.metadata})
+            events.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            events.put(exc)
+
+    threading.Thread(target=work, name=f"model-step-{p.key}", daemon=True).start()
+    while (item := events.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def report(pipes: Any, events: Iterable[dict[str, Any]]) -> None:
+    """Forward step events to Dagster: logs as Pipes logs, outputs as materialisations."""
+    for event in events:
+        if "log" in event:
+            pipes.log.info(event["log"])
+        else:
+            pipes.report_asset_materialization(asset_key=event["asset"], metadata=event["metadata"])
+
+
+def main() -> int:
+    from dagster import Failure
+    from dagster_pipes import open_dagster_pipes
+
+    try:
+        with open_dagster_pipes() as pipes:
+            report(pipes, step_events(pipes.get_extra(WORKER_EXTRA)))
+    except Failure as exc:
+        reason = " ".join(str(exc.description).split())
+        print(f"{PERMANENT_PREFIX}{reason}", file=sys.stderr)
+        return PERMANENT_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
