@@ -148,29 +148,38 @@ class ComputeResource(ConfigurableResource):
         return PipesK8sClient().run(
             context=context,
             extras=extras,
-            image=self.k8s_image,
-            command=worker_command(module),
             namespace=self.k8s_namespace,
-            base_pod_spec=self.pod_spec(),
-            base_pod_meta={"labels": {"app.kubernetes.io/name": "twiml-transcribe-worker"}},
             pod_wait_timeout=self.timeout_seconds,
+            **self.pod_arguments(module),
         )
 
-    def pod_spec(self) -> dict[str, Any]:
-        """The worker pod: one GPU, secrets as environment, never restarted in place."""
+    def pod_arguments(self, module: str) -> dict[str, Any]:
+        """The worker pod: the image, one GPU, secrets as environment, never restarted.
+
+        ``PipesK8sClient`` adds the Pipes variables to the first container's environment.
+        """
         container: dict[str, Any] = {
-            "resources": {"limits": {self.k8s_gpu_resource: 1}},
+            "resources": {"limits": {self.k8s_gpu_resource: "1"}},
             "env_from": [{"secret_ref": {"name": name}} for name in self.k8s_secrets],
         }
-        spec: dict[str, Any] = {"containers": [container], "restart_policy": "Never"}
+        spec: dict[str, Any] = {
+            "containers": [container],
+            "restart_policy": "Never",
+            # GPU nodes are usually tainted so that only pods asking for a GPU land there.
+            "tolerations": [
+                {"key": self.k8s_gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        }
         if self.k8s_node_selector:
             spec["node_selector"] = dict(self.k8s_node_selector)
         if self.k8s_service_account:
             spec["service_account_name"] = self.k8s_service_account
-        spec["tolerations"] = [
-            {"key": self.k8s_gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
-        ]
-        return spec
+        return {
+            "image": self.k8s_image,
+            "command": worker_command(module),
+            "base_pod_spec": spec,
+            "base_pod_meta": {"labels": {"app.kubernetes.io/name": "twiml-transcribe-worker"}},
+        }
 
 
 def worker_command(module: str) -> list[str]:
@@ -182,7 +191,7 @@ def worker_command(module: str) -> list[str]:
 def check_backend(backend: str, k8s_image: str | None = None) -> None:
     """Raise ComputeSetupError, one line, when ``backend`` lacks a package or credentials."""
     for module, pip_name in PACKAGES.get(backend, ()):
-        if importlib.util.find_spec(module) is None:
+        if not _installed(module):
             raise ComputeSetupError(
                 f"TWIML_COMPUTE={backend} needs the {pip_name} package, which is not installed: "
                 f"pip install 'twiml-transcribe[{backend}]'"
@@ -203,6 +212,13 @@ def check_backend(backend: str, k8s_image: str | None = None) -> None:
                 "TWIML_COMPUTE=k8s needs cluster credentials: run inside the cluster, or set "
                 "KUBECONFIG (or create ~/.kube/config)"
             )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: deliberately made unimportable
+        return False
 
 
 def _modal_credentials() -> bool:

@@ -1,0 +1,312 @@
+"""Where the model step runs: in the run's process, or a Pipes worker (subprocess, k8s, Modal).
+
+The subprocess backend runs for real (the worker program on the offline models); the
+Kubernetes backend is checked up to the pod it would create, and a backend without its
+package or credentials must fail at resource set-up with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import instance_for_test
+
+from resources.compute import (
+    ComputeResource,
+    ComputeSetupError,
+    check_backend,
+    exit_reason,
+    worker_command,
+)
+from resources.storage import StorageResource
+from twiml_assets.feed.resource import FeedResource
+from twiml_assets.speech import worker
+
+from .test_dagster_assets import materialisations, publish
+
+MODEL_STEP_ASSETS = ("transcript", "diarisation")
+TIMING_METADATA = {"asr_seconds", "decode_seconds", "diarisation_seconds", "real_time_factor"}
+SAME_FILES = ("transcripts/1.corrected.json", "markdown/1.md", "subtitles/ep-1.srt")
+
+
+def episode_job(feed_url: str, root: Path, compute: ComputeResource):
+    from twiml_assets.definitions import build_definitions
+
+    defs = build_definitions(
+        resources={
+            "feed": FeedResource(url=feed_url),
+            "storage": StorageResource(root=str(root)),
+            "compute": compute,
+        },
+        env={},
+    )
+    return defs.resolve_job_def("episode_pipeline")
+
+
+def comparable(metadata: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Metadata without timings, with paths relative to the storage root."""
+    out = {}
+    for name, value in metadata.items():
+        if name in TIMING_METADATA:
+            continue
+        out[name] = value.replace(str(root), "<root>") if isinstance(value, str) else value
+    return out
+
+
+def worker_pids() -> list[int]:
+    """Processes running the model step's worker program (from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if worker.MODULE.encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+# -- the subprocess backend, end to end --------------------------------------------------------
+@pytest.mark.slow
+def test_subprocess_worker_gives_the_same_outputs_and_metadata_as_local(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    (key,) = publish(http_server, [short_episodes[0].audio_path])
+    metadata, logs = {}, {}
+    for backend in ("local", "subprocess"):
+        root = tmp_path / backend
+        job = episode_job(http_server.url("feed.xml"), root, ComputeResource(backend=backend))
+        with instance_for_test() as instance:
+            instance.add_dynamic_partitions("episodes", [key])
+            result = job.execute_in_process(
+                partition_key=key, instance=instance, raise_on_error=False
+            )
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+            logs[backend] = [e.message for e in instance.all_logs(result.run_id)]
+        meta = materialisations(result)
+        metadata[backend] = {a: comparable(meta[a], root) for a in MODEL_STEP_ASSETS}
+
+    # The same files, byte for byte: the worker ran the same step on the same settings.
+    for rel in SAME_FILES:
+        local, remote = (tmp_path / b / rel for b in ("local", "subprocess"))
+        assert local.read_bytes() == remote.read_bytes(), rel
+    # The same materialisations, with the same metadata (timings aside), through Pipes.
+    assert metadata["subprocess"] == metadata["local"]
+    assert metadata["subprocess"]["transcript"]["words"] > 10
+    assert metadata["subprocess"]["transcript"]["config"]["model"] == "tiny.en"
+    assert metadata["subprocess"]["diarisation"]["path:rttm"] == "<root>/diarisation/ep-1.rttm"
+    # Progress came back as Pipes log messages, and the worker said where it ran.
+    assert any(m.startswith(f"{key}: decoded ") for m in logs["subprocess"])
+    assert any("model step on the subprocess backend" in m for m in logs["subprocess"])
+    assert any(m.startswith("model step worker started: pid") for m in logs["subprocess"])
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_step_frees_the_gpu_slot_and_a_rerun_completes(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    (key,) = publish(http_server, [short_episodes[1].audio_path])
+    root = tmp_path / "data"
+    job = episode_job(http_server.url("feed.xml"), root, ComputeResource(backend="subprocess"))
+    with instance_for_test() as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", 1)
+        instance.add_dynamic_partitions("episodes", [key])
+        results: list[Any] = []
+        run = threading.Thread(
+            target=lambda: results.append(
+                job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+            )
+        )
+        run.start()
+        deadline = time.time() + 240
+        while not (pids := worker_pids()) and time.time() < deadline:
+            time.sleep(0.1)
+        assert pids, "the worker never started"
+        time.sleep(2.0)  # mid-step: the worker is importing the stack or loading models
+        os.kill(pids[0], signal.SIGKILL)
+        run.join(timeout=300)
+        (failed,) = results
+
+        assert not failed.success
+        failure = next(
+            e
+            for e in failed.all_events
+            if e.is_step_failure and e.step_key == "transcribe_and_diarise"
+        )
+        message = failure.event_specific_data.error.message
+        assert "model step worker was killed by SIGKILL" in message
+        assert "transcripts/1.corrected.json" not in {
+            p.relative_to(root).as_posix() for p in root.rglob("*")
+        }
+        # The gpu pool slot is free again at once (op granularity), and nothing waits.
+        info = instance.event_log_storage.get_concurrency_info("gpu")
+        assert info.active_slot_count == 0 and info.pending_step_count == 0
+
+        rerun = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert rerun.success
+    assert json.loads((root / "transcripts/1.corrected.json").read_text())["dialogs"]
+    assert not worker_pids()
+
+
+# -- failures that need no models --------------------------------------------------------------
+def test_exit_reasons_are_in_words() -> None:
+    assert exit_reason(-signal.SIGKILL).startswith("model step worker was killed by SIGKILL")
+    assert "out of memory" in exit_reason(-signal.SIGKILL)
+    assert exit_reason(-signal.SIGSEGV).startswith("model step worker was killed by SIGSEGV")
+    assert exit_reason(1) == "model step worker exited with status 1"
+
+
+def test_the_worker_reports_a_permanent_failure_with_its_reason(tmp_path: Path) -> None:
+    """No upstream files: the worker exits with the permanent status and the reason."""
+    from dagster import materialize
+
+    from resources.asr import WhisperASR
+    from resources.diarisation import PyannoteDiariser
+    from twiml_assets.speech.assets import transcribe_and_diarise
+
+    root = tmp_path / "data"
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", ["ep-9"])
+        result = materialize(
+            [transcribe_and_diarise],
+            partition_key="ep-9",
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "storage": StorageResource(root=str(root)),
+                "asr": WhisperASR(),
+                "diariser": PyannoteDiariser(),
+                "compute": ComputeResource(backend="subprocess"),
+            },
+        )
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    error = failure.event_specific_data.error
+    assert "ep-9: " in error.message and "materialise episode_metadata" in error.message
+    assert "exited with status" not in error.message
+    assert failure.event_specific_data.user_failure_data is not None
+
+
+@pytest.mark.parametrize(
+    ("backend", "hide", "message"),
+    [
+        ("modal", "modal", "TWIML_COMPUTE=modal needs the modal package"),
+        ("modal", "dagster_modal", "TWIML_COMPUTE=modal needs the dagster-modal package"),
+        ("modal", None, "TWIML_COMPUTE=modal needs Modal credentials: set MODAL_TOKEN_ID"),
+        ("k8s", "kubernetes", "TWIML_COMPUTE=k8s needs the kubernetes package"),
+        ("k8s", "dagster_k8s", "TWIML_COMPUTE=k8s needs the dagster-k8s package"),
+        ("k8s", None, "TWIML_COMPUTE=k8s needs cluster credentials"),
+    ],
+)
+def test_a_backend_without_its_package_or_credentials_is_one_line(
+    monkeypatch, tmp_path: Path, backend: str, hide: str | None, message: str
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    if hide:
+        monkeypatch.setitem(sys.modules, hide, None)
+    with pytest.raises(ComputeSetupError) as raised:
+        check_backend(backend, k8s_image="registry.example/twiml-worker:1")
+    text = str(raised.value)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_credentials_found_where_the_clients_look(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ComputeSetupError, match="needs the worker image"):
+        check_backend("k8s", k8s_image=None)
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube/config").write_text("apiVersion: v1\n")
+    check_backend("k8s", k8s_image="img")
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-1")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-1")
+    check_backend("modal")
+    check_backend("local")
+
+
+def test_a_missing_credential_fails_the_run_at_resource_set_up(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Through Dagster: the run fails before any step work, naming what is missing."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    from twiml_assets.definitions import build_definitions
+
+    defs = build_definitions(
+        resources={"storage": StorageResource(root=str(tmp_path / "data"))},
+        env={"TWIML_COMPUTE": "modal"},
+    )
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", ["ep-1"])
+        result = defs.resolve_job_def("episode_pipeline").execute_in_process(
+            partition_key="ep-1", instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    errors = [
+        e.event_specific_data.error
+        for e in result.all_events
+        if e.is_failure and e.event_specific_data and getattr(e.event_specific_data, "error", None)
+    ]
+    causes = [c.message for err in errors for c in (err, err.cause) if c is not None]
+    assert any("TWIML_COMPUTE=modal needs Modal credentials" in m for m in causes), causes
+
+
+# -- Kubernetes: the pod the backend would create -----------------------------------------------
+def test_the_k8s_pod_runs_the_worker_on_one_gpu_with_secrets_as_environment() -> None:
+    from dagster_k8s.pipes import build_pod_body
+
+    compute = ComputeResource(
+        backend="k8s",
+        k8s_image="registry.example/twiml-worker:1.0",
+        k8s_namespace="twiml",
+        k8s_secrets=["twiml-storage", "twiml-hf"],
+        k8s_node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+    )
+    arguments = compute.pod_arguments(worker.MODULE)
+    pod = build_pod_body(
+        pod_name="dagster-run-1-transcribe-and-diarise",
+        env_vars={"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "msg"},
+        **arguments,
+    )
+    (container,) = pod.spec.containers
+    assert container.image == "registry.example/twiml-worker:1.0"
+    assert container.command == ["python", "-m", "twiml_assets.speech.worker"]
+    assert container.command == worker_command(worker.MODULE)
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}
+    assert [e.secret_ref.name for e in container.env_from] == ["twiml-storage", "twiml-hf"]
+    assert {e.name for e in container.env} == {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"}
+    assert pod.spec.restart_policy == "Never"
+    assert pod.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+    assert pod.metadata.labels["app.kubernetes.io/name"] == "twiml-transcribe-worker"
+
+
+def test_worker_parameters_carry_the_run_settings_but_no_secret() -> None:
+    from resources.asr import WhisperASR
+    from resources.diarisation import PyannoteDiariser
+    from twiml_assets.speech.step import ModelStepConfig
+
+    params = worker.WorkerParams.build(
+        "ep-7",
+        ModelStepConfig(num_speakers=2),
+        StorageResource(root="s3://bucket/prefix", endpoint_url="http://127.0.0.1:9000"),
+        WhisperASR(profile="gpu-offline", beam_size=3),
+        PyannoteDiariser(hf_token="hf_secret", num_speakers=2),
+    ).model_dump(mode="json")
+    assert params["key"] == "ep-7" and params["options"]["num_speakers"] == 2
+    assert params["storage"]["root"] == "s3://bucket/prefix"
+    assert params["asr"]["profile"] == "gpu-offline" and params["asr"]["beam_size"] == 3
+    assert "hf_secret" not in json.dumps(params)
+    rebuilt = worker.WorkerParams.model_validate(params)
+    assert WhisperASR(**rebuilt.asr).settings().beam_size == 3
