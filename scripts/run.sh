@@ -46,8 +46,9 @@ else
   echo "==> feed $TWIML_FEED_URL, outputs in ${TWIML_STORAGE_ROOT:-data}"
 fi
 
-# The gpu pool's limit, explicit in the instance (dagster.yaml's default_limit is 1 too).
-dagster instance concurrency set gpu 1 >/dev/null 2>&1 || true
+# The gpu pool's limit: how many model steps run at once. 1 for the machine's own GPU (or
+# CPU); with TWIML_COMPUTE=modal or k8s, the number of remote GPUs you allow.
+dagster instance concurrency set gpu "${TWIML_GPU_WORKERS:-1}" >/dev/null 2>&1 || true
 
 echo "==> Dagster UI: http://${HOST}:${PORT}  (sensor 'episode_feed_sensor' starts on its own)"
 exec dg dev --host "$HOST" --port "$PORT"

@@ -12,6 +12,7 @@ cannot fix (a missing upstream file, undecodable audio) are ``dagster.Failure``s
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,17 @@ class StepOutput:
 
     asset: str
     metadata: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # JSON-plain, as Pipes sends it: numpy scalars (turn sums, model configs) become
+        # Python numbers here, so in-process and remote metadata are the same values.
+        self.metadata = json.loads(json.dumps(self.metadata, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")
 
 
 def typed(value: Any, kind: str) -> dict[str, Any]:
