@@ -133,11 +133,20 @@ class ComputeResource(ConfigurableResource):
     ) -> PipesClientCompletedInvocation:
         from dagster_modal import ModalClient
 
-        return ModalClient(project_directory=os.getcwd()).run(
+        class WorkerModalClient(ModalClient, WorkerSubprocessClient):
+            """dagster-modal's ``modal run``, with the worker's stderr tail and exit codes."""
+
+        client = WorkerModalClient(project_directory=os.getcwd())
+        client.timeout_seconds = self.timeout_seconds
+        bin_dir = str(Path(sys.executable).parent)  # `modal` next to this interpreter
+        return client.run(
             func_ref=f"{self.modal_app}::{self.modal_entrypoint}",
             context=context,
             extras=extras,
-            env={**os.environ, "TWIML_MODAL_GPU": self.modal_gpu},
+            env={
+                "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                "TWIML_MODAL_GPU": self.modal_gpu,
+            },
         )
 
     def _run_k8s(

@@ -234,9 +234,7 @@ def test_credentials_found_where_the_clients_look(monkeypatch, tmp_path: Path) -
     check_backend("local")
 
 
-def test_a_missing_credential_fails_the_run_at_resource_set_up(
-    monkeypatch, tmp_path: Path
-) -> None:
+def test_a_missing_credential_fails_the_run_at_resource_set_up(monkeypatch, tmp_path: Path) -> None:
     """Through Dagster: the run fails before any step work, naming what is missing."""
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
@@ -310,3 +308,47 @@ def test_worker_parameters_carry_the_run_settings_but_no_secret() -> None:
     assert "hf_secret" not in json.dumps(params)
     rebuilt = worker.WorkerParams.model_validate(params)
     assert WhisperASR(**rebuilt.asr).settings().beam_size == 3
+
+
+# -- Modal: dagster-modal's client, up to the `modal run` it starts ------------------------------
+def test_the_modal_backend_runs_the_app_entrypoint_under_pipes(monkeypatch, tmp_path: Path) -> None:
+    """``modal run deploy/modal/app.py::run_model_step`` is started with the Pipes variables;
+    a stand-in for it (a Python process that speaks Pipes) reports a materialisation back."""
+    import subprocess
+
+    from dagster import asset, materialize
+
+    import resources.compute as compute_module
+
+    started: list[dict[str, Any]] = []
+    stand_in = (
+        "from dagster_pipes import open_dagster_pipes\n"
+        "with open_dagster_pipes() as p:\n"
+        "    p.log.info('step on ' + p.get_extra('model_step')['key'])\n"
+        "    p.report_asset_materialization(metadata={'words': 3})\n"
+    )
+
+    popen = subprocess.Popen
+
+    def fake_popen(command, **kwargs):
+        started.append({"command": list(command), **kwargs})
+        return popen([sys.executable, "-c", stand_in], **kwargs)
+
+    monkeypatch.setattr(compute_module.subprocess, "Popen", fake_popen)
+
+    @asset
+    def transcript(context):
+        compute = ComputeResource(backend="modal", modal_gpu="H100")
+        yield from compute.run_worker(context, worker.MODULE, {"key": "ep-5"})
+
+    result = materialize([transcript], raise_on_error=False)
+    assert result.success
+    (call,) = started
+    assert call["command"] == ["modal", "run", "deploy/modal/app.py::run_model_step"]
+    assert call["cwd"] == os.getcwd()
+    env = call["env"]
+    assert env["TWIML_MODAL_GPU"] == "H100"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"} <= set(env)
+    (mat,) = result.asset_materializations_for_node("transcript")
+    assert mat.metadata["words"].value == 3

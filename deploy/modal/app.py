@@ -314,21 +314,12 @@ def remote_events(
 def run_model_step() -> None:
     """Open Dagster Pipes here and report what the GPU container's step yields.
 
-    Mirrors ``python -m twiml_assets.speech.worker``: a ``dagster.Failure`` (raised in the
-    container, re-raised here by Modal as itself) is reported through Pipes, printed as the
-    worker's last stderr line and ends ``modal run`` with the worker's permanent status.
+    The same :func:`~twiml_assets.speech.worker.serve` as ``python -m
+    twiml_assets.speech.worker``: a ``dagster.Failure`` (raised in the container, re-raised
+    here by Modal as itself) ends ``modal run`` with the worker's permanent status and reason.
     """
-    from dagster import Failure
-    from dagster_pipes import open_dagster_pipes
-
-    from resources.compute import PERMANENT_EXIT, PERMANENT_PREFIX, WORKER_EXTRA
     from twiml_assets.speech import worker
 
-    try:
-        with open_dagster_pipes() as pipes:
-            events = remote_events(pipes.get_extra(WORKER_EXTRA), warn=pipes.log.warning)
-            worker.report(pipes, events)
-    except Failure as exc:
-        reason = " ".join(str(exc.description).split())
-        print(f"{PERMANENT_PREFIX}{reason}", file=sys.stderr, flush=True)
-        sys.exit(PERMANENT_EXIT)
+    status = worker.serve(lambda params, pipes: remote_events(params, warn=pipes.log.warning))
+    if status:
+        sys.exit(status)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -102,18 +102,29 @@ def report(pipes: Any, events: Iterable[dict[str, Any]]) -> None:
             pipes.report_asset_materialization(asset_key=event["asset"], metadata=event["metadata"])
 
 
-def main() -> int:
+def serve(events: Callable[[dict[str, Any], Any], Iterable[dict[str, Any]]]) -> int:
+    """Open Dagster Pipes, report ``events(params, pipes)``; the worker's exit status.
+
+    A ``dagster.Failure`` (the step's permanent failures) is reported through Pipes, printed
+    as the last line of stderr and ends with :data:`PERMANENT_EXIT`, so the orchestrator
+    fails the step without retries and with the reason. ``main`` and the Modal app's local
+    entrypoint both run this.
+    """
     from dagster import Failure
     from dagster_pipes import open_dagster_pipes
 
     try:
         with open_dagster_pipes() as pipes:
-            report(pipes, step_events(pipes.get_extra(WORKER_EXTRA)))
+            report(pipes, events(pipes.get_extra(WORKER_EXTRA), pipes))
     except Failure as exc:
         reason = " ".join(str(exc.description).split())
-        print(f"{PERMANENT_PREFIX}{reason}", file=sys.stderr)
+        print(f"{PERMANENT_PREFIX}{reason}", file=sys.stderr, flush=True)
         return PERMANENT_EXIT
     return 0
+
+
+def main() -> int:
+    return serve(lambda params, _pipes: step_events(params))
 
 
 if __name__ == "__main__":
