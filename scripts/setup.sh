@@ -29,6 +29,17 @@ if ! command -v chromium >/dev/null 2>&1; then
     chromium fonts-dejavu-core >/dev/null
 fi
 
+# PostgreSQL server binaries for the production-instance tests (tests/postgres_server.py
+# starts a throwaway server with initdb/pg_ctl). Debian keeps them in
+# /usr/lib/postgresql/<version>/bin, off PATH; no cluster of the package is used.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> installing postgresql (server binaries for the PostgreSQL instance tests)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    postgresql >/dev/null
+fi
+
 stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   echo "==> creating $VENV and installing the project (the torch stack takes a few minutes)"

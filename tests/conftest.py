@@ -1,4 +1,5 @@
-"""Shared fixtures: generated speech (espeak-ng) with exact truth, made once per session."""
+"""Shared fixtures: generated speech (espeak-ng) with exact truth, made once per session;
+a real PostgreSQL server for the production instance (deploy/dagster.yaml)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,17 @@ def short_episodes(tmp_path_factory: pytest.TempPathFactory):
         synthesize_dialogue(out / f"short-{i + 1}.mp3", lines, seed=i)
         for i, lines in enumerate(SHORT_EPISODE_LINES)
     ]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this machine's binaries (tests/postgres_server.py), one per
+    session; each test makes its own database. Missing binaries fail the test: setup.sh
+    installs them."""
+    from tests.postgres_server import MISSING, find_bin_dir, start_server
+
+    if find_bin_dir() is None:
+        pytest.fail(MISSING, pytrace=False)
+    server = start_server()
+    yield server
+    server.stop()

@@ -37,10 +37,16 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
-def dagster_env(home: Path, **extra: str) -> dict[str, str]:
-    """Environment for a Dagster CLI process with its own instance (project dagster.yaml)."""
+def cli_ok(args: list[str], env: dict[str, str]) -> None:
+    proc = run_cli(args, env)
+    assert proc.returncode == 0, f"{' '.join(args[:3])}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+
+
+def dagster_env(home: Path, instance: Path = REPO / "dagster.yaml", **extra: str) -> dict[str, str]:
+    """Environment for a Dagster CLI process with its own instance: the project's
+    dagster.yaml (SQLite), or ``instance``, e.g. deploy/dagster.yaml (PostgreSQL)."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(instance, home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWIML_")}
     env.update({"DAGSTER_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
     env.update(extra)
@@ -366,51 +372,101 @@ def test_silence_is_stopped_by_the_blocking_checks(http_server, tmp_path: Path) 
     assert not (root / "transcripts/42.corrected.json").exists()
 
 
-# -- the daemon: a CLI backfill, one corrupt episode ------------------------------------------
+# -- the production instance: PostgreSQL, code server, daemon; a CLI backfill -----------------
+def start_code_server(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """The `code` service of docker-compose.yml on 127.0.0.1, and deploy/workspace.yaml
+    pointed at it; returns the server and the workspace file."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    command = list(compose["services"]["code"]["command"])
+    port = free_port()
+    command[command.index("-h") + 1] = "127.0.0.1"
+    command[command.index("-p") + 1] = str(port)
+    workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
+    workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=port)
+    path = tmp_path / "workspace.yaml"
+    path.write_text(yaml.safe_dump(workspace))
+    log = (tmp_path / "code-server.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # stop_group() stops its gRPC child and run workers too
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert server.poll() is None, (tmp_path / "code-server.log").read_text()[-3000:]
+        probe = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)]
+        if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
+            return server, path
+        time.sleep(1)
+    stop_group(server)
+    raise AssertionError(f"no code server: {(tmp_path / 'code-server.log').read_text()}")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Ctrl+C to a process started in a session of its own and all its children."""
+    import signal
+
+    os.killpg(process.pid, signal.SIGINT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        process.poll()  # reaps the leader once it exits
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        time.sleep(0.5)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def most_runs_at_once(spans: list[tuple[float, float]]) -> int:
+    return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_backfill_runs_each_episode_and_a_corrupt_one_fails_alone(
-    http_server, tmp_path: Path, short_episodes
+def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fails_alone(
+    http_server, tmp_path: Path, short_episodes, postgres, monkeypatch
 ) -> None:
+    """deploy/dagster.yaml on a real PostgreSQL server, the code location served by
+    docker-compose.yml's code-server command, the daemon's queue and gpu pool."""
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + os.urandom(40_000))
     keys = publish(http_server, [e.audio_path for e in short_episodes] + [corrupt])
     root = tmp_path / "data"
     home = tmp_path / "home"
+    db = postgres.create_database("backfill")
+    for name, value in postgres.dagster_env(db).items():  # for the instance opened below
+        monkeypatch.setenv(name, value)
     env = dagster_env(
         home,
+        REPO / "deploy/dagster.yaml",
         TWIML_FEED_URL=http_server.url("feed.xml"),
         TWIML_STORAGE_ROOT=str(root),
         TWIML_SENSOR_STATUS="stopped",
     )
 
     # The manual catch-up path: materialise feed_catalog (registers the partitions)…
-    subprocess.run(
-        [
-            str(BIN / "dagster"),
-            "asset",
-            "materialize",
-            "--select",
-            "feed_catalog",
-            "-m",
-            "twiml_assets.definitions",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    # …then a backfill of any set of partitions, run by the daemon as `dagster dev` does.
+    materialize = ["asset", "materialize", "--select", "feed_catalog"]
+    cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
+    # …the gpu pool's limit, as the daemon's start command sets it (TWIML_GPU_WORKERS=1)…
+    cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
+    # …then a backfill of any set of partitions, queued and launched by the daemon; the
+    # runs execute in the code server's processes (DefaultRunLauncher), as in compose.
+    code_server, workspace = start_code_server(env, tmp_path)
     daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        subprocess.run(
+        cli_ok(
             [
                 str(BIN / "dagster"),
                 "job",
@@ -418,16 +474,12 @@ def test_backfill_runs_each_episode_and_a_corrupt_one_fails_alone(
                 "-j",
                 "episode_pipeline",
                 "-w",
-                "workspace.yaml",
+                str(workspace),
                 "--partitions",
                 ",".join(keys),
                 "--noprompt",
             ],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=300,
+            env,
         )
         with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
             pipeline = RunsFilter(job_name="episode_pipeline")
@@ -453,7 +505,12 @@ def test_backfill_runs_each_episode_and_a_corrupt_one_fails_alone(
             message = failures[0].dagster_event.event_specific_data.error.message
             assert "ep-4" in message and "decode" in message
 
+            # The queue: two runs at a time (concurrency.runs.max_concurrent_runs), no more.
+            records = inst.get_run_records(pipeline)
+            assert most_runs_at_once([(r.start_time, r.end_time) for r in records]) == 2
+
             # The gpu pool: model steps of different runs never overlapped.
+            assert inst.event_log_storage.get_concurrency_info("gpu").slot_count == 1
             spans = []
             for run in runs.values():
                 times = {
@@ -468,9 +525,29 @@ def test_backfill_runs_each_episode_and_a_corrupt_one_fails_alone(
             spans.sort()
             assert len(spans) == 3
             assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+            events = {r.run_id: len(inst.all_logs(r.run_id)) for r in runs.values()}
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)
+        stop_group(code_server)
+
+    # Runs and events are rows of the PostgreSQL server; no SQLite database was made.
+    conn = postgres.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT run_id, status FROM runs WHERE pipeline_name = 'episode_pipeline'")
+            assert dict(cur.fetchall()) == {r.run_id: r.status.value for r in runs.values()}
+            cur.execute(
+                "SELECT run_id, count(*) FROM event_logs WHERE run_id = ANY(%s) GROUP BY run_id",
+                (list(events),),
+            )
+            assert dict(cur.fetchall()) == events
+    finally:
+        conn.close()
+    assert all(n > 30 for n in events.values()), events
+    assert not list(home.rglob("*.db")) and not (home / "history").exists()
+    # Compute logs stay local files, under $DAGSTER_HOME/storage.
+    assert all((home / "storage" / run_id).is_dir() for run_id in events)
 
     for n in (1, 2, 3):
         assert (root / f"transcripts/{n}.corrected.json").exists()
