@@ -373,9 +373,9 @@ def test_silence_is_stopped_by_the_blocking_checks(http_server, tmp_path: Path) 
 
 
 # -- the production instance: PostgreSQL, code server, daemon; a CLI backfill -----------------
-def start_code_server(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def start_code_server(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, Path, int]:
     """The `code` service of docker-compose.yml on 127.0.0.1, and deploy/workspace.yaml
-    pointed at it; returns the server and the workspace file."""
+    pointed at it; returns the server, the workspace file and the port."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     command = list(compose["services"]["code"]["command"])
     port = free_port()
@@ -394,15 +394,21 @@ def start_code_server(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.P
         stderr=log,
         start_new_session=True,  # stop_group() stops its gRPC child and run workers too
     )
+    return server, path, port
+
+
+def wait_until_serving(server: subprocess.Popen, port: int, log: Path) -> None:
+    """What the compose healthcheck (`dagster api grpc-health-check`) asks, in-process."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
     deadline = time.time() + 120
     while time.time() < deadline:
-        assert server.poll() is None, (tmp_path / "code-server.log").read_text()[-3000:]
-        probe = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)]
-        if subprocess.run(probe, env=env, capture_output=True).returncode == 0:
-            return server, path
-        time.sleep(1)
-    stop_group(server)
-    raise AssertionError(f"no code server: {(tmp_path / 'code-server.log').read_text()}")
+        assert server.poll() is None, log.read_text()[-3000:]
+        if client.health_check_query() == "SERVING":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the code server is not serving: {log.read_text()[-3000:]}")
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -440,7 +446,7 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
     root = tmp_path / "data"
     home = tmp_path / "home"
     db = postgres.create_database("backfill")
-    for name, value in postgres.dagster_env(db).items():  # for the instance opened below
+    for name, value in postgres.dagster_env(db).items():  # CLI processes and this one
         monkeypatch.setenv(name, value)
     env = dagster_env(
         home,
@@ -450,22 +456,25 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
         TWIML_SENSOR_STATUS="stopped",
     )
 
-    # The manual catch-up path: materialise feed_catalog (registers the partitions)…
-    materialize = ["asset", "materialize", "--select", "feed_catalog"]
-    cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
-    # …the gpu pool's limit, as the daemon's start command sets it (TWIML_GPU_WORKERS=1)…
-    cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
-    # …then a backfill of any set of partitions, queued and launched by the daemon; the
-    # runs execute in the code server's processes (DefaultRunLauncher), as in compose.
-    code_server, workspace = start_code_server(env, tmp_path)
-    daemon = subprocess.Popen(
-        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # The code server of the compose stack; the runs will execute in its processes
+    # (DefaultRunLauncher). It loads the code location while the CLI commands below run.
+    code_server, workspace, port = start_code_server(env, tmp_path)
+    daemon = None
     try:
+        # The manual catch-up path: materialise feed_catalog (registers the partitions)…
+        materialize = ["asset", "materialize", "--select", "feed_catalog"]
+        cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
+        # …the gpu pool's limit, as the daemon's start command sets it (TWIML_GPU_WORKERS=1)…
+        cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
+        # …then a backfill of any set of partitions, queued and launched by the daemon.
+        wait_until_serving(code_server, port, tmp_path / "code-server.log")
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         cli_ok(
             [
                 str(BIN / "dagster"),
@@ -527,8 +536,9 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
             assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
             events = {r.run_id: len(inst.all_logs(r.run_id)) for r in runs.values()}
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
         stop_group(code_server)
 
     # Runs and events are rows of the PostgreSQL server; no SQLite database was made.
