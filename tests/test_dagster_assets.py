@@ -514,9 +514,10 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
             message = failures[0].dagster_event.event_specific_data.error.message
             assert "ep-4" in message and "decode" in message
 
-            # The queue: two runs at a time (concurrency.runs.max_concurrent_runs), no more.
+            # The queue: runs overlapped, never more than concurrency.runs.max_concurrent_runs.
+            limit = inst.get_concurrency_config().run_queue_config.max_concurrent_runs
             records = inst.get_run_records(pipeline)
-            assert most_runs_at_once([(r.start_time, r.end_time) for r in records]) == 2
+            assert 2 <= most_runs_at_once([(r.start_time, r.end_time) for r in records]) <= limit
 
             # The gpu pool: model steps of different runs never overlapped.
             assert inst.event_log_storage.get_concurrency_info("gpu").slot_count == 1
