@@ -72,9 +72,6 @@ class ComputeResource(ConfigurableResource):
         default="deploy/modal/app.py",
         description="modal: the Modal app file, relative to the code location's directory.",
     )
-    modal_entrypoint: str = Field(
-        default="run_model_step", description="modal: the app's local entrypoint."
-    )
     modal_gpu: str = Field(
         default="L4", description="modal: the GPU type (L4, A10G, A100, H100; env TWIML_MODAL_GPU)."
     )
@@ -106,14 +103,21 @@ class ComputeResource(ConfigurableResource):
 
     # -- running the worker ---------------------------------------------------------------
     def run_worker(
-        self, context: AssetExecutionContext, module: str, params: Mapping[str, Any]
+        self,
+        context: AssetExecutionContext,
+        module: str,
+        params: Mapping[str, Any],
+        modal_entrypoint: str,
     ) -> Iterator[MaterializeResult]:
-        """Run ``python -m module`` on this backend; yield the materialisations it reported."""
+        """Run ``python -m module`` on this backend; yield the materialisations it reported.
+
+        On Modal, the app's local entrypoint ``modal_entrypoint`` stands for the module.
+        """
         extras = {WORKER_EXTRA: dict(params)}
         if self.backend == "subprocess":
             invocation = self._run_subprocess(context, module, extras)
         elif self.backend == "modal":
-            invocation = self._run_modal(context, extras)
+            invocation = self._run_modal(context, extras, modal_entrypoint)
         elif self.backend == "k8s":
             invocation = self._run_k8s(context, module, extras)
         else:  # pragma: no cover - runs_in_process is checked by the caller
@@ -129,7 +133,7 @@ class ComputeResource(ConfigurableResource):
         )
 
     def _run_modal(
-        self, context: AssetExecutionContext, extras: dict[str, Any]
+        self, context: AssetExecutionContext, extras: dict[str, Any], entrypoint: str
     ) -> PipesClientCompletedInvocation:
         from dagster_modal import ModalClient
 
@@ -140,7 +144,7 @@ class ComputeResource(ConfigurableResource):
         client.timeout_seconds = self.timeout_seconds
         bin_dir = str(Path(sys.executable).parent)  # `modal` next to this interpreter
         return client.run(
-            func_ref=f"{self.modal_app}::{self.modal_entrypoint}",
+            func_ref=f"{self.modal_app}::{entrypoint}",
             context=context,
             extras=extras,
             env={

@@ -339,7 +339,9 @@ def test_the_modal_backend_runs_the_app_entrypoint_under_pipes(monkeypatch, tmp_
     @asset
     def transcript(context):
         compute = ComputeResource(backend="modal", modal_gpu="H100")
-        yield from compute.run_worker(context, worker.MODULE, {"key": "ep-5"})
+        yield from compute.run_worker(
+            context, worker.MODULE, {"key": "ep-5"}, worker.MODAL_ENTRYPOINT
+        )
 
     result = materialize([transcript], raise_on_error=False)
     assert result.success

@@ -373,7 +373,15 @@ def test_evaluation_uses_the_feed_transcript_when_there_is_no_reference(
 
 # -- model comparison ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_model_comparison_for_one_partition(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "configs"),
+    [("local", ["cpu-dev", "cpu-dev:beam_size=1"]), ("subprocess", ["cpu-dev:beam_size=1"])],
+)
+def test_model_comparison_for_one_partition(
+    tmp_path: Path, backend: str, configs: list[str]
+) -> None:
+    """In the run's process, and in its Pipes worker (same metadata, through Pipes)."""
+    from resources.compute import ComputeResource
     from twiml_assets.demo.synth import DEFAULT_DIALOGUE, synthesize_dialogue
     from twiml_assets.quality.assets import model_comparison
 
@@ -383,25 +391,28 @@ def test_model_comparison_for_one_partition(tmp_path: Path) -> None:
     assert 15 < clip.duration < 40
     storage.write_json(EpisodeFiles("ep-9").audio_sidecar, {"path": "audio/ep-9.wav"})
     storage.write_text("references/ep-9.stm", clip.stm("ep-9"))
-    configs = "cpu-dev,cpu-dev:beam_size=1"
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("episodes", ["ep-9"])
         result = materialize(
             [model_comparison],
-            resources=resources(root),
+            resources=resources(root, compute=ComputeResource(backend=backend)),
             instance=instance,
             partition_key="ep-9",
-            run_config={"ops": {"model_comparison": {"config": {"configs": configs}}}},
+            run_config={"ops": {"model_comparison": {"config": {"configs": ",".join(configs)}}}},
         )
+        logs = [e.message for e in instance.all_logs(result.run_id)]
     assert result.success
     meta = metadata_of(result, "model_comparison")
-    assert meta["configurations"] == 2 and meta["succeeded"] == 2
+    assert meta["configurations"] == len(configs) and meta["succeeded"] == len(configs)
     assert meta["references"] == "ep-9.stm"
     rows = [r.data for r in meta["table"].records]
-    assert [r["config"] for r in rows] == ["cpu-dev", "cpu-dev:beam_size=1"]
+    assert [r["config"] for r in rows] == configs
     for row in rows:
         for column in ("wer", "der", "cpwer", "rtf", "peak_rss_mb"):
             assert row[column] is not None, column
         assert row["wer"] <= 0.2 and row["status"] == "ok"
-    assert "| cpu-dev |" in meta["comparison"]
+    assert f"| {configs[0]} |" in meta["comparison"]
+    assert meta["path:csv"] == str(root / "comparisons/ep-9.csv")
     assert (root / "comparisons/ep-9.csv").exists() and (root / "comparisons/ep-9.md").exists()
+    on_worker = any("model comparison on the subprocess backend" in m for m in logs)
+    assert on_worker == (backend == "subprocess")

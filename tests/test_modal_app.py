@@ -134,7 +134,7 @@ def test_app_imports_offline_and_names_what_compute_resource_runs(
 
     compute = ComputeResource(backend="modal")
     assert (ROOT / compute.modal_app).resolve() == APP_FILE
-    func_ref = f"{compute.modal_app}::{compute.modal_entrypoint}"
+    func_ref = f"{compute.modal_app}::{worker.MODAL_ENTRYPOINT}"
     monkeypatch.chdir(ROOT)
     try:
         runnable, commands, _ = import_and_filter(
@@ -144,7 +144,7 @@ def test_app_imports_offline_and_names_what_compute_resource_runs(
     finally:
         sys.modules.pop("app", None)
     assert isinstance(runnable, modal.app.LocalEntrypoint)
-    assert runnable.info.raw_f.__name__ == compute.modal_entrypoint == "run_model_step"
+    assert runnable.info.raw_f.__name__ == worker.MODAL_ENTRYPOINT == "run_model_step"
     assert runnable is module.run_model_step
     assert ["ModelWorker.run_step", "app.ModelWorker.run_step"] in [c.names for c in commands]
     assert module.app.name == "twiml-transcribe"
@@ -568,3 +568,41 @@ def test_gpu_dockerfile_runs_the_worker(app_module: ModuleType) -> None:
     assert user.split(":")[0] not in {"0", "root"}
     env = " ".join(args for op, args in instructions if op == "ENV")
     assert "HF_HOME=" in env and "TWIML_MODELS_DIR=" in env
+
+
+def test_the_comparison_entrypoint_streams_the_comparison_workers_events(
+    app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_model_comparison`` is what the model_comparison asset's worker module stands
+    for on Modal; its GPU function yields ``twiml_assets.quality.worker``'s events."""
+    import dagster_pipes
+
+    from twiml_assets.quality import worker as comparison_worker
+
+    assert comparison_worker.MODAL_ENTRYPOINT == "run_model_comparison"
+    assert isinstance(app_module.run_model_comparison, modal.app.LocalEntrypoint)
+    events = [{"log": "cpu-dev done"}, {"asset": "model_comparison", "metadata": {"n": 2}}]
+    monkeypatch.setattr(comparison_worker, "comparison_events", lambda params: iter(events))
+    monkeypatch.setattr(app_module, "ensure_offline_weights", lambda: None)
+    monkeypatch.setattr(app_module, "commit_if_changed", lambda before: False)
+    assert list(app_module.run_comparison.local({"key": "ep-1"})) == events
+
+    params = {"key": "ep-1", "storage": {"root": "s3://bucket/twiml"}}
+    pipes = FakePipes({WORKER_EXTRA: params})
+    calls: list[dict[str, Any]] = []
+
+    def remote_gen(p: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        calls.append(p)
+        yield from events
+
+    monkeypatch.setattr(app_module.run_comparison, "remote_gen", remote_gen)
+
+    @contextmanager
+    def open_dagster_pipes() -> Iterator[FakePipes]:
+        yield pipes
+
+    monkeypatch.setattr(dagster_pipes, "open_dagster_pipes", open_dagster_pipes)
+    app_module.run_model_comparison.info.raw_f()
+    assert calls == [params]
+    assert pipes.logs == [("info", "cpu-dev done")]
+    assert pipes.materializations == [("model_comparison", {"n": 2})]

@@ -8,10 +8,13 @@ sees the same files, and nothing large is pickled into Dagster's own storage.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import Failure, MetadataValue
+from dagster._core.definitions.metadata.external_metadata import metadata_map_from_external
 
 from resources.schema import SpeakerTranscript, load
 from resources.storage import StorageResource
@@ -33,6 +36,12 @@ def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: st
             allow_retries=False,
         )
     return storage.read_json(rel)
+
+
+def feed_transcript_url(storage: StorageResource, key: str) -> str | None:
+    """The feed's transcript URL from stored episode metadata (uploads have none)."""
+    rel = EpisodeFiles(key).episode
+    return storage.read_json(rel).get("transcript_url") if storage.exists(rel) else None
 
 
 def load_episode(storage: StorageResource, key: str) -> EpisodeInfo:
@@ -74,3 +83,61 @@ def rtf(seconds: float, duration: float) -> float:
 
 def word_count(words: Iterable[Any]) -> int:
     return sum(1 for w in words if str(getattr(w, "text", "")).strip())
+
+
+# -- metadata in Dagster Pipes' wire form (steps that can run in a Pipes worker) --------------
+@dataclass(slots=True)
+class StepOutput:
+    """One materialisation of a step: asset name and metadata in Pipes' wire form."""
+
+    asset: str
+    metadata: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # JSON-plain, as Pipes sends it: numpy scalars (turn sums, model configs) become
+        # Python numbers here, so in-process and remote metadata are the same values.
+        self.metadata = json.loads(json.dumps(self.metadata, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")
+
+
+def typed(value: Any, kind: str) -> dict[str, Any]:
+    """A metadata entry of an explicit Pipes type (``path``, ``json``, ``md``, ``table``)."""
+    return {"raw_value": value, "type": kind}
+
+
+def wire_paths(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``files_metadata`` in wire form: one ``path:<name>`` entry per written file."""
+    return {f"path:{name}": typed(uri, "path") for name, uri in sorted(files.items())}
+
+
+def wire_table(table: Any) -> dict[str, Any]:
+    """A DataFrame as a Pipes ``table`` value (sortable in the UI); NaN becomes empty."""
+    kinds = {"b": "bool", "i": "int", "f": "float"}
+    return typed(
+        {
+            "records": table.astype(object).where(table.notna(), None).to_dict("records"),
+            "schema": [
+                {"name": c, "type": kinds.get(table[c].dtype.kind, "string")} for c in table.columns
+            ],
+        },
+        "table",
+    )
+
+
+def as_metadata(metadata: Mapping[str, Any]) -> dict[str, MetadataValue]:
+    """Wire-form metadata as Dagster values, by the conversion Pipes applies to a worker's."""
+    return dict(
+        metadata_map_from_external(
+            {
+                name: value
+                if isinstance(value, dict) and "raw_value" in value
+                else typed(value, "__infer__")
+                for name, value in metadata.items()
+            }
+        )
+    )

@@ -275,10 +275,8 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def remote_events(
-    params: dict[str, Any], warn: Callable[[str], Any] = log
-) -> Iterator[dict[str, Any]]:
-    """``ModelWorker.run_step`` in a GPU container, retried per :data:`RETRIES`."""
+def require_shared_storage(params: dict[str, Any]) -> None:
+    """A Modal container cannot read this machine's files: the storage must be ``s3://``."""
     from dagster import Failure
 
     root = (params.get("storage") or {}).get("root")
@@ -289,6 +287,13 @@ def remote_events(
             "cannot read this machine's files)",
             allow_retries=False,
         )
+
+
+def remote_events(
+    params: dict[str, Any], warn: Callable[[str], Any] = log
+) -> Iterator[dict[str, Any]]:
+    """``ModelWorker.run_step`` in a GPU container, retried per :data:`RETRIES`."""
+    require_shared_storage(params)
     worker = worker_class()(engine=engine_key(params))
     permanent = permanent_errors()
     attempt = 0
@@ -321,5 +326,38 @@ def run_model_step() -> None:
     from twiml_assets.speech import worker
 
     status = worker.serve(lambda params, pipes: remote_events(params, warn=pipes.log.warning))
+    if status:
+        sys.exit(status)
+
+
+# -- model_comparison: every configuration of one episode, in one GPU container ----------------
+@app.function(gpu=GPU, volumes={MODELS_MOUNT: volume}, secrets=secrets, timeout=TIMEOUT_S)
+def run_comparison(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The comparison worker's events (``twiml_assets.quality.worker``), streamed back.
+
+    Each configuration loads its own models in its own process there, so there is nothing
+    to keep warm; downloads still land in the Volume.
+    """
+    from twiml_assets.quality import worker
+
+    before = volume_state()
+    try:
+        ensure_offline_weights()
+        yield from worker.comparison_events(params)
+    finally:
+        commit_if_changed(before)
+
+
+@app.local_entrypoint()
+def run_model_comparison() -> None:
+    """Like :func:`run_model_step`, for the ``model_comparison`` asset (no retries: a
+    comparison is run by hand, and a failed configuration is a row of its table)."""
+    from twiml_assets.speech import worker
+
+    def events(params: dict[str, Any], _pipes: Any) -> Iterator[dict[str, Any]]:
+        require_shared_storage(params)
+        return run_comparison.remote_gen(params)
+
+    status = worker.serve(events)
     if status:
         sys.exit(status)

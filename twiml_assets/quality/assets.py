@@ -2,26 +2,21 @@
 episodes) and model_comparison (configurations side by side)."""
 
 import base64
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
     Config,
-    Failure,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 from pydantic import Field
 
 from evaluation.loaders import load_references
 from evaluation.lookup import resolve_references
-from evaluation.references import Reference
 from evaluation.reports import (
     METRICS,
     chart_png,
@@ -31,10 +26,17 @@ from evaluation.reports import (
     pooled_scores,
     summary_table,
 )
+from resources.compute import ComputeResource
 from resources.quality import QualityResource
 from resources.schema import SpeakerTurn, load
 from resources.storage import StorageResource
-from twiml_assets.asset_io import files_metadata, read_json_or_fail
+from twiml_assets.asset_io import (
+    as_metadata,
+    feed_transcript_url,
+    files_metadata,
+    read_json_or_fail,
+    wire_table,
+)
 from twiml_assets.audio.assets import raw_audio
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import (
@@ -46,6 +48,7 @@ from twiml_assets.layout import (
 )
 from twiml_assets.outputs.assets import speaker_transcript
 from twiml_assets.outputs.files import transcript_from_record
+from twiml_assets.quality.compare import ModelComparisonConfig
 from twiml_assets.speech.assets import GPU_POOL
 
 GROUP_EVALUATION = "evaluation"
@@ -64,12 +67,6 @@ class EvaluationConfig(Config):
     transcript_timeout_seconds: float = Field(
         default=60.0, gt=0, description="Read timeout for that download."
     )
-
-
-def _transcript_url(storage: StorageResource, key: str) -> str | None:
-    """The feed's transcript URL from stored episode metadata (uploads have none)."""
-    rel = EpisodeFiles(key).episode
-    return storage.read_json(rel).get("transcript_url") if storage.exists(rel) else None
 
 
 def _metric_metadata(result: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +119,7 @@ def evaluation(
     diarisation = record.get("diarisation") or {}
     turns = load(list[SpeakerTurn], diarisation.get("turns") or []) or None
 
-    url = _transcript_url(storage, key) if config.fetch_feed_transcript else None
+    url = feed_transcript_url(storage, key) if config.fetch_feed_transcript else None
     timeout = config.transcript_timeout_seconds
     found, fetched = resolve_references(
         storage,
@@ -167,16 +164,8 @@ def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
 
 
 def table_metadata(table: pd.DataFrame) -> MetadataValue:
-    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty.
-
-    ``to_dict`` gives plain Python values: TableRecord refuses NumPy scalars.
-    """
-    kinds = {"b": "bool", "i": "int", "f": "float"}
-    schema = TableSchema(
-        columns=[TableColumn(c, kinds.get(table[c].dtype.kind, "string")) for c in table.columns]
-    )
-    rows = table.astype(object).where(table.notna(), None).to_dict("records")
-    return MetadataValue.table([TableRecord(row) for row in rows], schema)
+    """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty."""
+    return as_metadata({"table": wire_table(table)})["table"]
 
 
 @asset(deps=[evaluation], group_name=GROUP_EVALUATION, kinds={"pandas", "png"})
@@ -217,22 +206,6 @@ def evaluation_summary(
     return MaterializeResult(metadata={**metadata, **files_metadata(files)})
 
 
-class ModelComparisonConfig(Config):
-    """Which engine configurations to compare on this episode's audio."""
-
-    configs: str = Field(
-        default="cpu-dev,cpu-fast",
-        description="Comma-separated profiles with optional overrides, e.g. "
-        "'cpu-dev,cpu-fast,cpu-dev:beam_size=1' (model_config.yml profiles).",
-    )
-    timeout_seconds: float = Field(
-        default=3600.0, gt=0, description="Limit for one configuration's worker process."
-    )
-    use_reference: bool = Field(
-        default=True, description="Score WER/DER/cpWER against the episode's reference."
-    )
-
-
 @asset(
     partitions_def=episode_partitions,
     deps=[raw_audio],
@@ -245,53 +218,24 @@ def model_comparison(
     config: ModelComparisonConfig,
     storage: StorageResource,
     quality: QualityResource,
-) -> MaterializeResult:
+    compute: ComputeResource,
+) -> Iterator[MaterializeResult]:
     """Engine configurations side by side on this episode: ``comparisons/{key}.md`` / ``.csv``.
 
-    Each configuration runs in its own worker process (its own wall time and peak memory).
+    Each configuration runs in its own worker process (its own wall time and peak memory),
+    here or, as the ``compute`` resource says, on a GPU worker through Dagster Pipes.
     Not part of the per-episode pipeline: run it from the UI or model_comparison_job.
     """
-    from resources.audio import decode_audio
-    from twiml_assets.quality.compare import compare, parse_configs, to_markdown, write_report
+    from twiml_assets.quality import worker
+    from twiml_assets.quality.compare import compare_episode
 
     key = context.partition_key
-    try:
-        configs = parse_configs(config.configs)
-    except ValueError as exc:
-        raise Failure(f"configs={config.configs!r}: {exc}", allow_retries=False) from exc
-    audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
-    waveform = decode_audio(storage.local_path(audio["path"]), label=key)
-
-    references: list[tuple[Path, Reference]] = []
-    if config.use_reference:
-        found, _ = resolve_references(
-            storage,
-            key,
-            quality.references_root,
-            _transcript_url(storage, key),
-            warn=context.log.warning,
+    if not compute.runs_in_process:
+        params = worker.ComparisonParams.build(key, config, storage, quality)
+        context.log.info(f"{key}: model comparison on the {compute.backend} backend")
+        yield from compute.run_worker(
+            context, worker.MODULE, params.model_dump(mode="json"), worker.MODAL_ENTRYPOINT
         )
-        references = load_references(found)[0]
-        context.log.info(f"{key}: scoring against {[p.name for p, _ in references]}")
-    table = compare(
-        waveform, configs, references, collar=quality.der_collar, timeout=config.timeout_seconds
-    )
-    del waveform
-    files = write_report(storage, key, table)
-    failed = [f"{row.config}: {row.status}" for row in table.itertuples() if row.status != "ok"]
-    for failure in failed:
-        context.log.warning(f"{key}: configuration {failure}")
-    if len(failed) == len(table):
-        raise Failure(
-            f"{key}: every configuration failed: " + "; ".join(failed), allow_retries=False
-        )
-    return MaterializeResult(
-        metadata={
-            "configurations": len(table),
-            "succeeded": len(table) - len(failed),
-            "references": ", ".join(p.name for p, _ in references) or "none",
-            "table": table_metadata(table),
-            "comparison": MetadataValue.md(to_markdown(table, key)),
-            **files_metadata(files),
-        }
-    )
+        return
+    output = compare_episode(key, config, storage, quality, context.log.info, context.log.warning)
+    yield MaterializeResult(metadata=as_metadata(output.metadata))

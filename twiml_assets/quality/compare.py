@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from dagster import Config, Failure
+from pydantic import Field
 
+from evaluation.loaders import load_references
+from evaluation.lookup import resolve_references
 from evaluation.references import Reference
 from evaluation.reports import evaluate_episode, markdown_table, metric_value
 from resources.asr import AsrSettings
-from resources.audio import SAMPLE_RATE
+from resources.audio import SAMPLE_RATE, decode_audio
 from resources.model_registry import profile_settings
+from resources.quality import QualityResource
 from resources.schema import SpeakerTranscript, SpeakerTurn, Utterance, load
 from resources.storage import StorageResource
+from twiml_assets.asset_io import (
+    StepOutput,
+    feed_transcript_url,
+    read_json_or_fail,
+    typed,
+    wire_paths,
+    wire_table,
+)
 from twiml_assets.layout import EpisodeFiles
 
 RATE_COLUMNS = ("wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf")
@@ -36,6 +49,22 @@ COLUMNS = (
     "config model compute_type device beam_size batched speakers wer der cpwer rtf asr_rtf "
     "diarisation_rtf peak_rss_mb status"
 ).split()
+
+
+class ModelComparisonConfig(Config):
+    """Which engine configurations to compare on this episode's audio."""
+
+    configs: str = Field(
+        default="cpu-dev,cpu-fast",
+        description="Comma-separated profiles with optional overrides, e.g. "
+        "'cpu-dev,cpu-fast,cpu-dev:beam_size=1' (model_config.yml profiles).",
+    )
+    timeout_seconds: float = Field(
+        default=3600.0, gt=0, description="Limit for one configuration's worker process."
+    )
+    use_reference: bool = Field(
+        default=True, description="Score WER/DER/cpWER against the episode's reference."
+    )
 
 
 @dataclass(slots=True)
@@ -150,3 +179,52 @@ def write_report(storage: StorageResource, key: str, table: pd.DataFrame) -> dic
         "markdown": storage.write_text(files.comparison_markdown, to_markdown(table, key)),
         "csv": storage.write_text(files.comparison_csv, table.to_csv(index=False)),
     }
+
+
+def compare_episode(
+    key: str,
+    config: ModelComparisonConfig,
+    storage: StorageResource,
+    quality: QualityResource,
+    log: Callable[[str], None],
+    warn: Callable[[str], None],
+) -> StepOutput:
+    """The ``model_comparison`` asset's work, here or in its Pipes worker: the report
+    files and the materialisation's metadata (in Pipes' wire form)."""
+    try:
+        configs = parse_configs(config.configs)
+    except ValueError as exc:
+        raise Failure(f"configs={config.configs!r}: {exc}", allow_retries=False) from exc
+    audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
+    waveform = decode_audio(storage.local_path(audio["path"]), label=key)
+
+    references: list[tuple[Path, Reference]] = []
+    if config.use_reference:
+        found, _ = resolve_references(
+            storage, key, quality.references_root, feed_transcript_url(storage, key), warn=warn
+        )
+        references = load_references(found)[0]
+        log(f"{key}: scoring against {[p.name for p, _ in references]}")
+    table = compare(
+        waveform, configs, references, collar=quality.der_collar, timeout=config.timeout_seconds
+    )
+    del waveform
+    files = write_report(storage, key, table)
+    failed = [f"{row.config}: {row.status}" for row in table.itertuples() if row.status != "ok"]
+    for failure in failed:
+        warn(f"{key}: configuration {failure}")
+    if len(failed) == len(table):
+        raise Failure(
+            f"{key}: every configuration failed: " + "; ".join(failed), allow_retries=False
+        )
+    return StepOutput(
+        "model_comparison",
+        {
+            "configurations": len(table),
+            "succeeded": len(table) - len(failed),
+            "references": ", ".join(p.name for p, _ in references) or "none",
+            "table": wire_table(table),
+            "comparison": typed(to_markdown(table, key), "md"),
+            **wire_paths(files),
+        },
+    )

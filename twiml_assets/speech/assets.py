@@ -10,22 +10,20 @@ worker (a subprocess, Modal or Kubernetes, through Dagster Pipes): same code, sa
 """
 
 from collections.abc import Iterator
-from typing import Any
 
-from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_asset
 
 from resources.asr import WhisperASR
 from resources.compute import ComputeResource
 from resources.diarisation import PyannoteDiariser
 from resources.storage import StorageResource
-from twiml_assets.asset_io import GROUP_MODELS
+from twiml_assets.asset_io import GROUP_MODELS, as_metadata
 from twiml_assets.audio.assets import raw_audio
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.speech import worker
 from twiml_assets.speech.step import ModelStepConfig, run_model_step
 
 GPU_POOL = "gpu"
-TYPED_METADATA = {"path": MetadataValue.path, "json": MetadataValue.json, "md": MetadataValue.md}
 
 
 def model_output(name: str, kind: str, description: str) -> AssetSpec:
@@ -74,17 +72,9 @@ def transcribe_and_diarise(
     if not compute.runs_in_process:
         params = worker.WorkerParams.build(key, config, storage, asr, diariser)
         context.log.info(f"{key}: model step on the {compute.backend} backend")
-        yield from compute.run_worker(context, worker.MODULE, params.model_dump(mode="json"))
+        yield from compute.run_worker(
+            context, worker.MODULE, params.model_dump(mode="json"), worker.MODAL_ENTRYPOINT
+        )
         return
     for output in run_model_step(key, config, storage, asr, diariser, log=context.log.info):
         yield MaterializeResult(asset_key=output.asset, metadata=as_metadata(output.metadata))
-
-
-def as_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Pipes' wire form (``{"raw_value", "type"}`` entries) as Dagster metadata values."""
-    return {
-        name: TYPED_METADATA[value["type"]](value["raw_value"])
-        if isinstance(value, dict) and value.get("type") in TYPED_METADATA
-        else value
-        for name, value in metadata.items()
-    }

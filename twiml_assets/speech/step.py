@@ -5,18 +5,15 @@ the Pipes worker (``speech/worker.py``) runs the very same function on a GPU wor
 Both report the same two materialisations, so the outputs and the metadata shown in
 the UI do not depend on where the step ran. Metadata is kept in Pipes' wire form
 (plain values, and ``{"raw_value", "type"}`` for paths, JSON and Markdown), which the
-worker sends as is and the asset turns into ``MetadataValue``s. Failures that a re-run
-cannot fix (a missing upstream file, undecodable audio) are ``dagster.Failure``s with
-``allow_retries=False``, wherever the step runs.
+worker sends as is and the asset converts as Pipes does (``asset_io.as_metadata``).
+Failures that a re-run cannot fix (a missing upstream file, undecodable audio) are
+``dagster.Failure``s with ``allow_retries=False``, wherever the step runs.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from dagster import Config, Failure
 from pydantic import Field
@@ -26,7 +23,14 @@ from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
 from resources.schema import dump
 from resources.storage import StorageResource
-from twiml_assets.asset_io import load_episode, read_json_or_fail, rtf
+from twiml_assets.asset_io import (
+    StepOutput,
+    load_episode,
+    read_json_or_fail,
+    rtf,
+    typed,
+    wire_paths,
+)
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.outputs.files import write_rttm
 from twiml_assets.speech.engine import episode_prompt
@@ -44,30 +48,6 @@ class ModelStepConfig(Config):
     num_speakers: int | None = Field(default=None, description="Exact number of speakers.")
     min_speakers: int | None = Field(default=None, description="Lower bound on speakers.")
     max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
-
-
-@dataclass(slots=True)
-class StepOutput:
-    """One materialisation of the step: asset name and metadata in Pipes' wire form."""
-
-    asset: str
-    metadata: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        # JSON-plain, as Pipes sends it: numpy scalars (turn sums, model configs) become
-        # Python numbers here, so in-process and remote metadata are the same values.
-        self.metadata = json.loads(json.dumps(self.metadata, default=_plain))
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalar
-        return value.item()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON")
-
-
-def typed(value: Any, kind: str) -> dict[str, Any]:
-    """A metadata entry of an explicit type (``path``, ``json``, ``md``)."""
-    return {"raw_value": value, "type": kind}
 
 
 def run_model_step(
@@ -150,7 +130,7 @@ def run_model_step(
                 "model": asr_result.model,
                 "config": typed(asr_result.config, "json"),
                 "preview": typed(asr_result.text[:600] or "_(no speech recognised)_", "md"),
-                **paths(asr_files),
+                **wire_paths(asr_files),
             },
         ),
         StepOutput(
@@ -165,15 +145,10 @@ def run_model_step(
                 "real_time_factor": rtf(diarisation.seconds, duration),
                 "model": diarisation.model,
                 "config": typed(diarisation.config, "json"),
-                **paths(diar_files),
+                **wire_paths(diar_files),
             },
         ),
     ]
-
-
-def paths(files: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """One ``path:<name>`` entry per written file (clickable paths in the UI)."""
-    return {f"path:{name}": typed(uri, "path") for name, uri in sorted(files.items())}
 
 
 def progress_logger(log: Log, key: str, verb: str) -> Callable[[float, float], None]:

@@ -26,9 +26,11 @@ from resources.asr import WhisperASR
 from resources.compute import PERMANENT_EXIT, PERMANENT_PREFIX, WORKER_EXTRA
 from resources.diarisation import PyannoteDiariser
 from resources.storage import StorageResource
-from twiml_assets.speech.step import ModelStepConfig, run_model_step
+from twiml_assets.speech.step import ModelStepConfig, StepOutput, run_model_step
 
 MODULE = "twiml_assets.speech.worker"
+MODAL_ENTRYPOINT = "run_model_step"
+"""The Modal app's local entrypoint that stands for this module (``deploy/modal/app.py``)."""
 SECRET_FIELDS = {"hf_token"}
 """Never sent as parameters: the worker reads them from its own environment or secrets."""
 
@@ -62,31 +64,40 @@ class WorkerParams(BaseModel):
 
 
 def step_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Run the step; yield ``{"log": text}`` as it goes, then ``{"asset", "metadata"}`` each.
-
-    The step runs in a thread so that progress streams out while it works (Modal's remote
-    generator sends each item as it is yielded). Its exception, if any, is re-raised here.
-    """
+    """Run the model step; yield ``{"log": text}`` as it goes, then its two outputs."""
     p = WorkerParams.model_validate(params)
+    return threaded_events(
+        f"model-step-{p.key}",
+        lambda log: run_model_step(
+            p.key,
+            p.options,
+            StorageResource(**p.storage),
+            WhisperASR(**p.asr),
+            PyannoteDiariser(**p.diariser),
+            log=log,
+        ),
+    )
+
+
+def threaded_events(
+    name: str, work: Callable[[Callable[[str], None]], list[StepOutput]]
+) -> Iterator[dict[str, Any]]:
+    """``work(log)`` in a thread: ``{"log": text}`` as it logs, then ``{"asset", "metadata"}``.
+
+    The thread lets progress stream out while the work goes on (Modal's remote generator
+    sends each item as it is yielded). Its exception, if any, is re-raised here.
+    """
     events: queue.Queue[dict[str, Any] | BaseException | None] = queue.Queue()
 
-    def work() -> None:
+    def run() -> None:
         try:
-            outputs = run_model_step(
-                p.key,
-                p.options,
-                StorageResource(**p.storage),
-                WhisperASR(**p.asr),
-                PyannoteDiariser(**p.diariser),
-                log=lambda text: events.put({"log": text}),
-            )
-            for out in outputs:
+            for out in work(lambda text: events.put({"log": text})):
                 events.put({"asset": out.asset, "metadata": out.metadata})
             events.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             events.put(exc)
 
-    threading.Thread(target=work, name=f"model-step-{p.key}", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     while (item := events.get()) is not None:
         if isinstance(item, BaseException):
             raise item
