@@ -70,7 +70,8 @@ class ComputeResource(ConfigurableResource):
     )
     modal_app: str = Field(
         default="deploy/modal/app.py",
-        description="modal: the Modal app file, relative to the code location's directory.",
+        description="modal: the Modal app file, relative to the code location's working "
+        "directory (the repository's root under `dg dev` and docker-compose).",
     )
     modal_gpu: str = Field(
         default="L4", description="modal: the GPU type (L4, A10G, A100, H100; env TWIML_MODAL_GPU)."
@@ -91,7 +92,11 @@ class ComputeResource(ConfigurableResource):
     )
     k8s_service_account: str | None = Field(default=None, description="k8s: the pod's account.")
     timeout_seconds: float = Field(
-        default=6 * 3600, gt=0, description="The longest one model step may run remotely."
+        default=6 * 3600,
+        gt=0,
+        description="The longest one worker may run: the subprocess is killed, the k8s pod "
+        "stopped by its deadline; on Modal it bounds `modal run`, retries included (the app's "
+        "own per-attempt limit is TWIML_MODAL_TIMEOUT).",
     )
 
     @property
@@ -114,6 +119,8 @@ class ComputeResource(ConfigurableResource):
         On Modal, the app's local entrypoint ``modal_entrypoint`` stands for the module.
         """
         extras = {WORKER_EXTRA: dict(params)}
+        if self.backend in ("modal", "k8s"):
+            require_shared_storage(params, self.backend)
         if self.backend == "subprocess":
             invocation = self._run_subprocess(context, module, extras)
         elif self.backend == "modal":
@@ -173,11 +180,17 @@ class ComputeResource(ConfigurableResource):
         """
         container: dict[str, Any] = {
             "resources": {"limits": {self.k8s_gpu_resource: "1"}},
-            "env_from": [{"secret_ref": {"name": name}} for name in self.k8s_secrets],
+            # Optional: a gpu-offline worker needs no Hugging Face token, and a missing
+            # storage secret fails in the worker with the storage error, not a stuck pod.
+            "env_from": [
+                {"secret_ref": {"name": name, "optional": True}} for name in self.k8s_secrets
+            ],
         }
         spec: dict[str, Any] = {
             "containers": [container],
             "restart_policy": "Never",
+            # A hung worker is stopped by Kubernetes, freeing its GPU (and the step's slot).
+            "active_deadline_seconds": int(self.timeout_seconds),
             # GPU nodes are usually tainted so that only pods asking for a GPU land there.
             "tolerations": [
                 {"key": self.k8s_gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
@@ -193,6 +206,18 @@ class ComputeResource(ConfigurableResource):
             "base_pod_spec": spec,
             "base_pod_meta": {"labels": {"app.kubernetes.io/name": "twiml-transcribe-worker"}},
         }
+
+
+def require_shared_storage(params: Mapping[str, Any], backend: str) -> None:
+    """A remote worker cannot read this machine's files: its storage must be ``s3://``."""
+    root = (params.get("storage") or {}).get("root")
+    if root is not None and not str(root).startswith("s3://"):
+        raise Failure(
+            description=f"the {backend} compute backend needs shared storage, and the storage "
+            f"root is {root!r}: set TWIML_STORAGE_ROOT to s3://bucket/prefix (a remote worker "
+            "cannot read this machine's files)",
+            allow_retries=False,
+        )
 
 
 def worker_command(module: str) -> list[str]:
@@ -282,6 +307,7 @@ class WorkerSubprocessClient(PipesSubprocessClient):
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
+                start_new_session=True,  # its own process group: its children stop with it
             )
             context.log.info(f"model step worker started: pid {process.pid}")
             tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -290,7 +316,7 @@ class WorkerSubprocessClient(PipesSubprocessClient):
             try:
                 returncode = process.wait(timeout=self.timeout_seconds)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
                 reader.join(timeout=5)
                 raise Failure(
@@ -299,13 +325,15 @@ class WorkerSubprocessClient(PipesSubprocessClient):
                 ) from None
             except DagsterExecutionInterruptedError:
                 context.log.info("model step interrupted: stopping the worker (SIGINT)")
-                process.send_signal(signal.SIGINT)
+                _signal_group(process, signal.SIGINT)
                 try:
                     process.wait(timeout=self.termination_timeout_seconds)
                 except subprocess.TimeoutExpired:
-                    process.kill()
+                    _signal_group(process, signal.SIGKILL)
+                    process.wait()
                 raise
             reader.join(timeout=5)
+            _signal_group(process, signal.SIGKILL)  # children the worker left behind, if any
             if returncode == PERMANENT_EXIT:
                 reasons = [line for line in tail if line.startswith(PERMANENT_PREFIX)]
                 if reasons:
@@ -314,6 +342,14 @@ class WorkerSubprocessClient(PipesSubprocessClient):
             if returncode != 0:
                 raise Failure(description=exit_reason(returncode) + _describe_tail(tail))
         return PipesClientCompletedInvocation(session)
+
+
+def _signal_group(process: subprocess.Popen[str], signum: int) -> None:
+    """Signal the worker's process group (the worker and, say, its per-config children)."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _tee(stream: IO[str] | None, tail: deque[str]) -> None:
@@ -330,7 +366,10 @@ def _tee(stream: IO[str] | None, tail: deque[str]) -> None:
 def exit_reason(returncode: int) -> str:
     """Why the worker stopped, in words: ``killed by SIGKILL`` or ``exited with status 3``."""
     if returncode < 0:
-        name = signal.Signals(-returncode).name
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-returncode}"
         hint = " (out of memory, or killed by an operator)" if name == "SIGKILL" else ""
         return f"model step worker was killed by {name}{hint}; the step can be re-run"
     return f"model step worker exited with status {returncode}"

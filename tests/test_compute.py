@@ -157,11 +157,24 @@ def test_a_killed_worker_fails_the_step_frees_the_gpu_slot_and_a_rerun_completes
 
 
 # -- failures that need no models --------------------------------------------------------------
+def test_a_remote_backend_needs_shared_storage() -> None:
+    from dagster import Failure
+
+    from resources.compute import require_shared_storage
+
+    require_shared_storage({"storage": {"root": "s3://bucket/twiml"}}, "k8s")
+    with pytest.raises(Failure) as raised:
+        require_shared_storage({"storage": {"root": "data"}}, "k8s")
+    assert "the k8s compute backend needs shared storage" in raised.value.description
+    assert raised.value.allow_retries is False
+
+
 def test_exit_reasons_are_in_words() -> None:
     assert exit_reason(-signal.SIGKILL).startswith("model step worker was killed by SIGKILL")
     assert "out of memory" in exit_reason(-signal.SIGKILL)
     assert exit_reason(-signal.SIGSEGV).startswith("model step worker was killed by SIGSEGV")
     assert exit_reason(1) == "model step worker exited with status 1"
+    assert "killed by signal 40" in exit_reason(-40)  # a real-time signal has no name
 
 
 def test_the_worker_reports_a_permanent_failure_with_its_reason(tmp_path: Path) -> None:
@@ -283,8 +296,10 @@ def test_the_k8s_pod_runs_the_worker_on_one_gpu_with_secrets_as_environment() ->
     assert container.command == worker_command(worker.MODULE)
     assert container.resources.limits == {"nvidia.com/gpu": "1"}
     assert [e.secret_ref.name for e in container.env_from] == ["twiml-storage", "twiml-hf"]
+    assert all(e.secret_ref.optional for e in container.env_from)
     assert {e.name for e in container.env} == {"DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"}
     assert pod.spec.restart_policy == "Never"
+    assert pod.spec.active_deadline_seconds == int(compute.timeout_seconds)
     assert pod.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
     assert pod.metadata.labels["app.kubernetes.io/name"] == "twiml-transcribe-worker"

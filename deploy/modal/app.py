@@ -277,16 +277,9 @@ def permanent_errors() -> tuple[type[BaseException], ...]:
 
 def require_shared_storage(params: dict[str, Any]) -> None:
     """A Modal container cannot read this machine's files: the storage must be ``s3://``."""
-    from dagster import Failure
+    from resources.compute import require_shared_storage as require
 
-    root = (params.get("storage") or {}).get("root")
-    if root is not None and not str(root).startswith("s3://"):
-        raise Failure(
-            description=f"the modal compute backend needs shared storage, and the storage root "
-            f"is {root!r}: set TWIML_STORAGE_ROOT to s3://bucket/prefix (a Modal container "
-            "cannot read this machine's files)",
-            allow_retries=False,
-        )
+    require(params, "modal")
 
 
 def remote_events(

@@ -52,7 +52,11 @@ def comparison_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     storage, quality = StorageResource(**p.storage), QualityResource(**p.quality)
     return threaded_events(
         f"model-comparison-{p.key}",
-        lambda log: [compare_episode(p.key, p.config, storage, quality, log, warn=log)],
+        lambda log: [
+            compare_episode(
+                p.key, p.config, storage, quality, log, warn=lambda text: log(text, "warning")
+            )
+        ],
     )
 
 

@@ -26,7 +26,8 @@ from resources.asr import WhisperASR
 from resources.compute import PERMANENT_EXIT, PERMANENT_PREFIX, WORKER_EXTRA
 from resources.diarisation import PyannoteDiariser
 from resources.storage import StorageResource
-from twiml_assets.speech.step import ModelStepConfig, StepOutput, run_model_step
+from twiml_assets.asset_io import StepOutput
+from twiml_assets.speech.step import ModelStepConfig, run_model_step
 
 MODULE = "twiml_assets.speech.worker"
 MODAL_ENTRYPOINT = "run_model_step"
@@ -80,9 +81,10 @@ def step_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def threaded_events(
-    name: str, work: Callable[[Callable[[str], None]], list[StepOutput]]
+    name: str, work: Callable[[Callable[..., None]], list[StepOutput]]
 ) -> Iterator[dict[str, Any]]:
-    """``work(log)`` in a thread: ``{"log": text}`` as it logs, then ``{"asset", "metadata"}``.
+    """``work(log)`` in a thread: ``{"log": text, "level": ...}`` for each ``log(text,
+    level="info")``, then ``{"asset", "metadata"}`` for each output.
 
     The thread lets progress stream out while the work goes on (Modal's remote generator
     sends each item as it is yielded). Its exception, if any, is re-raised here.
@@ -91,7 +93,8 @@ def threaded_events(
 
     def run() -> None:
         try:
-            for out in work(lambda text: events.put({"log": text})):
+            log = lambda text, level="info": events.put({"log": text, "level": level})  # noqa: E731
+            for out in work(log):
                 events.put({"asset": out.asset, "metadata": out.metadata})
             events.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
@@ -108,7 +111,7 @@ def report(pipes: Any, events: Iterable[dict[str, Any]]) -> None:
     """Forward step events to Dagster: logs as Pipes logs, outputs as materialisations."""
     for event in events:
         if "log" in event:
-            pipes.log.info(event["log"])
+            getattr(pipes.log, event.get("level", "info"))(event["log"])
         else:
             pipes.report_asset_materialization(asset_key=event["asset"], metadata=event["metadata"])
 
