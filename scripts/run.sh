@@ -49,7 +49,10 @@ fi
 # The gpu pool's limit: how many model steps run at once. 1 for the machine's own GPU (or
 # CPU); with TWIML_COMPUTE=modal or k8s, the number of remote GPUs you allow.
 # Dagster reads .env for the code location; this shell does not, so look there too.
-GPU_WORKERS="${TWIML_GPU_WORKERS:-$(sed -n 's/^TWIML_GPU_WORKERS=\([0-9]*\).*/\1/p' .env 2>/dev/null | tail -1)}"
+GPU_WORKERS="${TWIML_GPU_WORKERS:-}"
+if [ -z "$GPU_WORKERS" ] && [ -f .env ]; then
+  GPU_WORKERS="$(sed -n 's/^TWIML_GPU_WORKERS=\([0-9]*\).*/\1/p' .env | tail -1)"
+fi
 dagster instance concurrency set gpu "${GPU_WORKERS:-1}" >/dev/null 2>&1 || true
 
 echo "==> Dagster UI: http://${HOST}:${PORT}  (sensor 'episode_feed_sensor' starts on its own)"

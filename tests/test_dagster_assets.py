@@ -635,6 +635,7 @@ def test_make_run_demo_works_offline(tmp_path: Path) -> None:
         DEMO_RELEASE_EVERY="3600",
         TWIML_STORAGE_ROOT=str(root),
         TWIML_MAX_RUNS_PER_TICK="1",
+        TWIML_GPU_WORKERS="2",
     )
     log = (tmp_path / "run.log").open("w")
     proc = subprocess.Popen(
@@ -657,6 +658,8 @@ def test_make_run_demo_works_offline(tmp_path: Path) -> None:
             assert resp.status == 200
         with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path / "home"))) as inst:
             assert list(inst.get_dynamic_partitions("episodes")) == ["ep-1", "ep-2", "ep-3"]
+            # The gpu pool follows TWIML_GPU_WORKERS (run.sh sets it in the instance).
+            assert inst.event_log_storage.get_concurrency_info("gpu").slot_count == 2
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C
         try:
