@@ -73,7 +73,7 @@ def markdown_preview(transcript: SpeakerTranscript, turns: int = 6, width: int =
 
 def files_metadata(files: dict[str, str]) -> dict[str, MetadataValue]:
     """One ``path:<name>`` entry per written file (clickable paths in the UI)."""
-    return {f"path:{name}": MetadataValue.path(uri) for name, uri in sorted(files.items())}
+    return as_metadata(wire_paths(files))
 
 
 def rtf(seconds: float, duration: float) -> float:
@@ -111,7 +111,7 @@ def typed(value: Any, kind: str) -> dict[str, Any]:
 
 
 def wire_paths(files: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """``files_metadata`` in wire form: one ``path:<name>`` entry per written file."""
+    """One ``path:<name>`` entry per written file, in wire form (see ``files_metadata``)."""
     return {f"path:{name}": typed(uri, "path") for name, uri in sorted(files.items())}
 
 
