@@ -38,6 +38,8 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from pydantic import Field
 
+from resources.failures import permanent, transient
+
 Backend = Literal["local", "subprocess", "modal", "k8s"]
 STDERR_TAIL_LINES = 30
 WORKER_EXTRA = "model_step"
@@ -212,11 +214,10 @@ def require_shared_storage(params: Mapping[str, Any], backend: str) -> None:
     """A remote worker cannot read this machine's files: its storage must be ``s3://``."""
     root = (params.get("storage") or {}).get("root")
     if root is not None and not str(root).startswith("s3://"):
-        raise Failure(
-            description=f"the {backend} compute backend needs shared storage, and the storage "
+        raise permanent(
+            f"the {backend} compute backend needs shared storage, and the storage "
             f"root is {root!r}: set TWIML_STORAGE_ROOT to s3://bucket/prefix (a remote worker "
-            "cannot read this machine's files)",
-            allow_retries=False,
+            "cannot read this machine's files)"
         )
 
 
@@ -338,9 +339,9 @@ class WorkerSubprocessClient(PipesSubprocessClient):
                 reasons = [line for line in tail if line.startswith(PERMANENT_PREFIX)]
                 if reasons:
                     reason = reasons[-1].removeprefix(PERMANENT_PREFIX)
-                    raise Failure(description=reason, allow_retries=False)
-            if returncode != 0:
-                raise Failure(description=exit_reason(returncode) + _describe_tail(tail))
+                    raise permanent(reason)
+            if returncode != 0:  # killed, out of memory, crashed: worth another try
+                raise transient(exit_reason(returncode) + _describe_tail(tail))
         return PipesClientCompletedInvocation(session)
 
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterRunStatus, SensorResult, build_sensor_context, instance_for_test
+from dagster import (
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+    build_sensor_context,
+    instance_for_test,
+)
 from dagster._core.test_utils import create_run_for_test
 
 from resources.storage import StorageResource
+from twiml_assets.catchup import ledger
+from twiml_assets.catchup.status import episode_statuses
 from twiml_assets.demo.feed_server import DemoEpisode, render_rss
 from twiml_assets.feed.catalog import CATALOG
 from twiml_assets.feed.partitions import EPISODES
@@ -45,6 +55,7 @@ class Harness:
         self.catch_up = CatchUpSettings(**{"max_runs_per_tick": 2, **catch_up})
         self.sensor = build_feed_sensor(minimum_interval_seconds=30)
         self.cursor: str | None = None
+        self.runs: dict[str, DagsterRun] = {}
 
     def publish(self, numbers, **kwargs) -> None:
         self.server.put("feed.xml", render_rss(episodes(numbers), self.server.base_url, **kwargs))
@@ -63,7 +74,21 @@ class Harness:
             )
         if result.cursor is not None:
             self.cursor = result.cursor
+        for request in result.run_requests or []:  # what the daemon would launch: running runs
+            tags = {**request.tags, "dagster/partition": request.partition_key}
+            self.runs[request.partition_key] = create_run_for_test(
+                self.instance,
+                job_name=EPISODE_JOB,
+                status=DagsterRunStatus.STARTED,
+                tags={**tags, "dagster/run_key": request.run_key},
+            )
         return result
+
+    def fail(self, key: str, kind: str = "transient", reason: str = "HTTP 503") -> None:
+        """The episode's run fails, and the failure sensor records it in the ledger."""
+        run = self.runs.pop(key)
+        self.instance.report_run_failed(run)
+        ledger.record(self.storage, key, ledger.Attempt(run.run_id, ledger.now(), kind, reason))
 
     @property
     def partitions(self) -> list[str]:
@@ -80,9 +105,10 @@ def harness(http_server, tmp_path: Path):
 
 
 def requested(result: SensorResult) -> list[str]:
-    keys = [r.partition_key for r in result.run_requests or []]
-    assert keys == [r.run_key for r in result.run_requests or []]  # run_key = episode key
-    return keys
+    """The episodes requested, checking each run key is ``{key}#{attempt}``."""
+    for r in result.run_requests or []:
+        assert r.run_key == f"{r.partition_key}#{r.tags['twiml/attempt']}"
+    return [r.partition_key for r in result.run_requests or []]
 
 
 def test_new_feed_adds_partitions_and_catches_up_newest_first(harness: Harness) -> None:
@@ -92,7 +118,7 @@ def test_new_feed_adds_partitions_and_catches_up_newest_first(harness: Harness) 
     assert requested(first) == ["ep-3", "ep-2"]  # at most 2 per tick, newest first
     assert harness.storage.exists(CATALOG)
     state = FeedCursor.parse(harness.cursor)
-    assert state.etag and state.requested == ["ep-3", "ep-2"]
+    assert state.etag
 
     second = harness.tick()
     assert not second.dynamic_partitions_requests
@@ -194,3 +220,74 @@ def test_changed_feed_url_drops_the_old_validators(harness: Harness, http_server
     result = harness.tick()
     assert "If-None-Match" not in http_server.requests_to("/other.xml")[0]
     assert requested(result) == ["ep-7"]
+
+
+# -- failures: re-requests after the cool-down, the attempt limit, one run per episode ------
+def test_a_transient_failure_is_requested_again_after_the_cool_down_until_the_limit(
+    http_server, tmp_path: Path
+) -> None:
+    with instance_for_test() as instance:
+        h = Harness(http_server, instance, tmp_path / "d", retry_cooldown_seconds=1.0)
+        h.publish([1])
+        assert requested(h.tick()) == ["ep-1"]
+        assert requested(h.tick()) == []  # running: one run per episode
+        for attempt in (2, 3):
+            h.fail("ep-1")
+            assert requested(h.tick()) == []  # cooling down
+            time.sleep(1.1)
+            result = h.tick()
+            assert requested(result) == ["ep-1"]
+            assert result.run_requests[0].run_key == f"ep-1#{attempt}"
+        h.fail("ep-1")  # the third failure: max_attempts (3) reached
+        time.sleep(1.1)
+        result = h.tick()
+        assert requested(result) == [] and "1 given_up" in result.skip_reason.skip_message
+        status = episode_statuses(instance, h.storage, h.catch_up.rules)["ep-1"]
+        assert (status.state, status.attempts, status.reason) == ("given_up", 3, "HTTP 503")
+
+        # After a fix: `twiml-transcribe retry ep-1` starts the count again.
+        ledger.retry(h.storage, "ep-1")
+        result = h.tick()
+        assert [r.run_key for r in result.run_requests] == ["ep-1#4"]
+
+
+def test_a_permanent_failure_is_given_up_at_once_and_reported(harness: Harness) -> None:
+    harness.catch_up = CatchUpSettings(max_runs_per_tick=2, retry_cooldown_seconds=0)
+    harness.publish([1, 2])
+    assert sorted(requested(harness.tick())) == ["ep-1", "ep-2"]
+    harness.fail("ep-2", "permanent", "HTTP 404 Not Found: nothing is at this URL")
+    result = harness.tick()
+    assert requested(result) == []
+    (table,) = result.asset_events  # the failed_episodes table changed
+    rows = [r.data for r in table.metadata["episodes"].value.records]
+    assert [(r["episode"], r["state"], r["kind"]) for r in rows] == [
+        ("ep-2", "given_up", "permanent")
+    ]
+    assert "HTTP 404" in rows[0]["reason"]
+    assert not harness.tick().asset_events  # unchanged: not reported again
+
+
+def test_an_episode_a_backfill_is_running_is_not_requested(harness: Harness) -> None:
+    harness.publish([1, 2])
+    backfill = create_run_for_test(
+        harness.instance,
+        job_name=EPISODE_JOB,
+        status=DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "ep-2", "dagster/backfill": "abc"},
+    )
+    assert requested(harness.tick()) == ["ep-1"]
+    harness.instance.report_run_failed(backfill)  # no ledger entry: treated as never tried
+    assert requested(harness.tick()) == ["ep-2"]
+
+
+def test_fresh_episodes_overtake_the_catch_up_and_get_a_time_limit(harness: Harness) -> None:
+    harness.catch_up = CatchUpSettings(max_runs_per_tick=2, max_in_flight=1)
+    for _ in range(3):  # a backfill keeps the workers busy
+        create_run_for_test(harness.instance, job_name=EPISODE_JOB, status=DagsterRunStatus.STARTED)
+    fresh = episodes([3])[0]
+    fresh.published = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+    harness.server.put("feed.xml", render_rss([*episodes([1, 2]), fresh], harness.server.base_url))
+    (request,) = harness.tick().run_requests  # in-flight limit reached: only the fresh one
+    assert request.partition_key == "ep-3"
+    assert request.tags["dagster/priority"] == "10"
+    assert request.tags["dagster/max_runtime"] == str(int(1800 + 60.0))  # 60 s of audio

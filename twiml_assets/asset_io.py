@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import Failure, MetadataValue
+from dagster import MetadataValue
 from dagster._core.definitions.metadata.external_metadata import metadata_map_from_external
 
+from resources.failures import permanent
 from resources.schema import SpeakerTranscript, load
 from resources.storage import StorageResource
 from twiml_assets.feed.source import EpisodeInfo
@@ -30,10 +31,8 @@ GROUP_OUTPUTS = "outputs"
 def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: str) -> Any:
     """Read an upstream asset's file, or fail with the asset to materialise."""
     if not storage.exists(rel):
-        raise Failure(
-            description=f"{key}: {storage.uri(rel)} is missing; materialise {producer} "
-            "for this partition first",
-            allow_retries=False,
+        raise permanent(
+            f"{key}: {storage.uri(rel)} is missing; materialise {producer} for this partition first"
         )
     return storage.read_json(rel)
 

@@ -17,6 +17,7 @@ from resources.diarisation import PyannoteDiariser
 from resources.quality import QualityResource
 from resources.storage import StorageResource
 from twiml_assets.audio import definitions as audio
+from twiml_assets.catchup import definitions as catchup
 from twiml_assets.feed.definitions import definitions as feed_definitions
 from twiml_assets.feed.resource import FeedResource
 from twiml_assets.feed.sensor import CatchUpSettings
@@ -61,6 +62,8 @@ def resources_from_settings(settings: PlatformSettings) -> dict[str, Any]:
             max_runs_per_tick=settings.max_runs_per_tick,
             max_in_flight=settings.max_in_flight,
             order=settings.catchup_order,
+            max_attempts=settings.max_attempts,
+            retry_cooldown_seconds=settings.retry_cooldown,
         ),
     }
 
@@ -73,6 +76,7 @@ def build_definitions(
     settings = PlatformSettings.from_env(env)
     return Definitions.merge(
         feed_definitions(settings),
+        catchup.definitions(settings),
         audio.defs,
         speech.defs,
         speakers.defs,

@@ -19,6 +19,8 @@ REFERENCE_SIDECAR_SUFFIX = ".source.json"
 SPEAKER_REGISTRY = "speakers/registry.json"
 VOICEPRINTS_SUFFIX = ".embeddings.json"
 EVALUATION_DIR = "evaluation"
+FAILURES_DIR = "failures"
+"""One ledger per episode whose runs failed: every attempt, its kind and reason."""
 EVALUATION_SUMMARY_PNG = f"{EVALUATION_DIR}/summary.png"
 EVALUATION_SUMMARY_CSV = f"{EVALUATION_DIR}/summary.csv"
 EVALUATION_SUMMARY_MD = f"{EVALUATION_DIR}/summary.md"
@@ -68,6 +70,8 @@ class EpisodeFiles:
         REFERENCES_DIR + "/{key}" + REFERENCE_SIDECAR_SUFFIX,
         "Outcome of fetching the feed's transcript (URL, format, status).",
     )
+
+    failures = _path(FAILURES_DIR + "/{key}.json", "Failed attempts: kind, reason, run.")
 
     def reference(self, suffix: str) -> str:
         """A stored reference transcript (``suffix`` without the dot: ``srt``, ``txt``)."""

@@ -39,6 +39,8 @@ class PlatformSettings(EvaluationLimits):
     max_runs_per_tick: int = Field(default=3, ge=0)
     max_in_flight: int = Field(default=4, ge=0)
     catchup_order: Literal["newest_first", "oldest_first"] = "newest_first"
+    max_attempts: int = Field(default=3, ge=1)
+    retry_cooldown: float = Field(default=900.0, ge=0)
     compute: Literal["local", "subprocess", "modal", "k8s"] = "local"
     modal_gpu: str = "L4"
     k8s_image: str | None = None

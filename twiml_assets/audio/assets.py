@@ -4,9 +4,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dagster import AssetExecutionContext, Config, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from resources.failures import STEP_RETRY, permanent, transient
 from resources.storage import StorageResource, clean_relpath
 from twiml_assets.asset_io import GROUP_INGEST, load_episode
 from twiml_assets.audio.download import DownloadError, audio_extension, audio_files, download_audio
@@ -38,6 +39,7 @@ def _reusable(storage: StorageResource, key: str, rel: str, url: str) -> dict | 
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[episode_metadata],
     group_name=GROUP_INGEST,
     kinds={"audio"},
@@ -115,7 +117,7 @@ def _download(
             progress=progress,
         )
     except DownloadError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from exc
+        raise (transient if exc.transient else permanent)(str(exc)) from exc
     if not storage.is_local:
         storage.put_file(rel, dest)
         dest.unlink(missing_ok=True)

@@ -59,7 +59,15 @@ ProgressCallback = Callable[[int, int | None], None]
 
 
 class DownloadError(RuntimeError):
-    """The audio could not be downloaded; the message names the episode and what to do."""
+    """The audio could not be downloaded; the message names the episode and what to do.
+
+    ``transient``: a later try may succeed (5xx, timeouts, a cut connection); otherwise the
+    URL or the file itself is wrong and only a person can fix it.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class NotAudioError(DownloadError):
@@ -286,7 +294,8 @@ class Downloader:
         return DownloadError(
             f"{self.label}: could not download {self.url} after {self.result.attempts} "
             f"attempts ({failure}). {self._part_size()} bytes are kept in {self.part.name} and "
-            "the next run resumes from there; re-materialise raw_audio for this episode later"
+            "the next run resumes from there; re-materialise raw_audio for this episode later",
+            transient=True,
         )
 
 

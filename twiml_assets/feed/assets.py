@@ -2,8 +2,9 @@
 
 import time
 
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from resources.failures import STEP_RETRY, permanent, transient
 from resources.schema import dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_FEED, GROUP_INGEST
@@ -41,7 +42,7 @@ def feed_catalog(
         parsed = parse_feed(response.body)
         parse_seconds = time.perf_counter() - parse_started
     except FeedError as exc:
-        raise Failure(description=str(exc), allow_retries=True) from exc
+        raise transient(str(exc)) from exc
     uri = save_catalog(storage, parsed, response)
     for s in parsed.skipped:
         context.log.warning(f"skipped feed entry #{s.position} {s.title!r}: {s.reason}")
@@ -75,7 +76,12 @@ def feed_catalog(
     )
 
 
-@asset(partitions_def=episode_partitions, group_name=GROUP_INGEST, kinds={"rss"})
+@asset(
+    partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
+    group_name=GROUP_INGEST,
+    kinds={"rss"},
+)
 def episode_metadata(
     context: AssetExecutionContext, feed: FeedResource, storage: StorageResource
 ) -> MaterializeResult:
@@ -87,7 +93,7 @@ def episode_metadata(
     try:
         episode, source = find_episode(storage, feed, key)
     except LookupError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from exc
+        raise permanent(str(exc)) from exc
     if source != "feed":
         context.log.warning(f"{key}: using the {source} copy of the episode metadata")
     uri = storage.write_json(EpisodeFiles(key).episode, dump(episode))

@@ -1,21 +1,29 @@
 """The feed sensor: new episodes become partitions, untranscribed ones become runs.
 
 Each tick fetches the feed conditionally (validators from the cursor), adds a partition
-for every new key, and requests at most ``max_runs_per_tick`` runs for episodes without a
-transcript, so a long back catalogue catches up over many ticks instead of queueing
-hundreds of runs at once; ``max_in_flight`` stops it from running ahead of the workers.
+for every new key, and requests at most ``max_runs_per_tick`` runs for episodes that are
+missing, or failed and due again (``twiml_assets.catchup.status``), so a long back
+catalogue catches up over many ticks instead of queueing hundreds of runs at once;
+``max_in_flight`` stops it from running ahead of the workers. Episodes with a run queued
+or running are skipped: one run per episode at a time.
 
-run_key = episode key: Dagster never launches the same key twice from this sensor, so
-a re-run is a deliberate act (UI, backfill), never an accident of a cursor reset.
+Run keys are ``{key}#{attempt}``: Dagster never launches the same attempt twice from this
+sensor, and a transient failure recorded in the episode's ledger moves the key on, so the
+episode is requested again after the cool-down, up to ``max_attempts`` times. Fresh
+episodes (published in the last ``fresh_days``) overtake queued catch-up runs.
 """
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from dagster import (
+    AssetMaterialization,
     ConfigurableResource,
-    DagsterRunStatus,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -25,23 +33,29 @@ from dagster import (
     SkipReason,
     sensor,
 )
+from dagster._core.storage.tags import MAX_RUNTIME_SECONDS_TAG as MAX_RUNTIME_TAG
+from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG
 from pydantic import Field
 
 from resources import schema
 from resources.storage import StorageResource
+from twiml_assets.catchup.sensors import failed_table_event
+from twiml_assets.catchup.status import IN_FLIGHT, RetryRules, episode_statuses
 from twiml_assets.feed.catalog import refresh_catalog
 from twiml_assets.feed.partitions import EPISODES, episode_partitions
 from twiml_assets.feed.resource import FeedResource
-from twiml_assets.feed.source import FeedError
+from twiml_assets.feed.source import EpisodeInfo, FeedError
 from twiml_assets.jobs import EPISODE_JOB, episode_pipeline
-from twiml_assets.layout import EpisodeFiles
 
 SENSOR_NAME = "episode_feed_sensor"
-IN_FLIGHT = [DagsterRunStatus[s] for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
+ATTEMPT_TAG = "twiml/attempt"
+FRESH_PRIORITY = 10
+"""dagster/priority of fresh episodes' runs; backfills' and catch-up runs' is 0."""
 
 
 class CatchUpSettings(ConfigurableResource):
-    """How fast the sensor works through episodes that have no transcript yet."""
+    """How fast the sensor works through episodes that have no transcript yet, and how it
+    tries failed ones again."""
 
     max_runs_per_tick: int = Field(
         default=3,
@@ -54,9 +68,53 @@ class CatchUpSettings(ConfigurableResource):
     max_in_flight: int = Field(
         default=4,
         ge=0,
-        description="Request nothing while this many pipeline runs are queued or running "
-        "(0 = no limit; env TWIML_MAX_IN_FLIGHT).",
+        description="Request no catch-up run while this many pipeline runs are queued or "
+        "running (0 = no limit; env TWIML_MAX_IN_FLIGHT). Fresh episodes are exempt.",
     )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs per episode before a transient failure is given up "
+        "(env TWIML_MAX_ATTEMPTS); a permanent failure is given up at once.",
+    )
+    retry_cooldown_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="Wait after a transient failure before requesting the episode again "
+        "(env TWIML_RETRY_COOLDOWN).",
+    )
+    fresh_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Episodes published this recently are fresh: their runs overtake queued "
+        "catch-up runs (dagster/priority) and ignore max_in_flight.",
+    )
+    runtime_base_seconds: float = Field(
+        default=1800.0, gt=0, description="A run's time limit: this, plus the next field."
+    )
+    runtime_per_audio_second: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds of run time allowed per second of audio (the feed's duration); "
+        "a run past its limit is failed and its gpu slot freed (dagster/max_runtime).",
+    )
+
+    @property
+    def rules(self) -> RetryRules:
+        return RetryRules(self.max_attempts, self.retry_cooldown_seconds)
+
+    def run_tags(self, episode: EpisodeInfo, attempt: int, fresh: bool) -> dict[str, str]:
+        """The run's tags: episode, attempt, priority and its time limit."""
+        tags = {
+            "twiml/episode": episode.key,
+            "twiml/title": episode.title[:63],
+            ATTEMPT_TAG: str(attempt),
+            PRIORITY_TAG: str(FRESH_PRIORITY if fresh else 0),
+        }
+        if episode.duration:
+            limit = self.runtime_base_seconds + self.runtime_per_audio_second * episode.duration
+            tags[MAX_RUNTIME_TAG] = str(int(limit))
+        return tags
 
 
 @dataclass(slots=True)
@@ -67,18 +125,46 @@ class FeedCursor:
     etag: str | None = None
     last_modified: str | None = None
     sha256: str | None = None
-    requested: list[str] = field(default_factory=list)
+    failed_digest: str | None = None  # of the failed_episodes table last reported
 
     @classmethod
     def parse(cls, raw: str | None) -> "FeedCursor":
         """The cursor, or a fresh one when it is missing or unreadable."""
         try:
-            return schema.load(cls, json.loads(raw or "{}"))
+            data = json.loads(raw or "{}")
+            data.pop("requested", None)  # an older cursor's list; the ledger replaced it
+            return schema.load(cls, data)
         except ValueError:
             return cls()
 
     def dump(self) -> str:
         return json.dumps(schema.dump(self), separators=(",", ":"))
+
+
+def is_fresh(episode: EpisodeInfo, days: float, now: datetime) -> bool:
+    if not episode.published or not days:
+        return False
+    try:
+        published = datetime.fromisoformat(episode.published)
+    except ValueError:
+        return False
+    if published.tzinfo is None:
+        published = published.replace(tzinfo=UTC)
+    return now - published <= timedelta(days=days)
+
+
+def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
+    """A run with this key exists: its failure is not recorded yet, or it was deleted."""
+    return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
+
+
+def rows(table: AssetMaterialization) -> int:
+    return len(table.metadata["episodes"].value.records)
+
+
+def table_digest(table: AssetMaterialization) -> str:
+    records = [r.data for r in table.metadata["episodes"].value.records]
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def evaluate_feed(
@@ -106,38 +192,53 @@ def evaluate_feed(
     existing = set(instance.get_dynamic_partitions(EPISODES))
     new_keys = [e.key for e in parsed.ordered(newest_first=False) if e.key not in existing]
 
-    listing = set(storage.list("transcripts"))
-    requested = set(state.requested)
-    pending = [
-        e
-        for e in parsed.ordered(newest_first=catch_up.order == "newest_first")
-        if e.key not in requested and EpisodeFiles(e.key).record not in listing
-    ]
+    ordered = parsed.ordered(newest_first=catch_up.order == "newest_first")
+    statuses = episode_statuses(instance, storage, catch_up.rules, [e.key for e in ordered])
+    now = datetime.now(UTC)
+    fresh = {e.key for e in ordered if is_fresh(e, catch_up.fresh_days, now)}
+    pending = [e for e in ordered if statuses[e.key].due]
+    pending.sort(key=lambda e: e.key not in fresh)  # stable: fresh first, order kept
     budget = catch_up.max_runs_per_tick
     if catch_up.max_in_flight and pending:
         in_flight = instance.get_runs_count(RunsFilter(job_name=EPISODE_JOB, statuses=IN_FLIGHT))
         budget = min(budget, max(0, catch_up.max_in_flight - in_flight))
-    batch = pending[:budget]
-    run_requests = [
-        RunRequest(
-            partition_key=e.key,
-            run_key=e.key,
-            tags={"twiml/episode": e.key, "twiml/title": e.title[:63]},
+    run_requests = []
+    for episode in pending:  # fresh ones first: only max_runs_per_tick holds them back
+        fresh_one = episode.key in fresh
+        if len(run_requests) >= (catch_up.max_runs_per_tick if fresh_one else budget):
+            continue
+        attempt = statuses[episode.key].next_attempt
+        run_key = f"{episode.key}#{attempt}"
+        if run_key_used(instance, run_key):
+            continue
+        run_requests.append(
+            RunRequest(
+                partition_key=episode.key,
+                run_key=run_key,
+                tags=catch_up.run_tags(episode, attempt, fresh_one),
+            )
         )
-        for e in batch
-    ]
-    state.requested.extend(e.key for e in batch)
 
+    counts = Counter(s.state.value for s in statuses.values())
     summary = (
         f"{len(parsed.episodes)} episodes ({'changed' if changed else 'unchanged'}), "
-        f"{len(new_keys)} new partitions, {len(batch)} runs requested, "
-        f"{len(pending) - len(batch)} still waiting"
+        f"{len(new_keys)} new partitions, {len(run_requests)} runs requested, "
+        f"{len(pending) - len(run_requests)} still waiting; "
+        + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     )
     context.log.info(summary)
+    table = failed_table_event(statuses)
+    digest = table_digest(table)
+    # Report the table when it changed (an episode failed, or a failed one got done);
+    # not an empty table on a first tick.
+    changed_table = digest != state.failed_digest and (state.failed_digest or rows(table))
+    asset_events = [table] if changed_table else []
+    state.failed_digest = digest
     partition_requests = [episode_partitions.build_add_request(new_keys)] if new_keys else []
     return SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=partition_requests,
+        asset_events=asset_events,
         skip_reason=None if run_requests or partition_requests else SkipReason(summary),
         cursor=state.dump(),
     )

@@ -10,6 +10,7 @@ import time
 
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from resources.failures import STEP_RETRY
 from resources.schema import AsrResult, DiarisationResult, load
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
@@ -37,6 +38,7 @@ from twiml_assets.speech.merge import merge_words
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[AssetKey("transcript"), AssetKey("diarisation")],
     group_name=GROUP_OUTPUTS,
     kinds={"json"},
@@ -100,6 +102,7 @@ def _load_transcript(storage: StorageResource, key: str):
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[speaker_transcript, AssetKey("speaker_names")],
     group_name=GROUP_OUTPUTS,
     kinds={"json", "markdown"},
@@ -130,6 +133,7 @@ def rag_outputs(context: AssetExecutionContext, storage: StorageResource) -> Mat
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[speaker_transcript, AssetKey("speaker_names")],
     group_name=GROUP_OUTPUTS,
     kinds={"file"},

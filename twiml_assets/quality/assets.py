@@ -27,6 +27,7 @@ from evaluation.reports import (
     summary_table,
 )
 from resources.compute import ComputeResource
+from resources.failures import STEP_RETRY
 from resources.quality import QualityResource
 from resources.schema import SpeakerTurn, load
 from resources.storage import StorageResource
@@ -97,6 +98,7 @@ def _references_md(result: dict[str, Any]) -> str:
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[speaker_transcript],
     group_name=GROUP_EVALUATION,
     kinds={"json"},

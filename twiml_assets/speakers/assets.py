@@ -10,6 +10,7 @@ catalogue (job ``speaker_naming_job``) never decodes or transcribes again.
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
+from resources.failures import STEP_RETRY
 from resources.schema import DiarisationResult, load
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_OUTPUTS, load_episode, read_json_or_fail
@@ -26,6 +27,7 @@ class SpeakerNamesConfig(Config, service.NamingSettings):
 
 @asset(
     partitions_def=episode_partitions,
+    retry_policy=STEP_RETRY,
     deps=[AssetKey("speaker_transcript")],
     group_name=GROUP_OUTPUTS,
     kinds={"json"},

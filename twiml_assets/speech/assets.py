@@ -16,6 +16,7 @@ from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_a
 from resources.asr import WhisperASR
 from resources.compute import ComputeResource
 from resources.diarisation import PyannoteDiariser
+from resources.failures import STEP_RETRY
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_MODELS, as_metadata
 from twiml_assets.audio.assets import raw_audio
@@ -53,6 +54,7 @@ def model_output(name: str, kind: str, description: str) -> AssetSpec:
         ),
     ],
     pool=GPU_POOL,
+    retry_policy=STEP_RETRY,
     can_subset=False,
 )
 def transcribe_and_diarise(

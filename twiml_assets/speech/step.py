@@ -7,7 +7,7 @@ the UI do not depend on where the step ran. Metadata is kept in Pipes' wire form
 (plain values, and ``{"raw_value", "type"}`` for paths, JSON and Markdown), which the
 worker sends as is and the asset converts as Pipes does (``asset_io.as_metadata``).
 Failures that a re-run cannot fix (a missing upstream file, undecodable audio) are
-``dagster.Failure``s with ``allow_retries=False``, wherever the step runs.
+permanent ``dagster.Failure``s (``resources.failures``), wherever the step runs.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from dagster import Config, Failure
+from dagster import Config
 from pydantic import Field
 
 from resources.asr import WhisperASR
 from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
+from resources.failures import permanent
 from resources.schema import dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
@@ -63,19 +64,19 @@ def run_model_step(
     episode = load_episode(storage, key)
     audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
     started = time.perf_counter()
+    path = storage.local_path(audio["path"])  # storage errors are not bad audio
     try:
-        waveform = open_waveform(storage.local_path(audio["path"]), label=key)
+        waveform = open_waveform(path, label=key)
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this episode's bad audio
         reason = (
             str(exc)
             if isinstance(exc, AudioDecodeError)
             else f"cannot decode {key} ({audio['path']}): {type(exc).__name__}: {exc}"
         )
-        raise Failure(
-            description=f"{reason}. Re-materialise raw_audio with force_download=true if the "
+        raise permanent(
+            f"{reason}. Re-materialise raw_audio with force_download=true if the "
             "download was damaged; if the source itself is broken, this episode cannot be "
-            "transcribed until the publisher fixes it (the other episodes are unaffected)",
-            allow_retries=False,
+            "transcribed until the publisher fixes it (the other episodes are unaffected)"
         ) from exc
     decode_seconds = time.perf_counter() - started
     duration = len(waveform) / SAMPLE_RATE

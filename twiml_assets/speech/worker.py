@@ -119,18 +119,23 @@ def report(pipes: Any, events: Iterable[dict[str, Any]]) -> None:
 def serve(events: Callable[[dict[str, Any], Any], Iterable[dict[str, Any]]]) -> int:
     """Open Dagster Pipes, report ``events(params, pipes)``; the worker's exit status.
 
-    A ``dagster.Failure`` (the step's permanent failures) is reported through Pipes, printed
+    A permanent failure (``resources.failures.classify``) is reported through Pipes, printed
     as the last line of stderr and ends with :data:`PERMANENT_EXIT`, so the orchestrator
-    fails the step without retries and with the reason. ``main`` and the Modal app's local
+    fails the step without retries and with the reason; any other error is a plain crash,
+    which the step's retry policy tries again. ``main`` and the Modal app's local
     entrypoint both run this.
     """
     from dagster import Failure
     from dagster_pipes import open_dagster_pipes
 
+    from resources.failures import classify
+
     try:
         with open_dagster_pipes() as pipes:
             report(pipes, events(pipes.get_extra(WORKER_EXTRA), pipes))
     except Failure as exc:
+        if classify(exc).transient:
+            raise
         reason = " ".join(str(exc.description).split())
         print(f"{PERMANENT_PREFIX}{reason}", file=sys.stderr, flush=True)
         return PERMANENT_EXIT
