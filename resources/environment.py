@@ -18,6 +18,9 @@ class ResourceEnvironment(BaseSettings):
 
     storage_root: str = Field(default="data", description="Local directory or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint.")
+    s3_timeout: float = Field(
+        default=60.0, gt=0, description="Longest wait for one S3 answer, in seconds."
+    )
     profile: str | None = Field(default=None, description="Default model_config.yml profile.")
     config_file: str | None = Field(
         default=None,

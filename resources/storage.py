@@ -103,6 +103,10 @@ class LocalBackend:
         return path
 
 
+S3_ATTEMPTS = 5
+"""Tries per S3 call (botocore's standard mode: exponential backoff with jitter)."""
+
+
 @lru_cache(maxsize=8)
 def s3_client(
     endpoint_url: str | None,
@@ -110,22 +114,35 @@ def s3_client(
     profile_name: str | None,
     access_key: str | None,
     secret_key: str | None,
+    timeout: float = 60.0,
 ) -> Any:
-    """One boto3 client per settings and keys per process (clients are thread-safe, costly)."""
-    from dagster_aws.s3 import S3Resource
+    """One boto3 client per settings and keys per process (clients are thread-safe, costly).
 
-    return S3Resource(
+    Built as dagster-aws's ``S3Resource`` builds it (a session, standard-mode retries),
+    plus timeouts: a stalled server then fails a call after ``timeout`` seconds and
+    botocore retries it, instead of holding a step for minutes. What still fails after
+    the retries is a ``StorageUnavailableError``, a transient failure the step's retry
+    policy and the sensor try again.
+    """
+    import boto3
+    from botocore.config import Config
+    from dagster_aws.utils import construct_boto_client_retry_config
+
+    config = construct_boto_client_retry_config(S3_ATTEMPTS).merge(
+        Config(connect_timeout=min(10.0, timeout), read_timeout=timeout)
+    )
+    return boto3.session.Session(profile_name=profile_name).client(
+        "s3",
         endpoint_url=endpoint_url,
         region_name=region_name,
-        profile_name=profile_name,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        max_attempts=3,
-    ).get_client()
+        config=config,
+    )
 
 
 class S3Backend:
-    """``s3://bucket/prefix`` through dagster-aws's S3Resource (any S3-compatible server).
+    """``s3://bucket/prefix`` through a boto3 client (any S3-compatible server).
 
     PutObject and completed multipart uploads are atomic: an interrupted upload leaves no
     object under the key, so a reader never takes a partial file as complete.
@@ -237,6 +254,12 @@ class StorageResource(ConfigurableResource):
     )
     profile_name: str | None = Field(default=None, description="AWS shared-credentials profile.")
     cache_dir: str | None = Field(default=None, description="Local cache for S3 reads (audio).")
+    timeout_seconds: float = Field(
+        default_factory=lambda: environment().s3_timeout,
+        gt=0,
+        description="Longest wait for one S3 answer before botocore retries "
+        "(env TWIML_S3_TIMEOUT).",
+    )
 
     @property
     def is_local(self) -> bool:
@@ -252,6 +275,7 @@ class StorageResource(ConfigurableResource):
             self.profile_name,
             env.aws_access_key_id,
             env.aws_secret_access_key,
+            self.timeout_seconds,
         )
         cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "twiml-transcribe-s3")
         return S3Backend(self.root, client, cache)
