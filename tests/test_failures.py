@@ -1,0 +1,173 @@
+"""Transient or permanent: the classification of each error kind, and the failure sensor
+recording a real failed run in the episode's ledger."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    Failure,
+    build_run_status_sensor_context,
+    instance_for_test,
+)
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._utils.error import serializable_error_info_from_exc_info
+
+from resources.audio import AudioDecodeError
+from resources.failures import KIND_KEY, classify, classify_error_info, permanent, transient
+from resources.storage import StorageError, StorageResource, StorageUnavailableError
+from twiml_assets.audio.download import DownloadError, NotAudioError, download_audio
+from twiml_assets.catchup import ledger
+from twiml_assets.catchup.sensors import FAILED_EPISODES, REASON_TAG, build_failure_sensors
+from twiml_assets.catchup.status import EpisodeState, RetryRules, episode_statuses
+from twiml_assets.demo.feed_server import DemoEpisode, render_rss
+from twiml_assets.feed.resource import FeedResource
+
+
+def chained(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as exc:  # noqa: BLE001 - returning what was raised
+        return exc
+
+
+TRANSIENT = {
+    "connection refused": requests.ConnectionError("refused"),
+    "read timeout": requests.ReadTimeout("read timed out"),
+    "body cut off": requests.exceptions.ChunkedEncodingError("connection broken"),
+    "connection reset": ConnectionResetError(errno.ECONNRESET, "reset by peer"),
+    "S3 endpoint down": EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+    "S3 connect timeout": ConnectTimeoutError(endpoint_url="http://127.0.0.1:9"),
+    "S3 read timeout": ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
+    "storage unavailable": StorageUnavailableError("cannot reach S3"),
+    "download 5xx": DownloadError("ep-1: HTTP 503 after 4 attempts", transient=True),
+    "worker killed": DagsterExecutionInterruptedError("interrupted"),
+    "explicit": transient("model step worker was killed by SIGKILL"),
+    "wrapped cause": chained(RuntimeError("step failed"), TimeoutError("timed out")),
+    "unknown error": ValueError("something nobody foresaw"),
+}
+PERMANENT = {
+    "download 404": DownloadError("ep-1: HTTP 404 Not Found"),
+    "not audio": NotAudioError("ep-1: an HTML page instead of audio"),
+    "undecodable": AudioDecodeError("cannot decode ep-1"),
+    "not found in storage": StorageError("not found in storage: s3://b/x"),
+    "TLS refused": requests.exceptions.SSLError("certificate verify failed"),
+    "explicit": permanent("ep-1: no speech"),
+    "no retries": Failure("a missing upstream file", allow_retries=False),
+    "wrapped cause": chained(RuntimeError("step failed"), AudioDecodeError("bad frames")),
+}
+
+
+def serialised(exc: BaseException):
+    """The error as a run's event log keeps it (raised, so it has a traceback)."""
+    try:
+        raise exc
+    except BaseException:  # noqa: BLE001
+        return serializable_error_info_from_exc_info(sys.exc_info())
+
+
+@pytest.mark.parametrize("name", TRANSIENT)
+def test_transient_errors(name: str) -> None:
+    exc = TRANSIENT[name]
+    assert classify(exc).kind == "transient"
+    # The failure sensor sees the serialised error (class names only) and agrees.
+    meta = exc.metadata if isinstance(exc, Failure) else None
+    assert classify_error_info(serialised(exc), meta).kind == "transient"
+
+
+@pytest.mark.parametrize("name", PERMANENT)
+def test_permanent_errors(name: str) -> None:
+    exc = PERMANENT[name]
+    assert classify(exc).kind == "permanent"
+    # allow_retries and DownloadError.transient are not serialised: steps raise
+    # permanent()/transient() for those, whose kind travels in the metadata.
+    if name not in ("no retries", "download 404"):
+        meta = exc.metadata if isinstance(exc, Failure) else None
+        assert classify_error_info(serialised(exc), meta).kind == "permanent"
+
+
+def test_failures_carry_their_kind_and_the_retry_policy_follows_it() -> None:
+    assert permanent("x").allow_retries is False
+    assert transient("x").allow_retries is True
+    assert permanent("x").metadata[KIND_KEY].value == "permanent"
+    assert classify(permanent("ep-9: HTTP 410 Gone")).reason == "ep-9: HTTP 410 Gone"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(404, "permanent"), (410, "permanent"), (503, "transient")]
+)
+def test_a_download_failure_over_http_has_its_kind(
+    http_server, tmp_path: Path, status: int, kind: str
+) -> None:
+    def answer(handler) -> bool:
+        handler.send_plain(status, "no")
+        return True
+
+    http_server.hooks["/audio.mp3"] = answer
+    with pytest.raises(DownloadError) as raised:
+        download_audio(http_server.url("audio.mp3"), tmp_path / "a.mp3", retries=0, backoff=0.01)
+    assert classify(raised.value).kind == kind
+    assert f"HTTP {status}" in str(raised.value)
+
+
+def test_the_failure_sensor_records_a_failed_run_in_the_ledger(http_server, tmp_path: Path) -> None:
+    """A 404 enclosure: a real run fails at raw_audio; the sensor records it as permanent."""
+    from twiml_assets.definitions import build_definitions
+
+    episode = DemoEpisode(
+        5, "Gone - #5", "", "audio/gone.mp3", 1, 1.0, "Mon, 01 Jan 2024 10:00:00 +0000", "g5"
+    )
+    http_server.put("feed.xml", render_rss([episode], http_server.base_url))
+    storage = StorageResource(root=str(tmp_path / "data"))
+    resources = {"feed": FeedResource(url=http_server.url("feed.xml")), "storage": storage}
+    defs = build_definitions(resources=resources, env={})
+    rules = RetryRules(max_attempts=3, cooldown_seconds=60)
+    sensor = next(s for s in build_failure_sensors(rules) if s.name == "episode_failure_sensor")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", ["ep-5"])
+        result = defs.resolve_job_def("episode_pipeline").execute_in_process(
+            partition_key="ep-5", instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        (event,) = [
+            r.event_log_entry.dagster_event
+            for r in instance.get_records_for_run(
+                result.run_id, of_type=DagsterEventType.RUN_FAILURE
+            ).records
+        ]
+        for _ in range(2):  # a re-evaluated tick records the run once
+            context = build_run_status_sensor_context(
+                sensor.name, event, instance, run, resources={"storage": storage}
+            )
+            sensor(context.for_run_failure())
+
+        entry = ledger.load(storage, "ep-5")
+        (attempt,) = entry.attempts
+        assert (attempt.kind, attempt.step, attempt.run_id) == (
+            "permanent",
+            "raw_audio",
+            run.run_id,
+        )
+        assert "HTTP 404" in attempt.reason and "ep-5" in attempt.reason
+        tags = instance.get_run_by_id(run.run_id).tags
+        assert tags["twiml/failure_kind"] == "permanent" and "HTTP 404" in tags[REASON_TAG]
+        status = episode_statuses(instance, storage, rules)["ep-5"]
+        assert status.state is EpisodeState.GIVEN_UP and status.attempts == 1
+        table = instance.get_latest_materialization_event(AssetKey(FAILED_EPISODES))
+        rows = table.asset_materialization.metadata["episodes"].value.records
+        assert [(r.data["episode"], r.data["state"]) for r in rows] == [("ep-5", "given_up")]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
