@@ -171,3 +171,30 @@ def test_the_failure_sensor_records_a_failed_run_in_the_ledger(http_server, tmp_
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_status_and_retry_commands(tmp_path: Path, capsys, monkeypatch) -> None:
+    from twiml_assets.cli import main
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    root = str(tmp_path / "data")
+    storage = StorageResource(root=root)
+    storage.write_json("transcripts/ep-1.json", {"key": "ep-1"})
+    reason = "ep-2: HTTP 404 Not Found: nothing is at this URL"
+    ledger.record(storage, "ep-2", ledger.Attempt("r1", ledger.now(), "permanent", reason))
+    ledger.record(storage, "ep-3", ledger.Attempt("r2", ledger.now(), "transient", "HTTP 503"))
+
+    assert main(["status", "--storage", root]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "1 done, 1 failed, 1 given_up"
+    assert out[1:] == [
+        f"ep-2\tgiven up after 1 attempt(s), permanent: {reason}",
+        "ep-3\tfailed after 1 attempt(s), transient: HTTP 503",
+    ]
+
+    assert main(["retry", "--storage", root, "--all-given-up"]) == 0
+    assert "ep-2: attempts start again (1 earlier failure(s) kept)" in capsys.readouterr().out
+    statuses = episode_statuses(None, storage, RetryRules())
+    assert statuses["ep-2"].state is EpisodeState.MISSING  # requested on the next tick
+    assert statuses["ep-2"].next_attempt == 2  # a new run key: ep-2#2
+    assert main(["retry", "--storage", root]) == 2

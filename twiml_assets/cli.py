@@ -16,6 +16,7 @@ from resources.audio import AudioDecodeError
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
 from resources.storage import StorageError, StorageResource
+from twiml_assets.catchup.cli import add_catchup_parsers, cmd_retry, cmd_status
 from twiml_assets.speakers.cli import add_speakers_parser, cmd_speakers
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", help="name of the report (default: the episode key or file hash)")
 
     add_speakers_parser(sub)
+    add_catchup_parsers(sub)
 
     w = sub.add_parser("web", help="serve the web app (episodes, transcripts, uploads)")
     w.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
@@ -234,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": cmd_compare,
         "web": cmd_web,
         "speakers": cmd_speakers,
+        "status": cmd_status,
+        "retry": cmd_retry,
     }
     try:
         return handlers[args.command](args)
