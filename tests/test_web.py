@@ -587,6 +587,42 @@ def test_episode_list_statuses_and_search(client: TestClient, dagster: FakeDagst
     assert "<script>" not in client.get("/", params={"q": "<script>"}).text.split("<main")[1]
 
 
+def test_failed_and_given_up_episodes_show_why_and_transcribe_tries_again(
+    client: TestClient, dagster: FakeDagster, root: Path
+) -> None:
+    from twiml_assets.catchup import ledger
+
+    storage = StorageResource(root=str(root))
+    dagster.add_run("ep-2", "FAILURE")
+    dagster.add_run("ep-3", "FAILURE")
+    gone = "ep-2: HTTP 404 Not Found: nothing is at this URL"
+    ledger.record(storage, "ep-2", ledger.Attempt("r2", 1.0, "permanent", gone, "raw_audio"))
+    ledger.record(storage, "ep-3", ledger.Attempt("r3", 1.0, "transient", "HTTP 503", "raw_audio"))
+    page = client.get("/").text
+    rows = dict(re.findall(r'data-key="([^"]+)" data-status="([^"]+)"', page))
+    assert (rows["ep-2"], rows["ep-3"]) == ("given up", "failed")
+    assert "nothing is at this URL (1 attempt)" in page
+    given_up = client.get("/", params={"status": "given up"}).text
+    assert re.findall(r'data-key="([^"]+)"', given_up) == ["ep-2"]
+
+    state = client.get("/api/episodes/ep-2").json()
+    assert state["status"] == "given up"
+    assert state["failure"] == {
+        "attempts": 1,
+        "kind": "permanent",
+        "reason": gone,
+        "step": "raw_audio",
+    }
+    assert (
+        "Given up after 1 attempt (permanent, step raw_audio)" in client.get("/episodes/ep-2").text
+    )
+
+    # One click after a fix: the run is launched and the attempts count from zero again.
+    assert client.post("/episodes/ep-2/transcribe").status_code == 303
+    assert dagster.partitions == {"ep-2"}
+    assert ledger.load(storage, "ep-2").counted == []
+
+
 def test_episode_page_has_seekable_timestamps_and_downloads(client: TestClient) -> None:
     page = client.get("/episodes/ep-1")
     assert page.status_code == 200

@@ -30,11 +30,12 @@ from twiml_assets.audio.uploads import (
     register_upload,
     stage_upload,
 )
+from twiml_assets.catchup import ledger
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.keys import is_upload_key, is_valid_key
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
 from twiml_assets.web.http import SecurityHeaders, read_limited_form, same_origin, wants_json
-from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status
+from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status, failure_json
 from twiml_assets.web.settings import WebSettings
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,12 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         """The JSON the pages poll: status, run progress, download links once done."""
         run, reachable = attempt(lambda: dagster.latest_run(key), None)
         done = library.is_done(key)
+        failures = library.failures(key).get(key)
         return {
             "key": key,
-            "status": episode_status(done, run),
+            "status": episode_status(done, run, failures, settings.max_attempts),
             "done": done,
+            "failure": None if done else failure_json(failures),
             "run": run.to_json() if run else None,
             "dagster": "ok" if reachable else "unavailable",
             "downloads": {f: f"/episodes/{key}/transcript.{f}" for f in FORMATS} if done else {},
@@ -86,6 +89,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             current = dagster.runs(key, limit=1)
             if current and current[0].active:
                 return current[0], False
+            # A person asked for it: a given-up episode's attempts count from zero again.
+            ledger.retry(storage, key)
             return dagster.launch(key), True
 
     app = FastAPI(title="twiml-transcribe", docs_url=None, redoc_url=None, openapi_url=None)
@@ -130,12 +135,16 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         episodes = library.episodes()
         done = library.done_keys()
         runs, reachable = attempt(dagster.latest_runs, {})
+        failures = library.failures()
         needle = q.strip().lower()[:200]
         status = status if status in STATUSES else ""
         rows = [
             {
                 "episode": e,
-                "status": episode_status(e.key in done, runs.get(e.key)),
+                "status": episode_status(
+                    e.key in done, runs.get(e.key), failures.get(e.key), settings.max_attempts
+                ),
+                "failure": None if e.key in done else failure_json(failures.get(e.key)),
                 "upload": is_upload_key(e.key),
             }
             for e in episodes

@@ -17,6 +17,9 @@ from resources.schema import load
 from resources.storage import StorageError, StorageResource
 from twiml_assets.asset_io import format_clock
 from twiml_assets.audio.download import MEDIA_TYPES, audio_files, is_audio_of
+from twiml_assets.catchup import ledger
+from twiml_assets.catchup.ledger import FailureLedger
+from twiml_assets.catchup.status import RetryRules
 from twiml_assets.feed.catalog import load_catalog
 from twiml_assets.feed.source import EpisodeInfo, order_episodes
 from twiml_assets.keys import is_valid_key
@@ -28,7 +31,7 @@ from twiml_assets.web.dagster_client import RunInfo
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("not started", "queued", "running", "done", "failed")
+STATUSES = ("not started", "queued", "running", "done", "failed", "given up")
 
 
 class DownloadFormat(NamedTuple):
@@ -46,14 +49,35 @@ FORMATS = {
 }
 
 
-def episode_status(done: bool, run: RunInfo | None) -> str:
-    """One of STATUSES: an active run wins (a re-run shows as running), then the transcript."""
+def episode_status(
+    done: bool,
+    run: RunInfo | None,
+    failures: FailureLedger | None = None,
+    max_attempts: int = RetryRules.max_attempts,
+) -> str:
+    """One of STATUSES: an active run wins (a re-run shows as running), then the transcript,
+    then the failure ledger (given up: permanent, or out of attempts)."""
     if run is not None and run.active:
         return run.phase
     if done:
         return "done"
+    if failures is not None and failures.last is not None:
+        return "given up" if failures.gave_up(max_attempts) else "failed"
     # An ended run left no transcript: it failed, or a check stopped it.
     return "not started" if run is None else "failed"
+
+
+def failure_json(failures: FailureLedger | None) -> dict[str, Any] | None:
+    """The last counted failure for the page: kind, reason, attempts."""
+    last = failures.last if failures else None
+    if failures is None or last is None:
+        return None
+    return {
+        "attempts": len(failures.counted),
+        "kind": last.kind,
+        "reason": last.reason,
+        "step": last.step,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +154,17 @@ class Library:
             if name.endswith(".json") and not name.endswith(".corrected.json") and "/" not in name:
                 done.add(name.removesuffix(".json"))
         return done
+
+    def failures(self, key: str | None = None) -> dict[str, FailureLedger]:
+        """Failure ledgers: every episode's (one listing), or ``key``'s alone."""
+        try:
+            if key is None:
+                return ledger.load_all(self.storage)
+            found = ledger.load(self.storage, key) if is_valid_key(key) else None
+        except (StorageError, ValueError, TypeError) as exc:
+            log.warning("unreadable failure ledger: %s", exc)
+            return {}
+        return {key: found} if found else {}
 
     def is_done(self, key: str) -> bool:
         return is_valid_key(key) and self.storage.exists(EpisodeFiles(key).record)

@@ -26,6 +26,7 @@ class WebSettings:
     limits: UploadLimits = field(default_factory=UploadLimits)
     poll_seconds: float = 2.0
     graphql_timeout: float = 10.0
+    max_attempts: int = PlatformSettings.model_fields["max_attempts"].default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WebSettings:
@@ -40,5 +41,6 @@ class WebSettings:
                 types=tuple(t.strip().lower().lstrip(".") for t in types if t.strip()),
             ),
             poll_seconds=platform.web_poll_seconds,
+            max_attempts=platform.max_attempts,
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

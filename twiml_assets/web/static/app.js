@@ -76,7 +76,17 @@
       } else {
         progressText.textContent = "";
       }
-      if (status === "failed") {
+      const failureEl = document.getElementById("failure");
+      const failure = data.failure;
+      if (failureEl) {
+        failureEl.hidden = !(failure && (status === "failed" || status === "given up"));
+        if (failure) {
+          failureEl.textContent = (status === "given up" ? "Given up" : "Failed") + " after " +
+            failure.attempts + " attempt" + (failure.attempts === 1 ? "" : "s") + " (" + failure.kind +
+            (failure.step ? ", step " + failure.step : "") + "): " + failure.reason;
+        }
+      }
+      if ((status === "failed" || status === "given up") && !failure) {
         showError("The run failed" + (run && run.failed_step ? " at step " + run.failed_step : "") +
           ". Its logs are in the Dagster UI.");
       } else if (data.dagster === "unavailable" && !data.done) {
