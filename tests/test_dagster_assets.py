@@ -109,10 +109,19 @@ def test_asset_graph_pools_checks_and_executor() -> None:
     repo = defs.get_repository_def()
     graph = repo.asset_graph
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"feed_catalog", "evaluation_summary", "model_comparison", *PER_EPISODE}
+    assert keys == {
+        "feed_catalog",
+        "evaluation_summary",
+        "model_comparison",
+        "failed_episodes",  # reported by the failure sensors, not materialised by a run
+        *PER_EPISODE,
+    }
     for key in [*PER_EPISODE, "model_comparison"]:
         partitions = graph.get(AssetKey(key)).partitions_def
         assert partitions is not None and partitions.name == "episodes"
+    for key in PER_EPISODE:  # transient failures are retried inside the run
+        policy = defs.get_assets_def(AssetKey(key)).op.retry_policy
+        assert policy is not None and policy.max_retries == 3, key
     assert graph.get(AssetKey("feed_catalog")).partitions_def is None
     assert graph.get(AssetKey("evaluation_summary")).partitions_def is None
 
@@ -134,8 +143,13 @@ def test_asset_graph_pools_checks_and_executor() -> None:
         "timestamps_valid",
         "speech_covered_by_words",
     }
-    (sensor,) = repo.sensor_defs
-    assert sensor.name == "episode_feed_sensor" and sensor.job_name == "episode_pipeline"
+    sensors = {s.name: s for s in repo.sensor_defs}
+    assert set(sensors) == {
+        "episode_feed_sensor",
+        "episode_failure_sensor",
+        "episode_cancel_sensor",
+    }
+    assert sensors["episode_feed_sensor"].job_name == "episode_pipeline"
     assert set(defs.resources) >= {"feed", "storage", "asr", "diariser", "quality", "catch_up"}
 
 
