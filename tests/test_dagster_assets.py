@@ -143,6 +143,12 @@ def test_asset_graph_pools_checks_and_executor() -> None:
         "timestamps_valid",
         "speech_covered_by_words",
     }
+    # Every check is per episode: partitioned like the asset it checks, and subsettable so
+    # one check can be re-run alone.
+    assert len(graph.asset_check_keys) == 8
+    for check_key in graph.asset_check_keys:
+        assert graph.get(check_key).partitions_def.name == "episodes", check_key
+    assert all(c.can_subset for c in repo.asset_checks_defs_by_key.values())
     sensors = {s.name: s for s in repo.sensor_defs}
     assert set(sensors) == {
         "episode_feed_sensor",
@@ -241,12 +247,39 @@ def materialisations(result) -> dict[str, dict[str, Any]]:
     return out
 
 
-def check_results(result) -> dict[str, Any]:
-    return {
-        e.event_specific_data.check_name: e.event_specific_data
+def check_results(result, key: str) -> dict[str, Any]:
+    """The run's check evaluations by check name; each must be recorded for episode ``key``."""
+    evaluations = [
+        e.event_specific_data
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert evaluations and {c.partition for c in evaluations} == {key}
+    return {c.check_name: c for c in evaluations}
+
+
+def check_status_by_episode(instance, check: str, asset: str = "speaker_transcript"):
+    """What the instance records per episode for one check (the UI's per-partition
+    status): ``{partition: (latest execution status, run id)}``."""
+    from dagster import AssetCheckKey
+
+    infos = instance.event_log_storage.get_asset_check_partition_info(
+        [AssetCheckKey(AssetKey(asset), check)]
+    )
+    return {
+        i.partition_key: (i.latest_execution_status.value, i.latest_planned_run_id) for i in infos
     }
+
+
+def rerun_check(defs, check: str, key: str, instance, asset: str = "speaker_transcript"):
+    """One check alone for one episode, as the UI launches it: the implicit asset job
+    subset to that check, for partition ``key``."""
+    from dagster import AssetCheckKey
+
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_check_selection={AssetCheckKey(AssetKey(asset), check)}
+    )
+    return job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
 
 
 def model_cache_misses() -> tuple[int, ...]:
@@ -333,7 +366,7 @@ def test_full_materialisation_is_complete_and_idempotent(
     assert info["episode"] == "1" and info["url"] == http_server.url("audio/1.mp3")
 
     # Checks: integrity gates passed; reference checks measured WER and DER.
-    checks = check_results(first)
+    checks = check_results(first, key)
     for name in (
         "transcript_not_empty",
         "has_speakers",
@@ -379,11 +412,67 @@ def test_silence_is_stopped_by_the_blocking_checks(http_server, tmp_path: Path) 
         result = defs.resolve_job_def("episode_pipeline").execute_in_process(
             partition_key=key, instance=instance, raise_on_error=False
         )
-    checks = check_results(result)
+    checks = check_results(result, key)
     assert not checks["has_speakers"].passed
     assert "ep-42: no speaker found" in checks["has_speakers"].description
     assert "rag_outputs" not in materialisations(result)
     assert not (root / "transcripts/42.corrected.json").exists()
+
+
+@pytest.mark.slow
+def test_each_episode_keeps_its_check_status_and_one_check_reruns_alone(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    """Two episodes in one instance, one passing the integrity checks and one silent: each
+    keeps its own status (not the last run's), and one check re-runs for one episode."""
+    from twiml_assets.definitions import build_definitions
+    from twiml_assets.demo.synth import synthesize_silence
+
+    silence = synthesize_silence(tmp_path / "silence.mp3", 4.0)
+    good, silent = publish(http_server, [short_episodes[0].audio_path, silence], [1, 42])
+    root = tmp_path / "data"
+    defs = build_definitions(
+        resources={
+            "feed": FeedResource(url=http_server.url("feed.xml")),
+            "storage": StorageResource(root=str(root)),
+        },
+        env={},
+    )
+    job = defs.resolve_job_def("episode_pipeline")
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", [good, silent])
+        runs = {
+            key: job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+            for key in (good, silent)  # the failing episode last
+        }
+        assert runs[good].success and not runs[silent].success
+        assert check_results(runs[good], good)["has_speakers"].passed
+        assert not check_results(runs[silent], silent)["has_speakers"].passed
+        assert "rag_outputs" in materialisations(runs[good])
+        assert "rag_outputs" not in materialisations(runs[silent])  # blocked for ep-42 only
+
+        # Per episode: ep-1 still passes although ep-42 ran after it and failed.
+        assert check_status_by_episode(instance, "has_speakers") == {
+            good: ("SUCCEEDED", runs[good].run_id),
+            silent: ("FAILED", runs[silent].run_id),
+        }
+
+        # One check alone, for one episode: it runs and records for that episode only.
+        before = {
+            name: check_status_by_episode(instance, name)
+            for name in ("timestamps_valid", "has_speakers")
+        }
+        again = rerun_check(defs, "timestamps_valid", silent, instance)
+        assert again.success
+        assert not again.get_asset_materialization_events()  # nothing re-materialised
+        (evaluation,) = check_results(again, silent).values()
+        assert evaluation.check_name == "timestamps_valid" and evaluation.passed
+        assert again.dagster_run.tags["dagster/partition"] == silent
+        assert check_status_by_episode(instance, "timestamps_valid") == {
+            good: before["timestamps_valid"][good],
+            silent: ("SUCCEEDED", again.run_id),
+        }
+        assert check_status_by_episode(instance, "has_speakers") == before["has_speakers"]
 
 
 # -- the production instance: PostgreSQL, code server, daemon; a CLI backfill -----------------

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetCheckSeverity, instance_for_test, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetKey,
+    Definitions,
+    instance_for_test,
+    materialize,
+)
 
 from evaluation.feed_transcript import fetch_feed_transcript, html_to_text
 from evaluation.formats import load_podcast_json
@@ -116,11 +123,24 @@ def resources(root: Path, **overrides: Any) -> dict[str, Any]:
     }
 
 
-def checks_of(result) -> dict[str, Any]:
-    return {
-        e.event_specific_data.check_name: e.event_specific_data
+def checks_of(result, key: str) -> dict[str, Any]:
+    """The run's check evaluations by check name; each must be recorded for episode ``key``."""
+    evaluations = [
+        e.event_specific_data
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert evaluations and {c.partition for c in evaluations} == {key}
+    return {c.check_name: c for c in evaluations}
+
+
+def status_by_episode(instance, check: str) -> dict[str | None, tuple[str, str]]:
+    """The instance's latest status of one evaluation check per episode, with its run."""
+    infos = instance.event_log_storage.get_asset_check_partition_info(
+        [AssetCheckKey(AssetKey("evaluation"), check)]
+    )
+    return {
+        i.partition_key: (i.latest_execution_status.value, i.latest_planned_run_id) for i in infos
     }
 
 
@@ -284,7 +304,7 @@ def test_evaluation_passes_on_the_right_transcript(evaluated) -> None:
     assert meta["der"] < 0.05 and meta["reference_words"] == 39
     record = json.loads((root / "evaluation/ep-1.json").read_text())
     assert record["wer"]["reference"] == "ep-1.stm" and record["der"]["collar"] == 0.5
-    checks = checks_of(result)
+    checks = checks_of(result, "ep-1")
     assert set(checks) == {
         "wer_within_limits",
         "der_within_limits",
@@ -300,7 +320,7 @@ def test_evaluation_check_fails_with_error_on_a_wrong_transcript(evaluated) -> N
     assert result.success  # checks report; they never fail the run
     meta = metadata_of(result, "evaluation")
     assert meta["wer"] == 1.0 and meta["der"] > 0.35
-    checks = checks_of(result)
+    checks = checks_of(result, "ep-2")
     for name in ("wer_within_limits", "der_within_limits", "cpwer_within_limits"):
         assert not checks[name].passed and checks[name].severity == AssetCheckSeverity.ERROR
     assert "above the ERROR limit" in checks["wer_within_limits"].description
@@ -313,9 +333,63 @@ def test_episode_without_reference_materialises_and_checks_pass(evaluated) -> No
     assert result.success
     meta = metadata_of(result, "evaluation")
     assert meta["has_reference"] is False and "wer" not in meta
-    checks = checks_of(result)
+    checks = checks_of(result, "ep-3")
     assert all(c.passed for c in checks.values())
     assert "needs a reference with text" in checks["wer_within_limits"].description
+
+
+def test_each_episode_keeps_its_check_status_and_a_limit_change_reruns_one_check(
+    tmp_path: Path,
+) -> None:
+    """A right and a wrong transcript in one instance: each episode keeps its own status of
+    wer_within_limits (the wrong one ran last), then that check alone, re-run for the wrong
+    episode with a raised limit, records a pass for that episode only."""
+    root = tmp_path / "data"
+    storage = StorageResource(root=str(root))
+    for key, wrong in (("ep-1", False), ("ep-2", True)):
+        write_transcript(storage, key, wrong=wrong)
+        write_episode(storage, key)
+        storage.write_text(f"references/{key}.stm", stm())
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("episodes", ["ep-1", "ep-2"])
+        runs = {
+            key: materialize(
+                [evaluation, evaluation_limits],
+                resources=resources(root),
+                instance=instance,
+                partition_key=key,
+            )
+            for key in ("ep-1", "ep-2")
+        }
+        assert checks_of(runs["ep-1"], "ep-1")["wer_within_limits"].passed
+        assert not checks_of(runs["ep-2"], "ep-2")["wer_within_limits"].passed
+        assert status_by_episode(instance, "wer_within_limits") == {
+            "ep-1": ("SUCCEEDED", runs["ep-1"].run_id),
+            "ep-2": ("FAILED", runs["ep-2"].run_id),
+        }
+        der_before = status_by_episode(instance, "der_within_limits")
+        assert der_before["ep-2"][0] == "FAILED"
+
+        # The launchpad's "execute this check" for ep-2: the implicit asset job subset to the
+        # one check, with the limits changed in the quality resource.
+        lenient = QualityResource(wer_warn=1.0, wer_error=1.0)
+        defs = Definitions(
+            assets=[evaluation],
+            asset_checks=[evaluation_limits],
+            resources=resources(root, quality=lenient),
+        )
+        wer = AssetCheckKey(AssetKey("evaluation"), "wer_within_limits")
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_check_selection={wer})
+        again = job.execute_in_process(partition_key="ep-2", instance=instance)
+        assert not again.get_asset_materialization_events()  # the stored record is judged
+        (check,) = checks_of(again, "ep-2").values()
+        assert check.check_name == "wer_within_limits" and check.passed
+        assert "warn above 100%" in check.description
+        assert status_by_episode(instance, "wer_within_limits") == {
+            "ep-1": ("SUCCEEDED", runs["ep-1"].run_id),
+            "ep-2": ("SUCCEEDED", again.run_id),
+        }
+        assert status_by_episode(instance, "der_within_limits") == der_before  # not re-run
 
 
 def test_summary_has_a_table_pooled_rates_and_a_png(evaluated) -> None:

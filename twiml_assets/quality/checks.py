@@ -7,20 +7,27 @@ DER, cpWER, WDER against the episode's references): above a metric's soft limit 
 above its hard limit they fail with ERROR. They never block: a transcript worse than
 expected is still the best one there is, and the number is what a person needs.
 
+Every check is partitioned by episode, like the asset it checks: each episode keeps its own
+check status (the UI does not show whatever the last episode got), and one check can be
+re-run alone for one episode (both multi-checks can subset).
+
 The measurements are plain functions over the stored files (no Dagster), so tests and
 notebooks can call them directly.
 """
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
+    PreviewWarning,
     multi_asset_check,
 )
 
@@ -29,6 +36,7 @@ from resources.intervals import merge_intervals, overlap, total
 from resources.quality import QualityResource, judge
 from resources.storage import StorageResource
 from twiml_assets.asset_io import read_json_or_fail
+from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
 
 # By key, not by import: the checks must not import the asset modules.
@@ -135,6 +143,28 @@ def integrity_outcomes(record: dict[str, Any], quality: QualityResource) -> list
 
 
 # -- Dagster checks ---------------------------------------------------------------------------
+def episode_check(name: str, asset: AssetKey, **kwargs: Any) -> AssetCheckSpec:
+    """A check spec partitioned by episode (the partitions of the asset it checks), so each
+    episode's result is recorded, shown and re-run on its own.
+
+    A partitions_def on an AssetCheckSpec is a preview feature in Dagster 1.13: its
+    PreviewWarning is silenced here, for this one construction, and nowhere else.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="Specifying a partitions_def on an AssetCheckSpec",
+            category=PreviewWarning,
+        )
+        return AssetCheckSpec(name, asset=asset, partitions_def=episode_partitions, **kwargs)
+
+
+def _selected(context: AssetCheckExecutionContext, asset: AssetKey, name: str) -> bool:
+    """Whether this run asked for check ``name``: all of them in episode_pipeline, one when
+    a single check is re-run for an episode."""
+    return AssetCheckKey(asset, name) in context.selected_asset_check_keys
+
+
 INTEGRITY = {
     "transcript_not_empty": "Words exist whenever speech was detected.",
     "has_speakers": "At least one speaker was found.",
@@ -145,10 +175,11 @@ INTEGRITY = {
 
 @multi_asset_check(
     specs=[
-        AssetCheckSpec(name, asset=SPEAKER_TRANSCRIPT, blocking=True, description=text)
+        episode_check(name, SPEAKER_TRANSCRIPT, blocking=True, description=text)
         for name, text in INTEGRITY.items()
     ],
     name="transcript_integrity",
+    can_subset=True,
 )
 def transcript_integrity(
     context: AssetCheckExecutionContext, storage: StorageResource, quality: QualityResource
@@ -157,6 +188,8 @@ def transcript_integrity(
     key = context.partition_key
     record = storage.read_json(EpisodeFiles(key).record)
     for outcome in integrity_outcomes(record, quality):
+        if not _selected(context, SPEAKER_TRANSCRIPT, outcome.name):
+            continue
         yield AssetCheckResult(
             asset_key=SPEAKER_TRANSCRIPT,
             check_name=outcome.name,
@@ -184,15 +217,16 @@ _NEEDS = {
 
 @multi_asset_check(
     specs=[
-        AssetCheckSpec(
+        episode_check(
             CHECK_NAMES[m],
-            asset=EVALUATION,
+            EVALUATION,
             description=f"{_CHECK_TEXT[m]}: WARN above {m}_warn, ERROR above {m}_error "
             "(quality resource); passes when there is no reference.",
         )
         for m in METRICS
     ],
     name="evaluation_limits",
+    can_subset=True,
 )
 def evaluation_limits(
     context: AssetCheckExecutionContext, storage: StorageResource, quality: QualityResource
@@ -205,6 +239,8 @@ def evaluation_limits(
     key = context.partition_key
     result = read_json_or_fail(storage, EpisodeFiles(key).evaluation, key, "evaluation")
     for metric in METRICS:
+        if not _selected(context, EVALUATION, CHECK_NAMES[metric]):
+            continue
         warn, error = quality.limits(metric)
         value = metric_value(result, metric)
         limits = {"episode": key, "warn_above": warn, "error_above": error}
