@@ -146,7 +146,7 @@ def classify_error_info(error: Any, metadata: dict[str, Any] | None = None) -> C
     """The kind of a serialised error from a run's event log (``SerializableErrorInfo``),
     with the step failure's metadata when the step raised a ``dagster.Failure``."""
     entry = (metadata or {}).get(KIND_KEY)
-    message = first_line(getattr(error, "message", "") or "")
+    message = one_line(getattr(error, "message", "") or "")
     kind = getattr(entry, "value", getattr(entry, "text", entry))
     if kind in ("transient", "permanent"):
         return Classified(kind, message)
@@ -162,6 +162,16 @@ def describe(exc: BaseException) -> str:
     """``Type: message`` on one line, at most 300 characters."""
     text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, Failure) else str(exc)
     return first_line(text)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (a multi-line error message joined), without the module path of
+    its exception class (``dagster._core.errors.X: …`` → ``X: …``)."""
+    joined = " ".join(str(text).split())
+    head, sep, rest = joined.partition(": ")
+    if sep and "." in head and " " not in head:
+        joined = f"{head.rsplit('.', 1)[1]}: {rest}"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
 
 
 def first_line(text: str, limit: int = 300) -> str:

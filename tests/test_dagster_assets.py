@@ -417,6 +417,13 @@ def test_silence_is_stopped_by_the_blocking_checks(http_server, tmp_path: Path) 
     assert "ep-42: no speaker found" in checks["has_speakers"].description
     assert "rag_outputs" not in materialisations(result)
     assert not (root / "transcripts/42.corrected.json").exists()
+    # No speech is a permanent failure: the failure sensor gives the episode up at once.
+    from twiml_assets.catchup.sensors import step_failure
+
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    (classified, step) = step_failure(failures)
+    assert classified.kind == "permanent", (step, classified)
+    assert "has_speakers" in classified.reason or "no speaker" in classified.reason
 
 
 @pytest.mark.slow

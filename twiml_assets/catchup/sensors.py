@@ -30,7 +30,7 @@ from dagster import (
     run_status_sensor,
 )
 
-from resources.failures import KIND_KEY, Classified, classify_error_info, first_line
+from resources.failures import KIND_KEY, Classified, classify_error_info, one_line
 from resources.storage import StorageResource
 from twiml_assets.catchup import ledger
 from twiml_assets.catchup.status import (
@@ -66,7 +66,7 @@ def step_failure(events: list[DagsterEvent]) -> tuple[Classified, str | None] | 
         metadata = dict(user.metadata) if user and user.metadata else {}
         classified = classify_error_info(data.error if data else None, metadata)
         if user and user.description:
-            classified = Classified(classified.kind, first_line(user.description))
+            classified = Classified(classified.kind, one_line(user.description))
         found.append((classified, event.step_key))
     permanent = [f for f in found if f[0].kind == "permanent"]
     return (permanent or found or [None])[0]
@@ -162,7 +162,7 @@ def build_failure_sensors(
         found = step_failure(context.get_step_failure_events())
         if found is None:  # no step failed: the worker died, the run timed out or crashed
             message = context.failure_event.message or "the run failed before any step did"
-            found = (Classified("transient", first_line(message)), None)
+            found = (Classified("transient", one_line(message)), None)
         record_run(context, storage, rules, *found)
 
     @run_status_sensor(
