@@ -198,3 +198,46 @@ def test_status_and_retry_commands(tmp_path: Path, capsys, monkeypatch) -> None:
     assert statuses["ep-2"].state is EpisodeState.MISSING  # requested on the next tick
     assert statuses["ep-2"].next_attempt == 2  # a new run key: ep-2#2
     assert main(["retry", "--storage", root]) == 2
+
+
+@pytest.mark.slow
+def test_a_transient_download_failure_is_retried_by_the_step_and_recovers(
+    http_server, tmp_path: Path, dialogue_mp3: Path
+) -> None:
+    """Two 503s, the downloader allowed no retries: the step's retry policy tries again."""
+    from dagster import DagsterInstance, materialize
+
+    from twiml_assets.audio.assets import raw_audio
+    from twiml_assets.feed.assets import episode_metadata
+
+    data = dialogue_mp3.read_bytes()
+    http_server.put("audio/7.mp3", data, "audio/mpeg")
+    episode = DemoEpisode(
+        7, "Flaky - #7", "", "audio/7.mp3", len(data), 10.0, "Mon, 01 Jan 2024 10:00:00 +0000", "g7"
+    )
+    http_server.put("feed.xml", render_rss([episode], http_server.base_url))
+    answers = iter([503, 503])
+
+    def flaky(handler) -> bool:
+        status = next(answers, None)
+        if status is None:
+            return False  # the server answers normally
+        handler.send_plain(status, "busy")
+        return True
+
+    http_server.hooks["/audio/7.mp3"] = flaky
+    storage = StorageResource(root=str(tmp_path / "data"))
+    with instance_for_test() as instance:
+        assert isinstance(instance, DagsterInstance)
+        instance.add_dynamic_partitions("episodes", ["ep-7"])
+        result = materialize(
+            [episode_metadata, raw_audio],
+            partition_key="ep-7",
+            instance=instance,
+            resources={"feed": FeedResource(url=http_server.url("feed.xml")), "storage": storage},
+            run_config={"ops": {"raw_audio": {"config": {"retries": 0}}}},
+        )
+    assert result.success
+    restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
+    assert [e.step_key for e in restarts] == ["raw_audio", "raw_audio"]
+    assert storage.read_json("audio/ep-7.json")["size"] == len(data)
