@@ -51,8 +51,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     keys = sorted({e.key for e in catalog[0].episodes} if catalog else set())
     instance = _instance()
     statuses = episode_statuses(instance, storage, rules, keys or None)
-    if keys:  # and episodes no longer in the feed that failed or are in flight
-        statuses |= episode_statuses(instance, storage, rules)
     counts = Counter(s.state.value for s in statuses.values())
     print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no episodes")
     if instance is None:

@@ -113,7 +113,8 @@ def episode_statuses(
     rules: RetryRules,
     keys: Iterable[str] | None = None,
 ) -> dict[str, EpisodeStatus]:
-    """The status of ``keys`` (default: every episode that is done, failed or in flight).
+    """The status of ``keys`` and of every episode that ever failed (uploads and episodes
+    no longer in the feed included); default keys: every episode done or in flight.
 
     Without an instance (a notebook, the CLI with no DAGSTER_HOME) nothing is in flight.
     """
@@ -122,7 +123,8 @@ def episode_statuses(
     in_flight = runs_in_flight(instance) if instance is not None else {}
     if keys is None:
         stored = {rel.removeprefix("transcripts/").removesuffix(".json") for rel in done}
-        keys = sorted(stored | set(failures) | set(in_flight))
+        keys = stored | set(in_flight)
+    keys = sorted(set(keys) | set(failures))
     return {
         key: episode_status(
             key, EpisodeFiles(key).record in done, in_flight.get(key), failures.get(key), rules
