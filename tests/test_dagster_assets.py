@@ -7,6 +7,7 @@ diariser) and transcribe short generated dialogues.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -678,6 +679,113 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
         header = (root / f"markdown/{n}.md").read_text().split(" _(", 1)[0]
         assert header in ("__SPEAKER_00__", "__Demo Host__")
     assert not (root / "transcripts/4.corrected.json").exists()
+
+
+def wait_for(what: str, condition, timeout: float, every: float = 1.0):
+    """``condition()``'s first truthy value within ``timeout`` seconds, else a failure."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_hung_run_is_failed_at_its_time_limit_and_frees_the_gpu_slot(
+    http_server, tmp_path: Path, short_episodes
+) -> None:
+    """The project's dagster.yaml (run monitoring) with a real code server and daemon: a run
+    whose worker hangs in the model step is failed at its dagster/max_runtime, its gpu slot
+    is freed, and the failure sensor records it as transient."""
+    import re
+    import signal
+
+    from twiml_assets.catchup import ledger
+
+    (key,) = publish(http_server, [short_episodes[0].audio_path])
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    # Faster than production, so the test takes seconds: same settings otherwise.
+    config["run_monitoring"].update(poll_interval_seconds=2, free_slots_after_run_end_seconds=1)
+    config["run_retries"]["enabled"] = False
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    root, home = tmp_path / "data", tmp_path / "home"
+    env = dagster_env(
+        home,
+        tmp_path / "dagster.yaml",
+        TWIML_FEED_URL=http_server.url("feed.xml"),
+        TWIML_STORAGE_ROOT=str(root),
+        TWIML_SENSOR_STATUS="stopped",  # the feed sensor; the failure sensors always run
+        TWIML_SENSOR_INTERVAL="5",
+    )
+    code_server, workspace, port = start_code_server(env, tmp_path)
+    daemon, hung = None, None
+    try:
+        materialize = ["asset", "materialize", "--select", "feed_catalog"]
+        cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
+        cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
+        wait_until_serving(code_server, port, tmp_path / "code-server.log")
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        backfill = ["job", "backfill", "-j", "episode_pipeline", "-w", str(workspace)]
+        tags = json.dumps({"dagster/max_runtime": "25"})
+        cli_ok(
+            [str(BIN / "dagster"), *backfill, "--partitions", key, "--tags", tags, "--noprompt"],
+            env,
+        )
+        with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
+            run = wait_for(
+                "the run", lambda: inst.get_runs(RunsFilter(job_name="episode_pipeline")), 120
+            )[0]
+
+            def model_step_started() -> int | None:
+                logs = inst.all_logs(run.run_id)
+                started = any(
+                    e.dagster_event
+                    and e.step_key == "transcribe_and_diarise"
+                    and e.dagster_event.event_type_value == "STEP_START"
+                    for e in logs
+                )
+                pids = [re.search(r"pid: (\d+)", e.message or "") for e in logs]
+                found = [int(m.group(1)) for m in pids if m]
+                return found[0] if started and found else None
+
+            hung = wait_for("the model step", model_step_started, 180, every=0.2)
+            os.kill(hung, signal.SIGSTOP)  # the worker hangs, holding the gpu slot
+            gpu = inst.event_log_storage.get_concurrency_info("gpu")
+            assert gpu.claimed_slots and gpu.claimed_slots[0].run_id == run.run_id
+
+            def finished():
+                current = inst.get_run_by_id(run.run_id)
+                return current if current.is_finished else None
+
+            failed = wait_for("the run's time limit", finished, 120)
+            assert failed.status == DagsterRunStatus.FAILURE
+            messages = [e.message for e in inst.all_logs(run.run_id) if e.message]
+            assert any("maximum runtime of 25 seconds" in m for m in messages), messages[-5:]
+            wait_for(
+                "the gpu slot to be freed",
+                lambda: not inst.event_log_storage.get_concurrency_info("gpu").claimed_slots,
+                60,
+            )
+            storage = StorageResource(root=str(root))
+            entry = wait_for("the failure sensor", lambda: ledger.load(storage, key), 90)
+            (attempt,) = entry.attempts
+            assert attempt.kind == "transient" and "maximum runtime" in attempt.reason
+    finally:
+        if hung is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGKILL)
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+        stop_group(code_server)
 
 
 def test_feed_catalog_registers_partitions(http_server, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from dagster import (
     AssetMaterialization,
     AssetSpec,
     DagsterEvent,
+    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -70,6 +71,17 @@ def step_failure(events: list[DagsterEvent]) -> tuple[Classified, str | None] | 
         found.append((classified, event.step_key))
     permanent = [f for f in found if f[0].kind == "permanent"]
     return (permanent or found or [None])[0]
+
+
+def run_failure_reason(context: RunFailureSensorContext) -> str:
+    """Why a run failed when no step did. Run monitoring cancels a run past its time limit
+    before it marks it failed ("forcibly marked as failed"): the cancel message says why."""
+    records = context.instance.get_records_for_run(
+        context.dagster_run.run_id, of_type=DagsterEventType.RUN_CANCELING
+    ).records
+    cancels = [r.event_log_entry.message for r in records if r.event_log_entry.message]
+    message = cancels[0] if cancels else context.failure_event.message  # the first says why
+    return one_line(message or "the run failed before any step did")
 
 
 def failed_table_event(statuses: Mapping[str, EpisodeStatus]) -> AssetMaterialization:
@@ -161,8 +173,7 @@ def build_failure_sensors(
     def episode_failure_sensor(context: RunFailureSensorContext, storage: StorageResource) -> None:
         found = step_failure(context.get_step_failure_events())
         if found is None:  # no step failed: the worker died, the run timed out or crashed
-            message = context.failure_event.message or "the run failed before any step did"
-            found = (Classified("transient", one_line(message)), None)
+            found = (Classified("transient", run_failure_reason(context)), None)
         record_run(context, storage, rules, *found)
 
     @run_status_sensor(
