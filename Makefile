@@ -10,8 +10,10 @@ PY := $(VENV)/bin/python
 setup:
 	bash scripts/setup.sh
 
+# exec: a SIGTERM to make goes to its child, which must be run.sh itself (it stops Dagster);
+# an intermediate /bin/sh would die of it alone and leave everything running.
 run: setup
-	DEMO=$(DEMO) bash scripts/run.sh
+	DEMO=$(DEMO) exec bash scripts/run.sh
 
 web: setup
 	$(VENV)/bin/twiml-transcribe web

@@ -286,6 +286,95 @@ def test_fetch_times_out_and_gives_up(http_server) -> None:
     assert len(http_server.requests_to("/slow.xml")) == 2  # the first try and one retry
 
 
+# -- the fetch's deadline: a sensor tick has 60 s, the fetch takes at most budget_seconds -------
+@pytest.fixture
+def release():
+    """Set when the test ends: the hanging and trickling handlers below stop then."""
+    import threading
+
+    done = threading.Event()
+    yield done
+    done.set()
+
+
+def fetch_time(feed: FeedResource, match: str) -> float:
+    """Seconds until ``feed.fetch()`` raises a FeedError matching ``match``."""
+    started = time.monotonic()
+    with pytest.raises(FeedError, match=match):
+        feed.fetch()
+    return time.monotonic() - started
+
+
+def test_fetch_budget_defaults_to_20_s() -> None:
+    from twiml_assets.definitions import resources_from_env
+    from twiml_assets.feed.resource import FETCH_BUDGET_SECONDS
+
+    assert FETCH_BUDGET_SECONDS == 20.0
+    assert FeedResource().budget_seconds == 20.0
+    assert resources_from_env({})["feed"].budget_seconds == 20.0  # what the sensor gets
+
+
+def test_fetch_of_a_server_failing_forever_stops_at_the_budget(http_server) -> None:
+    def unavailable(handler) -> bool:
+        handler.send_plain(503, "busy")
+        return True
+
+    http_server.hooks["/feed.xml"] = unavailable
+    feed = FeedResource(
+        url=http_server.url("feed.xml"), retries=1000, backoff_seconds=0.05, budget_seconds=2.0
+    )
+    took = fetch_time(
+        feed,
+        r"within 2 s, retries included: the feed was too slow \(HTTP 503.*"
+        "the next sensor tick retries",
+    )
+    assert 1.0 < took < 3.0, took
+    assert len(http_server.requests_to("/feed.xml")) > 3  # it did retry until the deadline
+
+
+def test_fetch_of_a_server_that_never_answers_stops_at_the_budget(http_server, release) -> None:
+    def hang(handler) -> bool:
+        release.wait(60)
+        return True
+
+    http_server.hooks["/feed.xml"] = hang
+    feed = FeedResource(url=http_server.url("feed.xml"), backoff_seconds=0.05, budget_seconds=2.0)
+    took = fetch_time(feed, r"within 2 s.*too slow \(.*timed out.*next sensor tick retries")
+    assert took < 3.0, took
+
+
+def test_fetch_of_a_trickling_body_stops_at_the_budget(http_server, release) -> None:
+    def trickle(handler) -> bool:
+        handler.send_headers(200, {"Content-Type": "application/rss+xml", "Content-Length": "1000"})
+        for _ in range(1000):  # a byte every 50 ms: never silent for a read timeout
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            if release.wait(0.05):
+                break
+        return True
+
+    http_server.hooks["/feed.xml"] = trickle
+    feed = FeedResource(url=http_server.url("feed.xml"), timeout_seconds=1.0, budget_seconds=2.0)
+    took = fetch_time(feed, r"within 2 s.*too slow \(DeadlineExceeded.*next sensor tick retries")
+    assert took < 3.0, took
+
+
+def test_fetch_with_the_default_budget_is_over_within_20_s(http_server, release) -> None:
+    """The defaults against a server that never answers: a 10 s read timeout, then a retry
+    whose timeouts shrink to what is left of the 20 s (45 s or more before the budget)."""
+
+    def hang(handler) -> bool:
+        release.wait(60)
+        return True
+
+    http_server.hooks["/feed.xml"] = hang
+    took = fetch_time(
+        FeedResource(url=http_server.url("feed.xml")), r"within 20 s.*too slow.*tick retries"
+    )
+    assert 15.0 < took < 22.0, took
+    assert len(http_server.requests_to("/feed.xml")) == 2
+
+
 def test_fetch_local_file(tmp_path) -> None:
     path = tmp_path / "feed.xml"
     path.write_bytes(render_rss(catalogue_entries(2), "https://cdn.example.com"))

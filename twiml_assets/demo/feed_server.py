@@ -253,7 +253,8 @@ def serve_demo(
 
 
 def _watch_parent(pid: int, server: LocalHTTPServer) -> None:
-    """Exit with the process that started us (``exec dagster dev`` keeps the shell's pid)."""
+    """Exit with the process that started us (scripts/run.sh stops us itself; this is for a
+    run.sh that was SIGKILLed)."""
     while True:
         time.sleep(2)
         try:

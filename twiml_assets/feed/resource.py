@@ -1,4 +1,10 @@
-"""Fetching the feed: conditional GET (ETag/Last-Modified) with the shared HTTP policy."""
+"""Fetching the feed: conditional GET (ETag/Last-Modified) with the shared HTTP policy.
+
+The sensor fetches the feed in each tick, and Dagster stops a tick after 60 s; so one fetch,
+retries, waits and a slow body included, is over within ``FETCH_BUDGET_SECONDS`` (20 s),
+which leaves the tick time to parse the feed and request runs. A fetch that runs out of time
+fails as transient: the next tick tries again.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from twiml_assets import http_policy
 from twiml_assets.feed.source import FeedError
 
 DEFAULT_FEED_URL = "https://feeds.megaphone.fm/MLN2155636147"
-FETCH_BUDGET_SECONDS = 45.0
+FETCH_BUDGET_SECONDS = 20.0
+"""The longest one fetch may take, retries and the body read included (a tick has 60 s)."""
 
 
 @dataclass(slots=True)
@@ -44,10 +51,19 @@ class FeedResource(ConfigurableResource):
         default=DEFAULT_FEED_URL, description="Feed URL (env TWIML_FEED_URL in definitions)."
     )
     timeout_seconds: float = Field(
-        default=10.0, description="Read timeout (connect: at most 5 s), per request."
+        default=10.0,
+        description="Read timeout (connect: at most 5 s), per request; less when less of "
+        "budget_seconds is left.",
     )
-    retries: int = Field(default=3, description="Retries on network errors, 429 and 5xx.")
+    retries: int = Field(
+        default=3, description="Retries on network errors, 429 and 5xx, within budget_seconds."
+    )
     backoff_seconds: float = Field(default=1.0, description="Retry delay base; doubles each time.")
+    budget_seconds: float = Field(
+        default=FETCH_BUDGET_SECONDS,
+        description="The whole fetch's deadline: tries, waits between them and the body read. "
+        "Running out is a transient failure (the next sensor tick retries).",
+    )
     max_bytes: int = Field(default=64 * 1024 * 1024, description="Refuse larger feed documents.")
 
     def fetch(self, etag: str | None = None, last_modified: str | None = None) -> FeedResponse:
@@ -68,22 +84,20 @@ class FeedResource(ConfigurableResource):
             "If-Modified-Since": last_modified,
         }
         timeout = (min(5.0, self.timeout_seconds), self.timeout_seconds)
+        http = http_policy.session(
+            retries=self.retries,
+            backoff=self.backoff_seconds,
+            max_backoff=5.0,
+            timeout=timeout,
+            budget=self.budget_seconds,
+        )
         try:
-            with (
-                http_policy.session(
-                    retries=self.retries,
-                    backoff=self.backoff_seconds,
-                    max_backoff=5.0,
-                    timeout=timeout,
-                    budget=FETCH_BUDGET_SECONDS - sum(timeout),
-                ) as http,
-                http.get(self.url, headers=headers, stream=True) as resp,
-            ):
+            with http, http.get(self.url, headers=headers, stream=True) as resp:
                 if resp.status_code >= 400:
-                    raise FeedError(self._failure(http_policy.describe(resp)))
-                body = None if resp.status_code == 304 else self._read_body(resp)
+                    raise FeedError(self._failure(http, http_policy.describe(resp)))
+                body = None if resp.status_code == 304 else self._read_body(http, resp)
         except requests.RequestException as exc:
-            raise FeedError(self._failure(http_policy.describe(exc))) from exc
+            raise FeedError(self._failure(http, http_policy.describe(exc))) from exc
         kept = resp.status_code == 304  # a 304 may omit validators that still hold
         return FeedResponse(
             self.url,
@@ -94,9 +108,9 @@ class FeedResource(ConfigurableResource):
         )
 
     # -- helpers --------------------------------------------------------------------------
-    def _read_body(self, resp: requests.Response) -> bytes:
+    def _read_body(self, http: http_policy.Session, resp: requests.Response) -> bytes:
         body = bytearray()
-        for chunk in resp.iter_content(chunk_size=1 << 16):
+        for chunk in http.iter_body(resp):
             body += chunk
             if len(body) > self.max_bytes:
                 raise FeedError(
@@ -105,7 +119,12 @@ class FeedResource(ConfigurableResource):
                 )
         return bytes(body)
 
-    def _failure(self, failure: http_policy.Failure) -> str:
+    def _failure(self, http: http_policy.Session, failure: http_policy.Failure) -> str:
+        if failure.transient and http.out_of_time:
+            return (
+                f"could not fetch the feed {self.url} within {self.budget_seconds:g} s, retries "
+                f"included: the feed was too slow ({failure.what}); the next sensor tick retries"
+            )
         todo = (
             "the next sensor tick retries"
             if failure.transient
