@@ -59,11 +59,15 @@ def refresh_catalog(
     stored = load_catalog(storage)
     if known is None:
         known = stored[1] if stored is not None and stored[1].get("url") == feed.url else {}
-    response = feed.fetch(etag=known.get("etag"), last_modified=known.get("last_modified"))
+    # Validators only with a snapshot to fall back on: one request per tick, within its budget.
+    validators = known if stored is not None else {}
+    response = feed.fetch(
+        etag=validators.get("etag"), last_modified=validators.get("last_modified")
+    )
     if response.not_modified:
-        if stored is not None:
-            return stored[0], response, False
-        response = feed.fetch()  # validators without a snapshot: fetch it whole
+        if stored is None:
+            raise FeedError(f"the feed {feed.url} answered 304 to an unconditional request")
+        return stored[0], response, False
     assert response.body is not None
     if stored is not None and response.digest == known.get("sha256") == stored[1].get("sha256"):
         return stored[0], response, False  # a server without validators, the same bytes
