@@ -291,3 +291,15 @@ def test_fresh_episodes_overtake_the_catch_up_and_get_a_time_limit(harness: Harn
     assert request.partition_key == "ep-3"
     assert request.tags["dagster/priority"] == "10"
     assert request.tags["dagster/max_runtime"] == str(int(1800 + 60.0))  # 60 s of audio
+
+
+def test_a_lost_snapshot_is_fetched_whole_in_one_request(harness: Harness) -> None:
+    """The cursor has validators but storage lost feed/catalog.json: no conditional request,
+    so no 304 to follow with a second fetch (one request, one time budget per tick)."""
+    harness.publish([1])
+    harness.tick()
+    harness.storage.delete(CATALOG)
+    before = len(harness.feed_requests())
+    harness.tick()
+    (request,) = harness.feed_requests()[before:]
+    assert "If-None-Match" not in request and harness.storage.exists(CATALOG)
