@@ -142,6 +142,7 @@ class FeedCursor:
 
 
 def is_fresh(episode: EpisodeInfo, days: float, now: datetime) -> bool:
+    """Published in the last ``days`` (undated episodes never are)."""
     if not episode.published or not days:
         return False
     try:
@@ -154,15 +155,18 @@ def is_fresh(episode: EpisodeInfo, days: float, now: datetime) -> bool:
 
 
 def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
-    """A run with this key exists: its failure is not recorded yet, or it was deleted."""
+    """A run with this key exists already: it ended but the failure sensor has not recorded
+    it yet. Dagster would skip the request; skipping it here keeps the tick's budget."""
     return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
 
 
 def rows(table: AssetMaterialization) -> int:
+    """Episodes in a ``failed_episodes`` table."""
     return len(table.metadata["episodes"].value.records)
 
 
 def table_digest(table: AssetMaterialization) -> str:
+    """A short digest of the table's rows: report it again only when it changed."""
     records = [r.data for r in table.metadata["episodes"].value.records]
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
 
