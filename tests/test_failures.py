@@ -241,3 +241,30 @@ def test_a_transient_download_failure_is_retried_by_the_step_and_recovers(
     restarts = [e for e in result.all_events if e.event_type_value == "STEP_RESTARTED"]
     assert [e.step_key for e in restarts] == ["raw_audio", "raw_audio"]
     assert storage.read_json("audio/ep-7.json")["size"] == len(data)
+
+
+def test_a_run_failing_after_the_transcript_record_leaves_the_episode_unfinished(
+    tmp_path: Path,
+) -> None:
+    """speaker_transcript writes transcripts/{key}.json before the blocking checks, the
+    RAG files and the subtitles run: a failure after it must not count as done (a hole)."""
+    storage = StorageResource(root=str(tmp_path / "data"))
+    for key in ("ep-1", "ep-2", "ep-3", "ep-4"):
+        storage.write_json(f"transcripts/{key}.json", {"key": key})
+
+    def fail(key: str, kind: str, reason: str, step: str) -> None:
+        ledger.record(storage, key, ledger.Attempt(f"run-{key}", ledger.now(), kind, reason, step))
+
+    fail("ep-1", "permanent", "ep-1: no speaker found", "transcript_integrity")  # silence
+    fail("ep-2", "transient", "StorageUnavailableError: cannot reach S3", "rag_outputs")
+    fail("ep-3", "transient", "HTTP 503", "raw_audio")  # then a later run finished it
+    storage.write_json("transcripts/3.corrected.json", {"dialogs": []})
+    storage.write_text("subtitles/ep-3.srt", "")
+    statuses = episode_statuses(None, storage, RetryRules(max_attempts=3, cooldown_seconds=0))
+    assert {k: s.state for k, s in statuses.items()} == {
+        "ep-1": EpisodeState.GIVEN_UP,
+        "ep-2": EpisodeState.FAILED,
+        "ep-3": EpisodeState.DONE,
+        "ep-4": EpisodeState.DONE,  # never failed: the record is enough
+    }
+    assert statuses["ep-2"].due  # the feed sensor requests it again

@@ -1,9 +1,10 @@
 """Each episode's status: missing, queued, running, done, failed or given up.
 
 Three sources, each the truth for one thing: storage says what is done (the transcript
-record) and what failed (the ledger), the Dagster instance says what is queued or
-running. The feed sensor requests what is ``missing`` or ``failed`` and due again; the
-web page, ``twiml-transcribe status`` and the ``failed_episodes`` table show the rest.
+record; for an episode that ever failed, its RAG file and subtitles too) and what failed
+(the ledger), the Dagster instance says what is queued or running. The feed sensor
+requests what is ``missing`` or ``failed`` and due again; the web page, ``twiml-transcribe
+status`` and the ``failed_episodes`` table show the rest.
 """
 
 from __future__ import annotations
@@ -118,16 +119,25 @@ def episode_statuses(
 
     Without an instance (a notebook, the CLI with no DAGSTER_HOME) nothing is in flight.
     """
-    done = {r for r in storage.list("transcripts/") if not r.endswith(".corrected.json")}
+    transcripts = set(storage.list("transcripts/"))
+    done = {r for r in transcripts if not r.endswith(".corrected.json")}
     failures = ledgers.load_all(storage)
     in_flight = runs_in_flight(instance) if instance is not None else {}
     if keys is None:
         stored = {rel.removeprefix("transcripts/").removesuffix(".json") for rel in done}
         keys = stored | set(in_flight)
     keys = sorted(set(keys) | set(failures))
+    # A run can fail after writing the record (a blocking check, the RAG files, subtitles):
+    # an episode that ever failed is done only once its last files exist too.
+    subtitles = set(storage.list("subtitles/")) if failures else set()
+
+    def finished(key: str) -> bool:
+        files = EpisodeFiles(key)
+        if files.record not in done:
+            return False
+        return key not in failures or (files.corrected in transcripts and files.srt in subtitles)
+
     return {
-        key: episode_status(
-            key, EpisodeFiles(key).record in done, in_flight.get(key), failures.get(key), rules
-        )
+        key: episode_status(key, finished(key), in_flight.get(key), failures.get(key), rules)
         for key in keys
     }
