@@ -268,3 +268,37 @@ def test_a_run_failing_after_the_transcript_record_leaves_the_episode_unfinished
         "ep-4": EpisodeState.DONE,  # never failed: the record is enough
     }
     assert statuses["ep-2"].due  # the feed sensor requests it again
+
+
+def test_a_run_whose_process_died_is_recorded_with_how_it_died(tmp_path: Path) -> None:
+    """The code server reports a dead run process in an engine event (SIGKILL, OOM): that,
+    not "marked as failed from outside the execution context", is the ledger's reason."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    storage = StorageResource(root=str(tmp_path / "data"))
+    rules = RetryRules(max_attempts=3, cooldown_seconds=60)
+    sensor = next(s for s in build_failure_sensors(rules) if s.name == "episode_failure_sensor")
+    with instance_for_test() as instance:
+        run = create_run_for_test(
+            instance,
+            job_name="episode_pipeline",
+            status=DagsterRunStatus.STARTED,
+            tags={"dagster/partition": "ep-9"},
+        )
+        crash = f"Run execution process for {run.run_id} was terminated by signal 9 (SIGKILL)."
+        instance.report_engine_event(crash, run, cls=type("DagsterApiServer", (), {}))
+        instance.report_run_failed(run)
+        (event,) = [
+            r.event_log_entry.dagster_event
+            for r in instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.RUN_FAILURE
+            ).records
+        ]
+        run = instance.get_run_by_id(run.run_id)
+        context = build_run_status_sensor_context(
+            sensor.name, event, instance, run, resources={"storage": storage}
+        )
+        sensor(context.for_run_failure())
+    (attempt,) = ledger.load(storage, "ep-9").attempts
+    assert (attempt.kind, attempt.step, attempt.reason) == ("transient", None, crash)

@@ -73,14 +73,24 @@ def step_failure(events: list[DagsterEvent]) -> tuple[Classified, str | None] | 
     return (permanent or found or [None])[0]
 
 
+CRASH_TEXT = "Run execution process for"
+"""The code server's engine event when a run's process died (``[DagsterApiServer] Run
+execution process for … was terminated by signal 9 (SIGKILL).``); the run's failure event
+only says it was failed from outside."""
+
+
 def run_failure_reason(context: RunFailureSensorContext) -> str:
     """Why a run failed when no step did. Run monitoring cancels a run past its time limit
-    before it marks it failed ("forcibly marked as failed"): the cancel message says why."""
+    before it marks it failed ("forcibly marked as failed"): the cancel message says why; a
+    run whose process died has the code server's engine event saying how."""
     records = context.instance.get_records_for_run(
-        context.dagster_run.run_id, of_type=DagsterEventType.RUN_CANCELING
+        context.dagster_run.run_id,
+        of_type={DagsterEventType.RUN_CANCELING, DagsterEventType.ENGINE_EVENT},
     ).records
-    cancels = [r.event_log_entry.message for r in records if r.event_log_entry.message]
-    message = cancels[0] if cancels else context.failure_event.message  # the first says why
+    entries = [r.event_log_entry for r in records if r.event_log_entry.message]
+    cancels = [e.message for e in entries if e.dagster_event_type == DagsterEventType.RUN_CANCELING]
+    crashes = [e.message[e.message.index(CRASH_TEXT) :] for e in entries if CRASH_TEXT in e.message]
+    message = (cancels or crashes or [context.failure_event.message])[0]  # the first says why
     return one_line(message or "the run failed before any step did")
 
 
