@@ -598,6 +598,8 @@ def test_failed_and_given_up_episodes_show_why_and_transcribe_tries_again(
     gone = "ep-2: HTTP 404 Not Found: nothing is at this URL"
     ledger.record(storage, "ep-2", ledger.Attempt("r2", 1.0, "permanent", gone, "raw_audio"))
     ledger.record(storage, "ep-3", ledger.Attempt("r3", 1.0, "transient", "HTTP 503", "raw_audio"))
+    # ep-3's run wrote its record, then failed before the RAG files: not done.
+    storage.write_json("transcripts/ep-3.json", record("ep-3"))
     page = client.get("/").text
     rows = dict(re.findall(r'data-key="([^"]+)" data-status="([^"]+)"', page))
     assert (rows["ep-2"], rows["ep-3"]) == ("given up", "failed")

@@ -108,6 +108,26 @@ def episode_status(
     )
 
 
+def finished_keys(storage: StorageResource, failed: Iterable[str]) -> set[str]:
+    """Episodes that are done: their transcript record exists, and for an episode that ever
+    failed (``failed``), its RAG file and subtitles too. A run can fail after writing the
+    record (a blocking check, S3 down while writing the RAG files): that is not done."""
+    transcripts = set(storage.list("transcripts/"))
+    records = {
+        rel.removeprefix("transcripts/").removesuffix(".json")
+        for rel in transcripts
+        if not rel.endswith(".corrected.json") and "/" not in rel.removeprefix("transcripts/")
+    }
+    failed = set(failed) & records
+    subtitles = set(storage.list("subtitles/")) if failed else set()
+
+    def complete(key: str) -> bool:
+        files = EpisodeFiles(key)
+        return files.corrected in transcripts and files.srt in subtitles
+
+    return {key for key in records if key not in failed or complete(key)}
+
+
 def episode_statuses(
     instance: DagsterInstance | None,
     storage: StorageResource,
@@ -119,25 +139,13 @@ def episode_statuses(
 
     Without an instance (a notebook, the CLI with no DAGSTER_HOME) nothing is in flight.
     """
-    transcripts = set(storage.list("transcripts/"))
-    done = {r for r in transcripts if not r.endswith(".corrected.json")}
     failures = ledgers.load_all(storage)
+    done = finished_keys(storage, failures)
     in_flight = runs_in_flight(instance) if instance is not None else {}
     if keys is None:
-        stored = {rel.removeprefix("transcripts/").removesuffix(".json") for rel in done}
-        keys = stored | set(in_flight)
+        keys = done | set(in_flight)
     keys = sorted(set(keys) | set(failures))
-    # A run can fail after writing the record (a blocking check, the RAG files, subtitles):
-    # an episode that ever failed is done only once its last files exist too.
-    subtitles = set(storage.list("subtitles/")) if failures else set()
-
-    def finished(key: str) -> bool:
-        files = EpisodeFiles(key)
-        if files.record not in done:
-            return False
-        return key not in failures or (files.corrected in transcripts and files.srt in subtitles)
-
     return {
-        key: episode_status(key, finished(key), in_flight.get(key), failures.get(key), rules)
+        key: episode_status(key, key in done, in_flight.get(key), failures.get(key), rules)
         for key in keys
     }

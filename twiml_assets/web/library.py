@@ -19,7 +19,7 @@ from twiml_assets.asset_io import format_clock
 from twiml_assets.audio.download import MEDIA_TYPES, audio_files, is_audio_of
 from twiml_assets.catchup import ledger
 from twiml_assets.catchup.ledger import FailureLedger
-from twiml_assets.catchup.status import RetryRules
+from twiml_assets.catchup.status import RetryRules, finished_keys
 from twiml_assets.feed.catalog import load_catalog
 from twiml_assets.feed.source import EpisodeInfo, order_episodes
 from twiml_assets.keys import is_valid_key
@@ -147,13 +147,9 @@ class Library:
         return loaded[0].by_key().get(key) if loaded else None
 
     def done_keys(self) -> set[str]:
-        """Keys with ``transcripts/{key}.json``: one listing, not one request per episode."""
-        done = set()
-        for rel in self.storage.list("transcripts"):
-            name = rel.removeprefix("transcripts/")
-            if name.endswith(".json") and not name.endswith(".corrected.json") and "/" not in name:
-                done.add(name.removesuffix(".json"))
-        return done
+        """Episodes that are done (``catchup.status.finished_keys``): a listing or two, not
+        one request per episode."""
+        return finished_keys(self.storage, self.failures())
 
     def failures(self, key: str | None = None) -> dict[str, FailureLedger]:
         """Failure ledgers: every episode's (one listing), or ``key``'s alone."""
@@ -167,7 +163,12 @@ class Library:
         return {key: found} if found else {}
 
     def is_done(self, key: str) -> bool:
-        return is_valid_key(key) and self.storage.exists(EpisodeFiles(key).record)
+        if not is_valid_key(key) or not self.storage.exists(EpisodeFiles(key).record):
+            return False
+        if not self.failures(key):
+            return True
+        files = EpisodeFiles(key)  # it failed once: done only with its last files too
+        return self.storage.exists(files.corrected) and self.storage.exists(files.srt)
 
     def record(self, key: str) -> dict[str, Any] | None:
         if not self.is_done(key):
