@@ -303,3 +303,17 @@ def test_a_lost_snapshot_is_fetched_whole_in_one_request(harness: Harness) -> No
     harness.tick()
     (request,) = harness.feed_requests()[before:]
     assert "If-None-Match" not in request and harness.storage.exists(CATALOG)
+
+
+def test_a_run_that_dagster_will_retry_is_not_requested_again(http_server, tmp_path: Path) -> None:
+    """A crashed run's retry (run_retries) comes from Dagster; the sensor waits for it."""
+    with instance_for_test() as instance:
+        h = Harness(http_server, instance, tmp_path / "d", retry_cooldown_seconds=0)
+        h.publish([1])
+        requested(h.tick())
+        run = h.runs["ep-1"]
+        h.fail("ep-1", reason="Run execution process was terminated by signal 9 (SIGKILL)")
+        instance.add_run_tags(run.run_id, {"dagster/will_retry": "true"})
+        assert requested(h.tick()) == []
+        instance.add_run_tags(run.run_id, {"dagster/will_retry": "false"})  # it gave up
+        assert requested(h.tick()) == ["ep-1"]

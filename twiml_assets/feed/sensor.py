@@ -34,13 +34,19 @@ from dagster import (
     sensor,
 )
 from dagster._core.storage.tags import MAX_RUNTIME_SECONDS_TAG as MAX_RUNTIME_TAG
-from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG
+from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG, WILL_RETRY_TAG
 from pydantic import Field
 
 from resources import schema
 from resources.storage import StorageResource
 from twiml_assets.catchup.sensors import failed_table_event
-from twiml_assets.catchup.status import IN_FLIGHT, RetryRules, episode_statuses
+from twiml_assets.catchup.status import (
+    IN_FLIGHT,
+    EpisodeState,
+    EpisodeStatus,
+    RetryRules,
+    episode_statuses,
+)
 from twiml_assets.feed.catalog import refresh_catalog
 from twiml_assets.feed.partitions import EPISODES, episode_partitions
 from twiml_assets.feed.resource import FeedResource
@@ -160,6 +166,15 @@ def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
     return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
 
 
+def retry_pending(instance: DagsterInstance, status: EpisodeStatus) -> bool:
+    """Dagster's run retries will re-execute the episode's last failed run (a crashed
+    worker): requesting it too would run the episode twice."""
+    if status.state is not EpisodeState.FAILED or status.run_id is None:
+        return False
+    run = instance.get_run_by_id(status.run_id)
+    return run is not None and run.tags.get(WILL_RETRY_TAG) == "true"
+
+
 def rows(table: AssetMaterialization) -> int:
     """Episodes in a ``failed_episodes`` table."""
     return len(table.metadata["episodes"].value.records)
@@ -213,7 +228,7 @@ def evaluate_feed(
             continue
         attempt = statuses[episode.key].next_attempt
         run_key = f"{episode.key}#{attempt}"
-        if run_key_used(instance, run_key):
+        if run_key_used(instance, run_key) or retry_pending(instance, statuses[episode.key]):
             continue
         run_requests.append(
             RunRequest(
