@@ -17,12 +17,17 @@ at the first glitch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from dagster import Backoff, Failure, Jitter, RetryPolicy
 
 Kind = Literal["transient", "permanent"]
+MODEL_STEP_RETRY = RetryPolicy(
+    max_retries=1, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+"""The model step: one retry, since each one decodes and transcribes the episode again."""
 KIND_KEY = "twiml/failure_kind"
 """Metadata key on a step's ``Failure`` and run tag on a failed run."""
 
@@ -103,6 +108,21 @@ def transient(reason: str, metadata: dict[str, Any] | None = None) -> Failure:
     return _failure("transient", reason, metadata)
 
 
+@contextmanager
+def permanent_errors_fail_at_once() -> Iterator[None]:
+    """Re-raise an error :func:`classify` calls permanent as a permanent ``Failure``, so the
+    step's retry policy (which retries every other exception) does not repeat it."""
+    try:
+        yield
+    except Failure:
+        raise
+    except Exception as exc:
+        classified = classify(exc)
+        if not classified.transient:
+            raise permanent(classified.reason) from exc
+        raise
+
+
 def kind_of(class_names: Iterable[str]) -> Kind | None:
     """The kind of the first class name (most specific first) the tables know."""
     for name in class_names:
@@ -146,16 +166,37 @@ def classify_error_info(error: Any, metadata: dict[str, Any] | None = None) -> C
     """The kind of a serialised error from a run's event log (``SerializableErrorInfo``),
     with the step failure's metadata when the step raised a ``dagster.Failure``."""
     entry = (metadata or {}).get(KIND_KEY)
-    message = one_line(getattr(error, "message", "") or "")
     kind = getattr(entry, "value", getattr(entry, "text", entry))
-    if kind in ("transient", "permanent"):
-        return Classified(kind, message)
-    names = []
+    names, messages = [], []
     link = error
     while link is not None:
         names.append(getattr(link, "cls_name", None) or "")
+        if not name_is_wrapper(names[-1]) and getattr(link, "message", None):
+            messages.append(link.message)
         link = getattr(link, "cause", None) or getattr(link, "context", None)
+    # The reason: the innermost real error, not Dagster's "Exceeded max_retries of 3" or
+    # "Error occurred while executing op" around it.
+    fallback = getattr(error, "message", "") or ""
+    message = one_line(messages[-1] if messages else fallback)
+    if kind in ("transient", "permanent"):
+        return Classified(kind, one_line(fallback))
     return Classified(kind_of(names) or "transient", message)
+
+
+WRAPPERS = frozenset(
+    {
+        "RetryRequestedFromPolicy",
+        "DagsterExecutionStepExecutionError",
+        "DagsterUserCodeExecutionError",
+        "DagsterExecutionHandleOutputError",
+        "DagsterExecutionLoadInputError",
+    }
+)
+
+
+def name_is_wrapper(name: str) -> bool:
+    """Dagster's exceptions that wrap the step's real error (their messages say nothing)."""
+    return name in WRAPPERS
 
 
 def describe(exc: BaseException) -> str:

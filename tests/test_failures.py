@@ -11,7 +11,6 @@ import pytest
 import requests
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 from dagster import (
-    AssetKey,
     DagsterEventType,
     Failure,
     build_run_status_sensor_context,
@@ -25,7 +24,7 @@ from resources.failures import KIND_KEY, classify, classify_error_info, permanen
 from resources.storage import StorageError, StorageResource, StorageUnavailableError
 from twiml_assets.audio.download import DownloadError, NotAudioError, download_audio
 from twiml_assets.catchup import ledger
-from twiml_assets.catchup.sensors import FAILED_EPISODES, REASON_TAG, build_failure_sensors
+from twiml_assets.catchup.sensors import REASON_TAG, build_failure_sensors
 from twiml_assets.catchup.status import EpisodeState, RetryRules, episode_statuses
 from twiml_assets.demo.feed_server import DemoEpisode, render_rss
 from twiml_assets.feed.resource import FeedResource
@@ -164,13 +163,6 @@ def test_the_failure_sensor_records_a_failed_run_in_the_ledger(http_server, tmp_
         assert tags["twiml/failure_kind"] == "permanent" and "HTTP 404" in tags[REASON_TAG]
         status = episode_statuses(instance, storage, rules)["ep-5"]
         assert status.state is EpisodeState.GIVEN_UP and status.attempts == 1
-        table = instance.get_latest_materialization_event(AssetKey(FAILED_EPISODES))
-        rows = table.asset_materialization.metadata["episodes"].value.records
-        assert [(r.data["episode"], r.data["state"]) for r in rows] == [("ep-5", "given_up")]
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_status_and_retry_commands(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -302,3 +294,49 @@ def test_a_run_whose_process_died_is_recorded_with_how_it_died(tmp_path: Path) -
         sensor(context.for_run_failure())
     (attempt,) = ledger.load(storage, "ep-9").attempts
     assert (attempt.kind, attempt.step, attempt.reason) == ("transient", None, crash)
+
+
+def test_the_reason_is_the_innermost_error_not_dagsters_wrapper() -> None:
+    class RetryRequestedFromPolicy(Exception):  # noqa: N818 - Dagster's name, by design
+        pass
+
+    inner = StorageUnavailableError("cannot reach S3 to write transcripts/ep-1.json")
+    info = serialised(chained(RetryRequestedFromPolicy("Exceeded max_retries of 3"), inner))
+    classified = classify_error_info(info)
+    assert classified.kind == "transient"
+    assert (
+        classified.reason
+        == "StorageUnavailableError: cannot reach S3 to write transcripts/ep-1.json"
+    )
+
+
+def test_a_permanent_error_raised_bare_fails_the_step_at_once() -> None:
+    from resources.failures import permanent_errors_fail_at_once
+
+    with pytest.raises(Failure) as raised, permanent_errors_fail_at_once():
+        raise AudioDecodeError("cannot decode ep-1")
+    assert raised.value.allow_retries is False
+    with pytest.raises(StorageUnavailableError), permanent_errors_fail_at_once():
+        raise StorageUnavailableError("S3 down")  # transient: the retry policy's business
+
+
+def test_a_cancelled_run_that_never_started_counts_for_nothing(tmp_path: Path) -> None:
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from twiml_assets.catchup.sensors import record_failed_run
+
+    storage = StorageResource(root=str(tmp_path / "data"))
+    with instance_for_test() as instance:
+        run = create_run_for_test(
+            instance,
+            job_name="episode_pipeline",
+            status=DagsterRunStatus.CANCELED,
+            tags={"dagster/partition": "ep-1"},
+        )
+        assert record_failed_run(instance, storage, run) is None
+        assert ledger.load(storage, "ep-1") is None
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -84,11 +84,16 @@ class Harness:
             )
         return result
 
-    def fail(self, key: str, kind: str = "transient", reason: str = "HTTP 503") -> None:
+    def fail(
+        self, key: str, kind: str = "transient", reason: str = "HTTP 503", recorded: bool = True
+    ) -> DagsterRun:
         """The episode's run fails, and the failure sensor records it in the ledger."""
         run = self.runs.pop(key)
         self.instance.report_run_failed(run)
-        ledger.record(self.storage, key, ledger.Attempt(run.run_id, ledger.now(), kind, reason))
+        if recorded:
+            attempt = ledger.Attempt(run.run_id, ledger.now(), kind, reason)
+            ledger.record(self.storage, key, attempt)
+        return run
 
     @property
     def partitions(self) -> list[str]:
@@ -290,7 +295,7 @@ def test_fresh_episodes_overtake_the_catch_up_and_get_a_time_limit(harness: Harn
     (request,) = harness.tick().run_requests  # in-flight limit reached: only the fresh one
     assert request.partition_key == "ep-3"
     assert request.tags["dagster/priority"] == "10"
-    assert request.tags["dagster/max_runtime"] == str(int(1800 + 60.0))  # 60 s of audio
+    assert request.tags["dagster/max_runtime"] == str(int(3600 + 2 * 60.0))  # 60 s of audio
 
 
 def test_a_lost_snapshot_is_fetched_whole_in_one_request(harness: Harness) -> None:
@@ -317,3 +322,21 @@ def test_a_run_that_dagster_will_retry_is_not_requested_again(http_server, tmp_p
         assert requested(h.tick()) == []
         instance.add_run_tags(run.run_id, {"dagster/will_retry": "false"})  # it gave up
         assert requested(h.tick()) == ["ep-1"]
+
+
+def test_a_failed_run_the_failure_sensors_missed_is_recorded_and_retried(
+    http_server, tmp_path: Path
+) -> None:
+    """Storage down during the failure sensor's tick: Dagster moves its cursor on anyway.
+    The feed sensor finds the run by its run key, records it, and the episode goes on."""
+    with instance_for_test() as instance:
+        h = Harness(http_server, instance, tmp_path / "d", retry_cooldown_seconds=0)
+        h.publish([1])
+        requested(h.tick())
+        run = h.fail("ep-1", recorded=False)
+        assert requested(h.tick()) == []  # ep-1#1 is used: recorded now, not requested
+        (attempt,) = ledger.load(h.storage, "ep-1").attempts
+        assert (attempt.run_id, attempt.kind) == (run.run_id, "transient")
+        assert instance.get_run_by_id(run.run_id).tags["twiml/failure_kind"] == "transient"
+        result = h.tick()
+        assert [r.run_key for r in result.run_requests] == ["ep-1#2"]

@@ -10,6 +10,7 @@ but starts the count again, so a given-up episode is requested on the next tick.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ from resources import schema
 from resources.failures import Kind
 from resources.storage import StorageResource
 from twiml_assets.layout import FAILURES_DIR, EpisodeFiles
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -67,9 +70,14 @@ def load_all(storage: StorageResource) -> dict[str, FailureLedger]:
     """Every episode's ledger (one listing, then one read per episode that ever failed)."""
     ledgers = {}
     for rel in storage.list(FAILURES_DIR + "/"):
-        if rel.endswith(".json"):
+        if not rel.endswith(".json"):
+            continue
+        try:
             ledger = schema.load(FailureLedger, storage.read_json(rel))
-            ledgers[ledger.key] = ledger
+        except ValueError as exc:  # a hand-edited or foreign file: never stop the catch-up
+            log.warning("ignoring unreadable failure ledger %s: %s", rel, exc)
+            continue
+        ledgers[ledger.key] = ledger
     return ledgers
 
 

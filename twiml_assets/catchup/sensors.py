@@ -1,11 +1,13 @@
 """The failure sensors: why each failed run failed, written where people and the feed
 sensor look.
 
-For every failed (or cancelled) run of ``episode_pipeline`` they add an attempt to the
-episode's ledger (transient or permanent, the failing step's reason), tag the run with
-the kind and reason (visible in the UI's run list), and refresh the ``failed_episodes``
-table. A tick that cannot reach storage raises, so Dagster evaluates the same run again
-on the next tick: a failure is never dropped.
+For every failed (or cancelled) run of ``episode_pipeline`` they tag the run with the
+kind and reason (visible in the UI's run list) and add an attempt to the episode's ledger
+(transient or permanent, the failing step's reason). Everything is read back from the
+instance (:func:`classify_run`), so the feed sensor records the same way a run these
+sensors missed: Dagster moves a run status sensor's cursor past a run even when the tick
+raised (storage down, say), and such a run would otherwise block its episode's run key.
+The feed sensor reports the ``failed_episodes`` table.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dagster import (
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     MetadataValue,
@@ -39,7 +42,6 @@ from twiml_assets.catchup.status import (
     EpisodeState,
     EpisodeStatus,
     RetryRules,
-    episode_statuses,
 )
 from twiml_assets.jobs import episode_pipeline
 
@@ -54,7 +56,7 @@ failed_episodes = AssetSpec(
     group_name="operations",
     kinds={"table"},
     description="Episodes whose last run failed: attempts, kind, reason, and whether the "
-    "sensor will try again. Reported by the failure sensors, refreshed by the feed sensor.",
+    "sensor will try again. Reported by the feed sensor when it changes.",
 )
 
 
@@ -79,19 +81,50 @@ execution process for … was terminated by signal 9 (SIGKILL).``); the run's fa
 only says it was failed from outside."""
 
 
-def run_failure_reason(context: RunFailureSensorContext) -> str:
+TIME_LIMIT_TEXT = "maximum runtime"
+"""In run monitoring's cancel message for a run past its dagster/max_runtime."""
+
+
+def _events(instance: DagsterInstance, run_id: str, *types: DagsterEventType) -> list:
+    records = instance.get_records_for_run(run_id, of_type=set(types)).records
+    return [r.event_log_entry for r in records]
+
+
+def run_failure_reason(instance: DagsterInstance, run: DagsterRun) -> str:
     """Why a run failed when no step did. Run monitoring cancels a run past its time limit
     before it marks it failed ("forcibly marked as failed"): the cancel message says why; a
     run whose process died has the code server's engine event saying how."""
-    records = context.instance.get_records_for_run(
-        context.dagster_run.run_id,
-        of_type={DagsterEventType.RUN_CANCELING, DagsterEventType.ENGINE_EVENT},
-    ).records
-    entries = [r.event_log_entry for r in records if r.event_log_entry.message]
-    cancels = [e.message for e in entries if e.dagster_event_type == DagsterEventType.RUN_CANCELING]
-    crashes = [e.message[e.message.index(CRASH_TEXT) :] for e in entries if CRASH_TEXT in e.message]
-    message = (cancels or crashes or [context.failure_event.message])[0]  # the first says why
+    entries = _events(
+        instance,
+        run.run_id,
+        DagsterEventType.RUN_CANCELING,
+        DagsterEventType.ENGINE_EVENT,
+        DagsterEventType.RUN_FAILURE,
+    )
+    messages = [(e.dagster_event_type, e.message) for e in entries if e.message]
+    cancels = [m for t, m in messages if t == DagsterEventType.RUN_CANCELING]
+    crashes = [m[m.index(CRASH_TEXT) :] for _, m in messages if CRASH_TEXT in m]
+    failures = [m for t, m in messages if t == DagsterEventType.RUN_FAILURE]
+    message = (cancels or crashes or failures or [""])[0]  # the first says why
     return one_line(message or "the run failed before any step did")
+
+
+def classify_run(instance: DagsterInstance, run: DagsterRun) -> tuple[Classified, str | None]:
+    """A finished, unsuccessful run's failure kind, reason and failing step, from its events.
+
+    A cancelled run is an operator's decision (given up), unless run monitoring cancelled it
+    at its time limit (transient, like a hung worker).
+    """
+    if run.status == DagsterRunStatus.CANCELED:
+        reason = run_failure_reason(instance, run)
+        if TIME_LIMIT_TEXT in reason:
+            return Classified("transient", reason), None
+        return CANCELLED, None
+    failed_steps = _events(instance, run.run_id, DagsterEventType.STEP_FAILURE)
+    found = step_failure([e.dagster_event for e in failed_steps if e.dagster_event])
+    if found is None:  # no step failed: the worker died, the run timed out or crashed
+        return Classified("transient", run_failure_reason(instance, run)), None
+    return found
 
 
 def failed_table_event(statuses: Mapping[str, EpisodeStatus]) -> AssetMaterialization:
@@ -132,39 +165,43 @@ def failed_table_event(statuses: Mapping[str, EpisodeStatus]) -> AssetMaterializ
     )
 
 
-def report_failed_table(
-    instance: DagsterInstance, storage: StorageResource, rules: RetryRules
-) -> None:
-    statuses = episode_statuses(instance, storage, rules, keys=[])  # those that failed
-    instance.report_runless_asset_event(failed_table_event(statuses))
+def record_failed_run(
+    instance: DagsterInstance, storage: StorageResource, run: DagsterRun
+) -> tuple[ledger.FailureLedger, Classified, str | None] | None:
+    """Tag the run with its failure (the instance: works while storage is down) and add it
+    to its episode's ledger (once per run). None for a run of no episode, or a cancelled
+    run that never started (queued runs cleared: nothing was tried)."""
+    key = run.tags.get(PARTITION_TAG)
+    if not key:
+        return None
+    record = instance.get_run_record_by_id(run.run_id)
+    if run.status == DagsterRunStatus.CANCELED and (record is None or record.start_time is None):
+        return None
+    classified, step = classify_run(instance, run)
+    instance.add_run_tags(
+        run.run_id, {KIND_KEY: classified.kind, REASON_TAG: classified.reason[:200]}
+    )
+    attempt = ledger.Attempt(run.run_id, ledger.now(), classified.kind, classified.reason, step)
+    return ledger.record(storage, key, attempt), classified, step
 
 
 def record_run(
-    context: RunStatusSensorContext,
-    storage: StorageResource,
-    rules: RetryRules,
-    classified: Classified,
-    step: str | None,
+    context: RunStatusSensorContext, storage: StorageResource, rules: RetryRules
 ) -> None:
-    """The run's failure in its episode's ledger, on the run's tags and in the table."""
-    run = context.dagster_run
-    key = run.tags.get(PARTITION_TAG)
-    if not key:
+    """The sensor's run in its episode's ledger and on its tags, and a log line saying what
+    happens next."""
+    recorded = record_failed_run(context.instance, storage, context.dagster_run)
+    if recorded is None:
         return
-    attempt = ledger.Attempt(run.run_id, ledger.now(), classified.kind, classified.reason, step)
-    entry = ledger.record(storage, key, attempt)
-    context.instance.add_run_tags(
-        run.run_id, {KIND_KEY: classified.kind, REASON_TAG: classified.reason[:200]}
-    )
+    entry, classified, step = recorded
     if entry.gave_up(rules.max_attempts):
         outcome = "given up until `twiml-transcribe retry` (or a run from the UI)"
     else:
         outcome = f"tried again after {rules.cooldown_seconds:.0f} s"
     context.log.warning(
-        f"{key}: attempt {len(entry.counted)} of {rules.max_attempts} failed "
+        f"{entry.key}: attempt {len(entry.counted)} of {rules.max_attempts} failed "
         f"({classified.kind}, step {step or '-'}): {classified.reason}; {outcome}"
     )
-    report_failed_table(context.instance, storage, rules)
 
 
 def build_failure_sensors(
@@ -178,13 +215,10 @@ def build_failure_sensors(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description="Records why an episode's run failed (transient or permanent) in its "
-        "failure ledger, on the run's tags and in the failed_episodes table.",
+        "failure ledger and on the run's tags.",
     )
     def episode_failure_sensor(context: RunFailureSensorContext, storage: StorageResource) -> None:
-        found = step_failure(context.get_step_failure_events())
-        if found is None:  # no step failed: the worker died, the run timed out or crashed
-            found = (Classified("transient", run_failure_reason(context)), None)
-        record_run(context, storage, rules, *found)
+        record_run(context, storage, rules)
 
     @run_status_sensor(
         name="episode_cancel_sensor",
@@ -192,9 +226,10 @@ def build_failure_sensors(
         monitored_jobs=[episode_pipeline],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Records a cancelled episode run as given up (an operator's decision).",
+        description="Records a cancelled episode run: given up (an operator's decision), or "
+        "transient when run monitoring cancelled it at its time limit.",
     )
     def episode_cancel_sensor(context: RunStatusSensorContext, storage: StorageResource) -> None:
-        record_run(context, storage, rules, CANCELLED, None)
+        record_run(context, storage, rules)
 
     return [episode_failure_sensor, episode_cancel_sensor]

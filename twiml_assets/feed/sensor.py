@@ -15,15 +15,19 @@ episodes (published in the last ``fresh_days``) overtake queued catch-up runs.
 
 import hashlib
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from dagster import MAX_RUNTIME_SECONDS_TAG as MAX_RUNTIME_TAG
 from dagster import (
     AssetMaterialization,
     ConfigurableResource,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -33,15 +37,15 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.tags import MAX_RUNTIME_SECONDS_TAG as MAX_RUNTIME_TAG
-from dagster._core.storage.tags import PRIORITY_TAG, RUN_KEY_TAG, WILL_RETRY_TAG
 from pydantic import Field
 
 from resources import schema
 from resources.storage import StorageResource
-from twiml_assets.catchup.sensors import failed_table_event
+from twiml_assets.catchup import ledger
+from twiml_assets.catchup.sensors import failed_table_event, record_failed_run
 from twiml_assets.catchup.status import (
     IN_FLIGHT,
+    PARTITION_TAG,
     EpisodeState,
     EpisodeStatus,
     RetryRules,
@@ -54,6 +58,8 @@ from twiml_assets.feed.source import EpisodeInfo, FeedError
 from twiml_assets.jobs import EPISODE_JOB, episode_pipeline
 
 SENSOR_NAME = "episode_feed_sensor"
+RUN_KEY_TAG = "dagster/run_key"
+PRIORITY_TAG = "dagster/priority"  # the queued run coordinator launches higher first
 ATTEMPT_TAG = "twiml/attempt"
 FRESH_PRIORITY = 10
 """dagster/priority of fresh episodes' runs; backfills' and catch-up runs' is 0."""
@@ -96,13 +102,14 @@ class CatchUpSettings(ConfigurableResource):
         "catch-up runs (dagster/priority) and ignore max_in_flight.",
     )
     runtime_base_seconds: float = Field(
-        default=1800.0, gt=0, description="A run's time limit: this, plus the next field."
+        default=3600.0, gt=0, description="A run's time limit: this, plus the next field."
     )
     runtime_per_audio_second: float = Field(
-        default=1.0,
+        default=2.0,
         ge=0,
         description="Seconds of run time allowed per second of audio (the feed's duration); "
-        "a run past its limit is failed and its gpu slot freed (dagster/max_runtime).",
+        "a run past its limit is failed and its gpu slot freed (dagster/max_runtime). The "
+        "clock includes waiting for the gpu slot behind another episode, hence the margin.",
     )
 
     @property
@@ -160,19 +167,44 @@ def is_fresh(episode: EpisodeInfo, days: float, now: datetime) -> bool:
     return now - published <= timedelta(days=days)
 
 
-def run_key_used(instance: DagsterInstance, run_key: str) -> bool:
-    """A run with this key exists already: it ended but the failure sensor has not recorded
-    it yet. Dagster would skip the request; skipping it here keeps the tick's budget."""
-    return bool(instance.get_run_ids(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
+def run_with_key(instance: DagsterInstance, run_key: str) -> DagsterRun | None:
+    """The run this sensor launched with ``run_key``, if any (Dagster would skip a request
+    with a used key; skipping it here keeps the tick's budget)."""
+    runs = instance.get_runs(RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return runs[0] if runs else None
+
+
+def reconcile(context: SensorEvaluationContext, storage: StorageResource, run: DagsterRun) -> None:
+    """Record a finished, unsuccessful run its episode's ledger lacks: the failure sensors
+    missed it (storage down during their tick, a sensor stopped). Without this its used run
+    key would hold the episode back for good."""
+    key = run.tags.get(PARTITION_TAG, "")
+    if run.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        return
+    entry = ledger.load(storage, key)
+    if entry is not None and any(a.run_id == run.run_id for a in entry.attempts):
+        return  # recorded; the status will say what comes next
+    recorded = record_failed_run(context.instance, storage, run)
+    if recorded is not None:
+        context.log.warning(f"{key}: recorded the failed run {run.run_id} the sensors missed")
+
+
+RETRY_WAIT_SECONDS = 600.0
+"""How long to wait for Dagster's re-execution of a crashed run before requesting anew."""
 
 
 def retry_pending(instance: DagsterInstance, status: EpisodeStatus) -> bool:
     """Dagster's run retries will re-execute the episode's last failed run (a crashed
-    worker): requesting it too would run the episode twice."""
+    worker): requesting it too would run the episode twice. Not forever: a retry that was
+    never launched (its backfill cancelled, say) stops counting after a while."""
     if status.state is not EpisodeState.FAILED or status.run_id is None:
         return False
     run = instance.get_run_by_id(status.run_id)
-    return run is not None and run.tags.get(WILL_RETRY_TAG) == "true"
+    if run is None or not run.is_complete_and_waiting_to_retry:
+        return False
+    record = instance.get_run_record_by_id(run.run_id)
+    ended = record.end_time if record is not None else None
+    return ended is None or time.time() - ended < RETRY_WAIT_SECONDS
 
 
 def rows(table: AssetMaterialization) -> int:
@@ -228,7 +260,10 @@ def evaluate_feed(
             continue
         attempt = statuses[episode.key].next_attempt
         run_key = f"{episode.key}#{attempt}"
-        if run_key_used(instance, run_key) or retry_pending(instance, statuses[episode.key]):
+        if (used := run_with_key(instance, run_key)) is not None:
+            reconcile(context, storage, used)  # next tick's status counts it
+            continue
+        if retry_pending(instance, statuses[episode.key]):
             continue
         run_requests.append(
             RunRequest(

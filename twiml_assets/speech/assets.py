@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, multi_a
 from resources.asr import WhisperASR
 from resources.compute import ComputeResource
 from resources.diarisation import PyannoteDiariser
-from resources.failures import STEP_RETRY
+from resources.failures import MODEL_STEP_RETRY, permanent_errors_fail_at_once
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_MODELS, as_metadata
 from twiml_assets.audio.assets import raw_audio
@@ -54,7 +54,7 @@ def model_output(name: str, kind: str, description: str) -> AssetSpec:
         ),
     ],
     pool=GPU_POOL,
-    retry_policy=STEP_RETRY,
+    retry_policy=MODEL_STEP_RETRY,
     can_subset=False,
 )
 def transcribe_and_diarise(
@@ -71,12 +71,13 @@ def transcribe_and_diarise(
     metadata are the same either way.
     """
     key = context.partition_key
-    if not compute.runs_in_process:
-        params = worker.WorkerParams.build(key, config, storage, asr, diariser)
-        context.log.info(f"{key}: model step on the {compute.backend} backend")
-        yield from compute.run_worker(
-            context, worker.MODULE, params.model_dump(mode="json"), worker.MODAL_ENTRYPOINT
-        )
-        return
-    for output in run_model_step(key, config, storage, asr, diariser, log=context.log.info):
-        yield MaterializeResult(asset_key=output.asset, metadata=as_metadata(output.metadata))
+    with permanent_errors_fail_at_once():
+        if not compute.runs_in_process:
+            params = worker.WorkerParams.build(key, config, storage, asr, diariser)
+            context.log.info(f"{key}: model step on the {compute.backend} backend")
+            yield from compute.run_worker(
+                context, worker.MODULE, params.model_dump(mode="json"), worker.MODAL_ENTRYPOINT
+            )
+            return
+        for output in run_model_step(key, config, storage, asr, diariser, log=context.log.info):
+            yield MaterializeResult(asset_key=output.asset, metadata=as_metadata(output.metadata))

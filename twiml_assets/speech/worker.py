@@ -128,10 +128,10 @@ def serve(events: Callable[[dict[str, Any], Any], Iterable[dict[str, Any]]]) -> 
     from dagster import Failure
     from dagster_pipes import open_dagster_pipes
 
-    from resources.failures import classify
+    from resources.failures import classify, permanent_errors_fail_at_once
 
     try:
-        with open_dagster_pipes() as pipes:
+        with open_dagster_pipes() as pipes, permanent_errors_fail_at_once():
             report(pipes, events(pipes.get_extra(WORKER_EXTRA), pipes))
     except Failure as exc:
         if classify(exc).transient:

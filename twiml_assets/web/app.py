@@ -178,6 +178,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             state=state,
             transcript=library.transcript(key),
             has_audio=library.audio_relpath(key) is not None,
+            upload=is_upload_key(key),
             download=download if download in FORMATS else "",
             notice=notice if notice in {"linked", "uploaded"} else "",
             dagster_ok=state["dagster"] == "ok",
