@@ -118,7 +118,7 @@ def test_asset_graph_pools_checks_and_executor() -> None:
         "feed_catalog",
         "evaluation_summary",
         "model_comparison",
-        "failed_episodes",  # reported by the failure sensors, not materialised by a run
+        "failed_episodes",  # reported by the feed sensor, not materialised by a run
         *PER_EPISODE,
     }
     for key in [*PER_EPISODE, "model_comparison"]:
