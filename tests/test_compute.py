@@ -110,9 +110,12 @@ def test_subprocess_worker_gives_the_same_outputs_and_metadata_as_local(
 
 
 @pytest.mark.slow
-def test_a_killed_worker_fails_the_step_frees_the_gpu_slot_and_a_rerun_completes(
+def test_a_killed_worker_is_retried_by_the_step_and_frees_the_gpu_slot(
     http_server, tmp_path: Path, short_episodes
 ) -> None:
+    """SIGKILL (the OOM killer, an operator) to the worker mid-step: a transient failure,
+    so the model step's retry policy runs it again in the same run, and the gpu slot is
+    free for the retry and after."""
     (key,) = publish(http_server, [short_episodes[1].audio_path])
     root = tmp_path / "data"
     job = episode_job(http_server.url("feed.xml"), root, ComputeResource(backend="subprocess"))
@@ -132,26 +135,21 @@ def test_a_killed_worker_fails_the_step_frees_the_gpu_slot_and_a_rerun_completes
         assert pids, "the worker never started"
         time.sleep(2.0)  # mid-step: the worker is importing the stack or loading models
         os.kill(pids[0], signal.SIGKILL)
-        run.join(timeout=300)
-        (failed,) = results
+        run.join(timeout=400)
+        (result,) = results
 
-        assert not failed.success
-        failure = next(
+        assert result.success
+        (retry,) = [
             e
-            for e in failed.all_events
-            if e.is_step_failure and e.step_key == "transcribe_and_diarise"
+            for e in result.all_events
+            if e.event_type_value == "STEP_UP_FOR_RETRY" and e.step_key == "transcribe_and_diarise"
+        ]
+        assert (
+            "model step worker was killed by SIGKILL" in retry.event_specific_data.error.to_string()
         )
-        message = failure.event_specific_data.error.message
-        assert "model step worker was killed by SIGKILL" in message
-        assert "transcripts/1.corrected.json" not in {
-            p.relative_to(root).as_posix() for p in root.rglob("*")
-        }
-        # The gpu pool slot is free again at once (op granularity), and nothing waits.
+        # The gpu pool slot is free again (op granularity), and nothing waits.
         info = instance.event_log_storage.get_concurrency_info("gpu")
         assert info.active_slot_count == 0 and info.pending_step_count == 0
-
-        rerun = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
-        assert rerun.success
     assert json.loads((root / "transcripts/1.corrected.json").read_text())["dialogs"]
     assert not worker_pids()
 
