@@ -545,6 +545,25 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def start_daemon(
+    env: dict[str, str], code_server: subprocess.Popen, workspace: Path, port: int, tmp_path: Path
+) -> subprocess.Popen:
+    """The manual catch-up path's set-up: materialise feed_catalog (registers the
+    partitions), the gpu pool's limit as the daemon's start command sets it
+    (TWIML_GPU_WORKERS=1), then the daemon on the served code location."""
+    materialize = ["asset", "materialize", "--select", "feed_catalog"]
+    cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
+    cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
+    wait_until_serving(code_server, port, tmp_path / "code-server.log")
+    return subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def most_runs_at_once(spans: list[tuple[float, float]]) -> int:
     return max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
 
@@ -577,20 +596,8 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
     code_server, workspace, port = start_code_server(env, tmp_path)
     daemon = None
     try:
-        # The manual catch-up path: materialise feed_catalog (registers the partitions)…
-        materialize = ["asset", "materialize", "--select", "feed_catalog"]
-        cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
-        # …the gpu pool's limit, as the daemon's start command sets it (TWIML_GPU_WORKERS=1)…
-        cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
-        # …then a backfill of any set of partitions, queued and launched by the daemon.
-        wait_until_serving(code_server, port, tmp_path / "code-server.log")
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(env, code_server, workspace, port, tmp_path)
+        # A backfill of any set of partitions, queued and launched by the daemon.
         cli_ok(
             [
                 str(BIN / "dagster"),
@@ -727,17 +734,7 @@ def test_a_hung_run_is_failed_at_its_time_limit_and_frees_the_gpu_slot(
     code_server, workspace, port = start_code_server(env, tmp_path)
     daemon, hung = None, None
     try:
-        materialize = ["asset", "materialize", "--select", "feed_catalog"]
-        cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
-        cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
-        wait_until_serving(code_server, port, tmp_path / "code-server.log")
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon = start_daemon(env, code_server, workspace, port, tmp_path)
         backfill = ["job", "backfill", "-j", "episode_pipeline", "-w", str(workspace)]
         tags = json.dumps({"dagster/max_runtime": "25"})
         cli_ok(

@@ -108,6 +108,13 @@ def episode_status(
     )
 
 
+def last_files(key: str) -> tuple[str, str]:
+    """The files a complete run writes last (the RAG file, the subtitles): an episode that
+    ever failed is done only with these."""
+    files = EpisodeFiles(key)
+    return files.corrected, files.srt
+
+
 def finished_keys(storage: StorageResource, failed: Iterable[str]) -> set[str]:
     """Episodes that are done: their transcript record exists, and for an episode that ever
     failed (``failed``), its RAG file and subtitles too. A run can fail after writing the
@@ -122,8 +129,8 @@ def finished_keys(storage: StorageResource, failed: Iterable[str]) -> set[str]:
     subtitles = set(storage.list("subtitles/")) if failed else set()
 
     def complete(key: str) -> bool:
-        files = EpisodeFiles(key)
-        return files.corrected in transcripts and files.srt in subtitles
+        corrected, srt = last_files(key)
+        return corrected in transcripts and srt in subtitles
 
     return {key for key in records if key not in failed or complete(key)}
 

@@ -19,7 +19,7 @@ from twiml_assets.asset_io import format_clock
 from twiml_assets.audio.download import MEDIA_TYPES, audio_files, is_audio_of
 from twiml_assets.catchup import ledger
 from twiml_assets.catchup.ledger import FailureLedger
-from twiml_assets.catchup.status import RetryRules, finished_keys
+from twiml_assets.catchup.status import RetryRules, finished_keys, last_files
 from twiml_assets.feed.catalog import load_catalog
 from twiml_assets.feed.source import EpisodeInfo, order_episodes
 from twiml_assets.keys import is_valid_key
@@ -167,8 +167,8 @@ class Library:
             return False
         if not self.failures(key):
             return True
-        files = EpisodeFiles(key)  # it failed once: done only with its last files too
-        return self.storage.exists(files.corrected) and self.storage.exists(files.srt)
+        # It failed once: done only with its last files too.
+        return all(self.storage.exists(rel) for rel in last_files(key))
 
     def record(self, key: str) -> dict[str, Any] | None:
         if not self.is_done(key):
