@@ -658,12 +658,15 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
             spans.sort()
             assert len(spans) == 3
             assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
-            events = {r.run_id: len(inst.all_logs(r.run_id)) for r in runs.values()}
     finally:
         if daemon is not None:
             daemon.terminate()
             daemon.wait(timeout=60)
         stop_group(code_server)
+    # Counted once every process has stopped: a run worker logs its last engine event
+    # ("process exited") after the run is already marked finished.
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as inst:
+        events = {r.run_id: len(inst.all_logs(r.run_id)) for r in runs.values()}
 
     # Runs and events are rows of the PostgreSQL server; no SQLite database was made.
     conn = postgres.connect(db)
