@@ -15,6 +15,7 @@ EPISODE_JOB = "episode_pipeline"
 PER_EPISODE_ASSETS = (
     "episode_metadata",
     "raw_audio",
+    "audio_fingerprint",
     "transcript",
     "diarisation",
     "speaker_transcript",
@@ -27,7 +28,7 @@ PER_EPISODE_ASSETS = (
 episode_pipeline = define_asset_job(
     EPISODE_JOB,
     selection=AssetSelection.assets(*PER_EPISODE_ASSETS),
-    description="Feed entry → audio → ASR + diarisation → speaker transcript → RAG files, "
+    description="Feed entry → audio (+ fingerprint, upload link) → ASR + diarisation → speaker transcript → RAG files, "
     "subtitles and evaluation for one episode, with the integrity checks gating the RAG files.",
     tags={"twiml/pipeline": "episode"},
 )

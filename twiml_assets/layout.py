@@ -19,6 +19,8 @@ REFERENCE_SIDECAR_SUFFIX = ".source.json"
 SPEAKER_REGISTRY = "speakers/registry.json"
 VOICEPRINTS_SUFFIX = ".embeddings.json"
 EVALUATION_DIR = "evaluation"
+LINKS_DIR = "links"
+"""Upload ↔ published episode links, found by audio fingerprint (one record, both keys)."""
 FAILURES_DIR = "failures"
 """One ledger per episode whose runs failed: every attempt, its kind and reason."""
 EVALUATION_SUMMARY_PNG = f"{EVALUATION_DIR}/summary.png"
@@ -72,6 +74,7 @@ class EpisodeFiles:
     )
 
     failures = _path(FAILURES_DIR + "/{key}.json", "Failed attempts: kind, reason, run.")
+    link = _path(LINKS_DIR + "/{key}.json", "The upload or published episode with this audio.")
 
     def reference(self, suffix: str) -> str:
         """A stored reference transcript (``suffix`` without the dot: ``srt``, ``txt``)."""

@@ -20,9 +20,12 @@ from pathlib import Path
 from threading import Lock
 from typing import BinaryIO, NamedTuple
 
+from resources.audio import AudioDecodeError
 from resources.schema import dump
 from resources.storage import StorageError, StorageResource
 from twiml_assets.audio.download import CHUNK_SIZE, DownloadResult, audio_extension, is_audio_of
+from twiml_assets.audio.fingerprint import fingerprint_file
+from twiml_assets.audio.links import StoredFingerprints, published_fingerprints, store_fingerprint
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.keys import is_upload_key, is_valid_key, upload_key, validate_key
 from twiml_assets.layout import AUDIO_DIR, EpisodeFiles
@@ -107,6 +110,12 @@ class UploadTooLargeError(UploadError):
 
 class UnsupportedAudioError(UploadError):
     status = 415
+
+
+class UndecodableUploadError(UploadError):
+    """Audio by its first bytes, but the decoder cannot read it (cut off, corrupt)."""
+
+    status = 422
 
 
 def format_size(n: int) -> str:
@@ -260,30 +269,34 @@ class SidecarIndex:
 # -- registration ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Registered:
-    """Where an upload's transcript will be: ``key``; ``linked`` when it is a published episode."""
+    """Where an upload's transcript will be: ``key``; ``linked`` when it is a published episode
+    (``similarity`` 1.0 for the same bytes, the fingerprint similarity otherwise)."""
 
     key: str
     linked: bool
     stored: bool
+    similarity: float | None = None
 
 
 def register_upload(
     storage: StorageResource,
     staged: StagedUpload,
     index: SidecarIndex | None = None,
+    fingerprints: StoredFingerprints | None = None,
     now: datetime | None = None,
 ) -> Registered:
-    """Store ``staged`` as episode ``up-<hash>``, or link it to a published duplicate.
+    """Store ``staged`` as episode ``up-<hash>``, or link it to the published episode with
+    the same bytes (sha256) or the same sound (Chromaprint fingerprint).
 
-    Writes the audio first, then the sidecar, then ``episodes/{key}.json`` (its
-    presence means "registered"), so an interrupted upload is never half a partition.
-    Idempotent: the same bytes again rewrite nothing.
+    Writes the audio first, then the sidecar and the fingerprint, then
+    ``episodes/{key}.json`` (its presence means "registered"), so an interrupted upload is
+    never half a partition. Idempotent: the same bytes again rewrite nothing.
     """
     key = validate_key(staged.key)
     duplicate = (index or SidecarIndex(storage)).find(staged.sha256)
     if duplicate is not None and not is_upload_key(duplicate):
         log.info("upload %s has the audio of %s; reusing that episode", key, duplicate)
-        return Registered(duplicate, linked=True, stored=False)
+        return Registered(duplicate, linked=True, stored=False, similarity=1.0)
 
     url = f"upload:{key}{staged.kind.ext}"  # where it came from; audio_extension reads ``ext``
     if audio_extension(url, staged.kind.mime) != staged.kind.ext:  # raw_audio's path rule
@@ -293,10 +306,25 @@ def register_upload(
     if storage.exists(files.episode) and storage.exists(rel) and storage.exists(sidecar):
         return Registered(key, linked=False, stored=False)
 
+    try:
+        fp = fingerprint_file(staged.path)
+    except AudioDecodeError as exc:
+        raise UndecodableUploadError(f"the file cannot be decoded as audio: {exc}") from exc
+    match = (fingerprints or published_fingerprints(storage)).match(fp)
+    if match is not None:
+        log.info(
+            "upload %s sounds like %s (similarity %.2f); reusing that episode",
+            key,
+            match.key,
+            match.similarity,
+        )
+        return Registered(match.key, linked=True, stored=False, similarity=match.similarity)
+
     stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     storage.put_file(rel, staged.path)
     result = DownloadResult(url, rel, staged.size, staged.sha256, staged.kind.mime)
     storage.write_json(sidecar, {**result.sidecar(key, rel, stamp), "source": "upload"})
+    store_fingerprint(storage, key, fp, staged.sha256)
     episode = EpisodeInfo(
         key=key,
         number=None,

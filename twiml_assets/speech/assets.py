@@ -20,8 +20,10 @@ from resources.failures import MODEL_STEP_RETRY, permanent_errors_fail_at_once
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_MODELS, as_metadata
 from twiml_assets.audio.assets import raw_audio
+from twiml_assets.audio.fingerprint_assets import audio_fingerprint
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.speech import worker
+from twiml_assets.speech.reuse import reuse_upload_transcript
 from twiml_assets.speech.step import ModelStepConfig, run_model_step
 
 GPU_POOL = "gpu"
@@ -31,7 +33,7 @@ def model_output(name: str, kind: str, description: str) -> AssetSpec:
     """One of the model step's two per-episode outputs."""
     return AssetSpec(
         name,
-        deps=[raw_audio],
+        deps=[raw_audio, audio_fingerprint],
         partitions_def=episode_partitions,
         group_name=GROUP_MODELS,
         kinds={kind},
@@ -68,10 +70,18 @@ def transcribe_and_diarise(
     """Decode the episode once; transcribe and diarise that one waveform (gpu pool).
 
     Runs here or on a GPU worker, as the ``compute`` resource says; the files and the
-    metadata are the same either way.
+    metadata are the same either way. An episode linked to an upload with the same audio
+    and engine settings reuses that upload's transcript instead (``speech/reuse.py``).
     """
     key = context.partition_key
     with permanent_errors_fail_at_once():
+        reused = reuse_upload_transcript(key, config, storage, asr, diariser, context.log.info)
+        if reused is not None:  # a linked upload's transcript: no model, no GPU worker
+            for output in reused:
+                yield MaterializeResult(
+                    asset_key=output.asset, metadata=as_metadata(output.metadata)
+                )
+            return
         if not compute.runs_in_process:
             params = worker.WorkerParams.build(key, config, storage, asr, diariser)
             context.log.info(f"{key}: model step on the {compute.backend} backend")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dagster import Config
 from pydantic import Field
@@ -22,7 +23,7 @@ from resources.asr import WhisperASR
 from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
 from resources.failures import permanent
-from resources.schema import dump
+from resources.schema import AsrResult, DiarisationResult, dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     StepOutput,
@@ -104,6 +105,24 @@ def run_model_step(
         "decode_seconds": round(decode_seconds, 3),
         "duration": round(duration, 3),
     }
+    return write_model_outputs(storage, key, asr_result, diarisation, source)
+
+
+def write_model_outputs(
+    storage: StorageResource,
+    key: str,
+    asr_result: AsrResult,
+    diarisation: DiarisationResult,
+    source: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> list[StepOutput]:
+    """Write the step's files and describe its two materialisations.
+
+    ``source`` describes the audio (path, sha256, duration, decode time); ``extra`` is
+    metadata both outputs carry (a reused transcript names where it came from).
+    """
+    files = EpisodeFiles(key)
+    duration, decode_seconds = source["duration"], source.get("decode_seconds", 0.0)
     asr_files = {
         "asr_json": storage.write_json(files.asr_result, {**dump(asr_result), "audio": source})
     }
@@ -115,6 +134,7 @@ def run_model_step(
     }
 
     speech = sum(t.duration for t in diarisation.turns)
+    extra = extra or {}
     return [
         StepOutput(
             "transcript",
@@ -131,6 +151,7 @@ def run_model_step(
                 "model": asr_result.model,
                 "config": typed(asr_result.config, "json"),
                 "preview": typed(asr_result.text[:600] or "_(no speech recognised)_", "md"),
+                **extra,
                 **wire_paths(asr_files),
             },
         ),
@@ -146,6 +167,7 @@ def run_model_step(
                 "real_time_factor": rtf(diarisation.seconds, duration),
                 "model": diarisation.model,
                 "config": typed(diarisation.config, "json"),
+                **extra,
                 **wire_paths(diar_files),
             },
         ),
