@@ -23,6 +23,8 @@ LINKS_DIR = "links"
 """Upload ↔ published episode links, found by audio fingerprint (one record, both keys)."""
 FAILURES_DIR = "failures"
 """One ledger per episode whose runs failed: every attempt, its kind and reason."""
+FINGERPRINTS_DIR = "fingerprints"
+"""Chromaprint fingerprints of the audio: links uploads to the feed's episodes."""
 EVALUATION_SUMMARY_PNG = f"{EVALUATION_DIR}/summary.png"
 EVALUATION_SUMMARY_CSV = f"{EVALUATION_DIR}/summary.csv"
 EVALUATION_SUMMARY_MD = f"{EVALUATION_DIR}/summary.md"
@@ -46,6 +48,9 @@ class EpisodeFiles:
     # -- ingest
     episode = _path("episodes/{key}.json", "The episode's feed entry (``EpisodeInfo``).")
     audio_sidecar = _path(AUDIO_DIR + "/{key}.json", "URL, size and sha256 of the stored audio.")
+    fingerprint = _path(
+        FINGERPRINTS_DIR + "/{key}.json", "The audio's chromaprint fingerprint (``Fingerprint``)."
+    )
 
     def audio(self, suffix: str) -> str:
         """The stored audio, ``suffix`` being its extension with the dot (``.mp3``)."""
