@@ -355,6 +355,7 @@ def test_full_materialisation_is_complete_and_idempotent(
         "episodes/ep-1.json",
         "evaluation/ep-1.json",
         "feed/catalog.json",
+        "fingerprints/ep-1.json",
         "info/1.info.json",
         "markdown/1.md",
         "references/ep-1.rttm",
@@ -390,6 +391,8 @@ def test_full_materialisation_is_complete_and_idempotent(
     assert files_under(root) == files_first
     assert (root / "transcripts/1.corrected.json").read_text() == corrected_first
     assert materialisations(second)["raw_audio"]["reused"] is True
+    assert meta["audio_fingerprint"]["computed"] is True
+    assert materialisations(second)["audio_fingerprint"]["computed"] is False
     assert len([h for h in http_server.requests_to("/audio/1.mp3")]) == 1
 
     # Models load once per process: the second run loaded nothing.

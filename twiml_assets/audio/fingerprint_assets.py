@@ -7,8 +7,6 @@ runs; the model step then reuses the upload's transcript when it can
 (``speech/reuse.py``).
 """
 
-from __future__ import annotations
-
 import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
