@@ -240,8 +240,17 @@ def cmd_web(args: argparse.Namespace) -> int:
         limits = UploadLimits(int(args.max_upload_mb * 1024 * 1024), settings.limits.types)
         settings = dataclasses.replace(settings, limits=limits)
     logging.getLogger("twiml_assets").setLevel(logging.INFO)
+    logging.getLogger("twiml.audit").setLevel(logging.INFO)
     print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # proxy_headers off: the app itself believes X-Forwarded-* only from
+    # TWIML_WEB_TRUSTED_PROXIES, and needs the real peer address to decide that.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        proxy_headers=False,
+    )
     return 0
 
 
