@@ -95,6 +95,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     launch_locks: dict[str, threading.Lock] = {}
     locks_lock = threading.Lock()
     users = UserStore(settings.users_file)
+    users.dummy_hash()
     auth = Auth(settings, users, load_secret(settings))
     audit = AuditLog(settings.audit_path)
     login_failures = SlidingWindow(settings.login_max_failures, settings.login_window_seconds)

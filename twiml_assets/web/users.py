@@ -25,6 +25,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 8
 HASHER = PasswordHasher()  # argon2id with the library's current (RFC 9106) parameters
+_DUMMIES: dict[tuple[int, int, int, int], str] = {}  # one dummy hash per parameter set
 
 
 class UsersError(ValueError):
@@ -99,9 +100,8 @@ class UserStore:
         self.path = Path(path)
         self.hasher = hasher
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
-        self._dummy: str | None = None
 
     # -- reading -------------------------------------------------------------------------
     def users(self) -> dict[str, User]:
@@ -110,7 +110,7 @@ class UserStore:
             st = self.path.stat()
         except FileNotFoundError:
             return {}
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
             if stamp != self._stamp:
                 self._users, self._stamp = self._read(), stamp
@@ -134,10 +134,16 @@ class UserStore:
 
     # -- passwords -----------------------------------------------------------------------
     def dummy_hash(self) -> str:
-        """A hash of a random password, verified for unknown names so they take as long."""
-        if self._dummy is None:
-            self._dummy = self.hasher.hash(secrets.token_urlsafe(16))
-        return self._dummy
+        """A hash of a random password, verified for unknown names so they take as long.
+
+        Made once per process and parameter set (the app makes it at start-up, so the
+        first unknown name is not slower than the rest).
+        """
+        h = self.hasher
+        params = (h.time_cost, h.memory_cost, h.parallelism, h.hash_len)
+        if params not in _DUMMIES:
+            _DUMMIES[params] = h.hash(secrets.token_urlsafe(16))
+        return _DUMMIES[params]
 
     def authenticate(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else None; unknown names cost one verify too.
