@@ -41,8 +41,11 @@ from twiml_assets.feed.source import EpisodeInfo, ParsedFeed
 from twiml_assets.web import WebSettings, create_app, dagster_client
 from twiml_assets.web.dagster_client import EPISODE_JOB, DagsterClient
 from twiml_assets.web.settings import redact_url
+from twiml_assets.web.users import UserStore
 
 SECRET = "s3cr3t-never-shown-0123456789"
+USER, PASSWORD = "alice", "correct horse battery staple"
+TOKEN_RE = re.compile(r'name="csrf[-_]token" (?:value|content)="([^"]+)"')
 
 
 # -- a fake Dagster GraphQL endpoint ------------------------------------------------------------
@@ -271,16 +274,54 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
+# -- accounts ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def users_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A users file with alice (hashed once: argon2 is slow on purpose)."""
+    path = tmp_path_factory.mktemp("users") / "users.json"
+    UserStore(path).add(USER, PASSWORD)
+    return path
+
+
 @pytest.fixture
-def app_for(dagster: FakeDagster, root: Path):
-    def make(**limits: Any) -> TestClient:
-        settings = WebSettings(
+def users_file(tmp_path: Path, users_template: Path) -> Path:
+    """This test's users file (a copy of the template); the secret and audit go next to it."""
+    path = tmp_path / "web" / "users.json"
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(users_template.read_bytes())
+    path.chmod(0o600)
+    return path
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token a page carries (form field or meta tag)."""
+    return TOKEN_RE.search(html).group(1)
+
+
+def sign_in(client: TestClient, name: str = USER, password: str = PASSWORD) -> TestClient:
+    """Sign ``client`` in through the form; its later POSTs send the X-CSRF-Token header."""
+    token = csrf_token(client.get("/login").text)
+    resp = client.post(
+        "/login", data={"username": name, "password": password, "csrf_token": token, "next": "/"}
+    )
+    assert resp.status_code == 303, resp.text
+    client.headers["x-csrf-token"] = csrf_token(client.get("/upload").text)
+    return client
+
+
+@pytest.fixture
+def app_for(dagster: FakeDagster, root: Path, users_file: Path):
+    def make(signed_in: bool = True, settings: dict[str, Any] | None = None, **limits: Any):
+        web = WebSettings(
             graphql_url=dagster.url,
             storage_root=str(root),
             limits=UploadLimits(**limits),
             graphql_timeout=2.0,
+            users_file=users_file,
+            **(settings or {}),
         )
-        return TestClient(create_app(settings), follow_redirects=False)
+        client = TestClient(create_app(web), follow_redirects=False)
+        return sign_in(client) if signed_in else client
 
     return make
 
@@ -803,6 +844,7 @@ def test_security_headers(client: TestClient) -> None:
 def test_credentials_never_reach_responses_or_logs(
     dagster: FakeDagster,
     root: Path,
+    users_file: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -812,8 +854,9 @@ def test_credentials_never_reach_responses_or_logs(
     url = dagster.url.replace("http://", f"http://admin:{SECRET}@")
     monkeypatch.setenv("DAGSTER_GRAPHQL_URL", url)
     monkeypatch.setenv("TWIML_STORAGE_ROOT", str(root))
-    client = TestClient(create_app(), follow_redirects=False)
+    monkeypatch.setenv("TWIML_WEB_USERS_FILE", str(users_file))
     caplog.set_level(logging.DEBUG)
+    client = sign_in(TestClient(create_app(), follow_redirects=False))
     responses = [
         client.get("/"),
         client.get("/episodes/ep-1"),

@@ -2,9 +2,10 @@
 
 One module-scoped stack: a feed of three generated episodes on 127.0.0.1, `dagster dev`
 (webserver + daemon, temporary DAGSTER_HOME with the project's dagster.yaml, sensor
-stopped), and `twiml-transcribe web` on a free port. Playwright drives Debian's
-chromium (never `playwright install`). Every process is started in its own session and
-killed with all its descendants at teardown.
+stopped), and `twiml-transcribe web` on a free port with one account made by
+`twiml-transcribe users add`. Playwright drives Debian's chromium (never `playwright
+install`). Every process is started in its own session and killed with all its
+descendants at teardown. The sign-in rate-limit test runs last: it blocks 127.0.0.1.
 
 Set TWIML_WEB_SCREENSHOTS=docs/img to refresh the screenshots of docs/web.md.
 """
@@ -49,6 +50,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 RUN_TIMEOUT = 240
+USER, PASSWORD = "alice", "correct horse battery staple"
+JSON = {"accept": "application/json"}
+# What a script on the page could do: POST with the browser's cookies and Origin, no token.
+SCRIPT_POST = """key => fetch('/episodes/' + key + '/transcribe',
+    {method: 'POST', headers: {Accept: 'application/json'}}).then(r => r.status)"""
 MAX_SCREENSHOT_BYTES = 200_000
 
 # ≈ 20 s of two espeak-ng voices; tiny.en gets these words right.
@@ -160,6 +166,7 @@ class Live:
     processes: Processes
     upload_clip: Path
     screenshots: Path
+    users_file: Path
 
 
 @pytest.fixture(scope="module")
@@ -199,14 +206,28 @@ def live(tmp_path_factory: pytest.TempPathFactory, short_episodes) -> Iterator[L
         ui_port, web_port = free_port(), free_port()
         graphql = f"http://127.0.0.1:{ui_port}/graphql"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TWIML_", "DAGSTER_"))}
+        users_file = base / "web" / "users.json"
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            # This checkout's code, also where the venv's editable install points elsewhere.
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+            TWIML_WEB_USERS_FILE=str(users_file),
             DAGSTER_HOME=str(home),
             TWIML_STORAGE_ROOT=str(root),
             TWIML_FEED_URL=feed_url,
             TWIML_SENSOR_STATUS="stopped",
             DAGSTER_GRAPHQL_URL=graphql,
             TWIML_WEB_POLL_SECONDS="1",
+        )
+        subprocess.run(
+            [str(BIN / "twiml-transcribe"), "users", "add", USER, "--password-stdin"],
+            input=PASSWORD + "\n",
+            text=True,
+            cwd=REPO,
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
         )
         processes = Processes(logs)
         try:
@@ -251,6 +272,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, short_episodes) -> Iterator[L
                 processes,
                 upload_clip,
                 Path(os.environ.get("TWIML_WEB_SCREENSHOTS") or base / "screenshots"),
+                users_file,
             )
         finally:
             processes.stop()
@@ -280,6 +302,28 @@ def page(browser, live: Live):
     assert not errors, errors
 
 
+@pytest.fixture
+def signed_in(page, live: Live):
+    """``page`` after signing in through the form."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{live.web}/login?next=/")
+    page.fill("#username", USER)
+    page.fill("#password", PASSWORD)
+    page.click("#login-button")
+    expect(page.locator("#signed-in-as")).to_have_text(USER)
+    assert page.url == f"{live.web}/"
+    return page
+
+
+def stored(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def runs_of(live: Live, key: str) -> list:
+    return DagsterClient(live.dagster, timeout=10).runs(key, limit=5)
+
+
 def screenshot(page, live: Live, name: str) -> Path:
     live.screenshots.mkdir(parents=True, exist_ok=True)
     target = live.screenshots / name
@@ -289,8 +333,10 @@ def screenshot(page, live: Live, name: str) -> Path:
 
 
 # -- the tests ---------------------------------------------------------------------------------
-def test_transcribe_button_runs_the_episode_and_timestamps_seek(page, live: Live) -> None:
+def test_transcribe_button_runs_the_episode_and_timestamps_seek(signed_in, live: Live) -> None:
     from playwright.sync_api import expect
+
+    page = signed_in
 
     page.goto(f"{live.web}/episodes/ep-1")
     status = page.locator("#status")
@@ -323,8 +369,10 @@ def test_transcribe_button_runs_the_episode_and_timestamps_seek(page, live: Live
     print(f"ep-1 transcribed through the web page in {seconds:.0f}s")
 
 
-def test_upload_runs_and_downloads_the_transcript(page, live: Live) -> None:
+def test_upload_runs_and_downloads_the_transcript(signed_in, live: Live) -> None:
     from playwright.sync_api import expect
+
+    page = signed_in
 
     page.goto(f"{live.web}/upload")
     page.set_input_files("#audio", str(live.upload_clip))
@@ -367,3 +415,102 @@ def test_upload_runs_and_downloads_the_transcript(page, live: Live) -> None:
         page.click("#upload-button")
     assert again.value.suggested_filename == f"{key}.srt"
     assert "-->" in Path(again.value.path()).read_text()
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+def test_anonymous_visitor_cannot_transcribe_or_upload(page, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{live.web}/episodes/ep-2")
+    expect(page.locator("#status")).to_have_text("not started")
+    assert page.locator("#transcribe").count() == 0
+    expect(page.locator("#sign-in-to-transcribe")).to_be_visible()
+    expect(page.locator("#sign-in")).to_have_text("Sign in")
+    page.goto(f"{live.web}/upload")
+    assert page.locator("#upload-form").count() == 0 and page.locator("#audio").count() == 0
+    expect(page.locator("#sign-in-to-upload")).to_be_visible()
+
+    before = stored(live.root)
+    transcribe = f"{live.web}/episodes/ep-2/transcribe"
+    assert page.request.post(transcribe, headers=JSON).status == 401
+    form = page.request.post(transcribe, max_redirects=0)
+    assert form.status == 303 and form.headers["location"] == "/login?next=/episodes/ep-2"
+    clip = {"name": "a.wav", "mimeType": "audio/wav", "buffer": live.upload_clip.read_bytes()}
+    upload = page.request.post(
+        f"{live.web}/upload", multipart={"audio": clip, "format": "md"}, max_redirects=0
+    )
+    assert upload.status == 303 and upload.headers["location"] == "/login?next=/upload"
+    # A script on the page (the browser sends its Origin and cookies) fares no better.
+    status = page.evaluate(SCRIPT_POST, "ep-2")
+    assert status == 401
+    assert runs_of(live, "ep-2") == [] and stored(live.root) == before
+
+
+def test_posts_without_the_csrf_token_are_refused(signed_in, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = signed_in
+    page.goto(f"{live.web}/episodes/ep-3")
+    expect(page.locator("#transcribe")).to_be_enabled()
+    token = page.get_attribute('meta[name="csrf-token"]', "content")
+    assert token and page.get_attribute("#transcribe-form input[name=csrf_token]", "value") == token
+
+    before = stored(live.root)
+    status = page.evaluate(SCRIPT_POST, "ep-3")
+    assert status == 403
+    transcribe = f"{live.web}/episodes/ep-3/transcribe"
+    for headers in (JSON, {**JSON, "x-csrf-token": token[::-1]}):
+        assert page.request.post(transcribe, headers=headers).status == 403
+    clip = {"name": "a.wav", "mimeType": "audio/wav", "buffer": live.upload_clip.read_bytes()}
+    for fields in ({}, {"csrf_token": "forged"}):
+        upload = page.request.post(
+            f"{live.web}/upload", multipart={"audio": clip, "format": "md", **fields}, headers=JSON
+        )
+        assert upload.status == 403, upload.text()
+    assert runs_of(live, "ep-3") == [] and stored(live.root) == before
+    expect(page.locator("#status")).to_have_text("not started")
+
+
+def test_session_cookie_flags_and_sign_out(signed_in, live: Live) -> None:
+    from playwright.sync_api import expect
+
+    page = signed_in
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["twiml_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Lax" and session["path"] == "/"
+    assert not session["secure"]  # plain http here; https is covered in test_web_auth.py
+    assert 11 * 3600 < session["expires"] - time.time() <= 12 * 3600
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
+    assert "twiml_login" not in cookies  # the pre-session cookie ends with the sign-in
+
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert "twiml_session" not in {c["name"] for c in page.context.cookies()}
+    page.goto(f"{live.web}/episodes/ep-3")
+    assert page.locator("#transcribe").count() == 0
+
+
+def test_wrong_password_and_unknown_user_look_the_same_then_429(page, live: Live) -> None:
+    """Last: it leaves 127.0.0.1 blocked from signing in for the window (15 min)."""
+
+    def attempt(name: str, password: str) -> tuple[int, str, dict[str, str]]:
+        page.goto(f"{live.web}/login")
+        page.fill("#username", name)
+        page.fill("#password", password)
+        with page.expect_response(
+            lambda r: r.url == f"{live.web}/login" and r.request.method == "POST"
+        ) as info:
+            page.click("#login-button")
+        page.wait_for_load_state()
+        return info.value.status, page.locator("main").inner_text(), info.value.headers
+
+    wrong, unknown = attempt(USER, "not the password"), attempt("nobody", "not the password")
+    assert wrong[:2] == unknown[:2]
+    assert wrong[0] == 401 and "Wrong user name or password." in wrong[1]
+    answers = [attempt(USER, f"guess {n}") for n in range(4)]
+    assert [a[0] for a in answers] == [401, 401, 401, 429]  # the sixth attempt, after 5 failures
+    blocked = attempt(USER, PASSWORD)  # even the right password now
+    assert blocked[0] == 429 and int(blocked[2]["retry-after"]) > 0
+    assert blocked[1] == attempt("nobody", "x" * 8)[1]  # the same message whichever user
+    assert "Too many failed sign-ins" in blocked[1]
+    assert "twiml_session" not in {c["name"] for c in page.context.cookies()}

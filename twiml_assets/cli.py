@@ -90,7 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="largest upload in MiB (default: TWIML_WEB_MAX_UPLOAD_MB or 500)",
     )
+    add_users_parser(sub)
     return parser
+
+
+def add_users_parser(sub: Any) -> None:
+    """``users add|remove|list``: the web app's staff accounts (twiml_assets/web/users_cli.py)."""
+    u = sub.add_parser("users", help="manage the web app's sign-in accounts")
+    u.add_argument("--file", help="users file (default: TWIML_WEB_USERS_FILE)")
+    users = u.add_subparsers(dest="users_command", required=True)
+    add = users.add_parser("add", help="add a user (the password is asked twice)")
+    add.add_argument("name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (scripts)"
+    )
+    add.add_argument("--max-upload-mb", type=float, help="this user's upload size limit")
+    add.add_argument("--uploads-per-hour", type=int, help="this user's uploads per hour")
+    add.add_argument("--replace", action="store_true", help="replace an existing user")
+    users.add_parser("remove", help="remove a user").add_argument("name")
+    users.add_parser("list", help="names and limits (never the hashes)")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from twiml_assets.web.users_cli import cmd_users as run
+
+    return run(args)
 
 
 def options(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
@@ -216,8 +240,17 @@ def cmd_web(args: argparse.Namespace) -> int:
         limits = UploadLimits(int(args.max_upload_mb * 1024 * 1024), settings.limits.types)
         settings = dataclasses.replace(settings, limits=limits)
     logging.getLogger("twiml_assets").setLevel(logging.INFO)
+    logging.getLogger("twiml.audit").setLevel(logging.INFO)
     print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # proxy_headers off: the app itself believes X-Forwarded-* only from
+    # TWIML_WEB_TRUSTED_PROXIES, and needs the real peer address to decide that.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        proxy_headers=False,
+    )
     return 0
 
 
@@ -238,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speakers": cmd_speakers,
         "status": cmd_status,
         "retry": cmd_retry,
+        "users": cmd_users,
     }
     try:
         return handlers[args.command](args)

@@ -10,13 +10,21 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from resources.quality import EvaluationLimits
 from twiml_assets.feed.resource import DEFAULT_FEED_URL
 
 PREFIX = "TWIML_"
 OTHER_NAMES = ("DAGSTER_GRAPHQL_URL",)  # Dagster's own name for the webserver's endpoint
+SECRET_NAMES = {"TWIML_WEB_SECRET"}  # never repeated in an error message
 
 
 class ConfigError(ValueError):
@@ -48,6 +56,18 @@ class PlatformSettings(EvaluationLimits):
     web_max_upload_mb: float = Field(default=500.0, gt=0)
     web_upload_types: str | None = None
     web_poll_seconds: float = Field(default=2.0, ge=0.5)
+    # Sign-in (docs/web.md, "Sign-in"): staff accounts, sessions, limits, audit, proxy mode.
+    web_users_file: str = ".twiml_web/users.json"
+    web_audit_file: str | None = None  # default: audit.jsonl next to the users file
+    web_secret: SecretStr | None = Field(default=None, min_length=32)
+    web_public_read: bool = True
+    web_session_hours: float = Field(default=12.0, gt=0)
+    web_cookie_secure: bool = False
+    web_uploads_per_hour: int = Field(default=20, ge=0)
+    web_login_max_failures: int = Field(default=5, ge=1)
+    web_login_window_seconds: float = Field(default=900.0, gt=0)
+    web_proxy_user_header: str | None = None
+    web_trusted_proxies: str | None = None
     dagster_graphql_url: str = Field(
         default="http://127.0.0.1:3000/graphql", alias="DAGSTER_GRAPHQL_URL"
     )
@@ -82,4 +102,6 @@ class PlatformSettings(EvaluationLimits):
 def _describe(error: Any, env: Mapping[str, str]) -> str:
     """``TWIML_X='value': what is wrong`` for one validation error."""
     name = str(error["loc"][0]) if error["loc"] else ""
+    if name in SECRET_NAMES:
+        return f"{name}: {error['msg']}"
     return f"{name}={env[name]!r}: {error['msg']}" if name in env else error["msg"]

@@ -1,8 +1,9 @@
-"""The FastAPI app: episode list, episode page, transcript downloads, audio, uploads.
+"""The FastAPI app: episode list, episode page, transcript downloads, audio, uploads, sign-in.
 
 Server-rendered HTML (Jinja2, autoescaped) reading the storage root directly; Dagster is
 reached only through :class:`DagsterClient`, and no request waits for a run: launching
-queues it, and the pages poll ``/api/episodes/{key}`` for progress.
+queues it, and the pages poll ``/api/episodes/{key}`` for progress. Transcribe and upload
+need a signed-in user and a CSRF token (auth.py); reading may stay public.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -26,6 +28,7 @@ from resources.storage import StorageError, StorageResource
 from twiml_assets.audio.uploads import (
     SidecarIndex,
     UploadError,
+    UploadLimits,
     format_size,
     register_upload,
     stage_upload,
@@ -33,15 +36,42 @@ from twiml_assets.audio.uploads import (
 from twiml_assets.catchup import ledger
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.keys import is_upload_key, is_valid_key
+from twiml_assets.web.audit import AuditLog
+from twiml_assets.web.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    LOGIN_COOKIE_SECONDS,
+    OPEN_PATHS,
+    SESSION_COOKIE,
+    Auth,
+    SignInRequired,
+    Viewer,
+    load_secret,
+    safe_next,
+)
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
-from twiml_assets.web.http import SecurityHeaders, read_limited_form, same_origin, wants_json
+from twiml_assets.web.http import (
+    SecurityHeaders,
+    has_form,
+    read_limited_form,
+    read_small_form,
+    same_origin,
+    wants_json,
+)
 from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status, failure_json
+from twiml_assets.web.limits import SlidingWindow
 from twiml_assets.web.settings import WebSettings
+from twiml_assets.web.users import UsersError, UserStore
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+MIB = 1024 * 1024
+ADD_USER_HINT = "twiml-transcribe users add NAME"
+WRONG_LOGIN = "Wrong user name or password."
+TOO_MANY_LOGINS = "Too many failed sign-ins. Wait a while, then try again."
 T = TypeVar("T")
 
 
@@ -64,6 +94,30 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     library, sidecars = Library(storage), SidecarIndex(storage)
     launch_locks: dict[str, threading.Lock] = {}
     locks_lock = threading.Lock()
+    users = UserStore(settings.users_file)
+    users.dummy_hash()
+    auth = Auth(settings, users, load_secret(settings))
+    audit = AuditLog(settings.audit_path)
+    login_failures = SlidingWindow(settings.login_max_failures, settings.login_window_seconds)
+    uploads_done = SlidingWindow(settings.uploads_per_hour, 3600.0)
+    proxy_mode = bool(settings.proxy_user_header and settings.trusted_proxies)
+
+    def no_users() -> bool:
+        """True when nobody can sign in (the pages then say how to add a user)."""
+        try:
+            return not users.users() and not proxy_mode
+        except UsersError:
+            return True
+
+    try:
+        if no_users():
+            log.warning(
+                "no web users in %s: nobody can transcribe or upload; add one with `%s`",
+                settings.users_file,
+                ADD_USER_HINT,
+            )
+    except UsersError as exc:
+        log.error("%s", exc)
 
     def episode_state(key: str) -> dict[str, Any]:
         """The JSON the pages poll: status, run progress, download links once done."""
@@ -93,7 +147,38 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             ledger.retry(storage, key)
             return dagster.launch(key), True
 
-    app = FastAPI(title="twiml-transcribe", docs_url=None, redoc_url=None, openapi_url=None)
+    def require_reader(request: Request) -> None:
+        """With TWIML_WEB_PUBLIC_READ off, every route but sign-in and health needs a user."""
+        if settings.public_read or request.url.path in OPEN_PATHS:
+            return
+        query = f"?{request.url.query}" if request.url.query else ""
+        auth.require_user(request, safe_next(request.url.path + query))
+
+    async def sent_token(request: Request) -> object:
+        """The CSRF token of a POST: the ``X-CSRF-Token`` header, else the form field."""
+        header = request.headers.get(CSRF_HEADER)
+        if header is not None or not has_form(request):
+            return header
+        return (await read_small_form(request)).get(CSRF_FIELD)
+
+    def upload_limits(viewer: Viewer) -> tuple[UploadLimits, int]:
+        """(size and type limits, uploads per hour) of ``viewer``: their own, else global."""
+        user = users.get(viewer.name or "")
+        max_bytes = settings.limits.max_bytes
+        per_hour = settings.uploads_per_hour
+        if user is not None and user.max_upload_mb is not None:
+            max_bytes = int(user.max_upload_mb * MIB)
+        if user is not None and user.uploads_per_hour is not None:
+            per_hour = user.uploads_per_hour
+        return UploadLimits(max_bytes, settings.limits.types), per_hour
+
+    app = FastAPI(
+        title="twiml-transcribe",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(require_reader)],
+    )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -104,8 +189,44 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         max_upload=format_size(settings.limits.max_bytes),
     )
 
-    def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
+    def render(
+        request: Request,
+        name: str,
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        **context: Any,
+    ) -> Response:
+        viewer = auth.viewer(request)
+        query = f"?{request.url.query}" if request.url.query else ""
+        context.update(
+            viewer=viewer,
+            csrf_token=viewer.csrf,
+            here=safe_next(request.url.path + query),
+            no_users=no_users(),
+            add_user_hint=ADD_USER_HINT,
+        )
+        response = templates.TemplateResponse(
+            request, name, context, status_code=status_code, headers=headers
+        )
+        if viewer.signed_in:  # pages with a CSRF token are never cached
+            response.headers["cache-control"] = "no-store"
+        return response
+
+    def login_page(
+        request: Request,
+        target: str,
+        status_code: int = 200,
+        error: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        token, cookie = auth.login_token(request)
+        response = render(
+            request, "login.html", status_code, headers, login_csrf=token, next=target, error=error
+        )
+        response.headers["cache-control"] = "no-store"
+        if cookie:
+            auth.set_cookie(response, request, LOGIN_COOKIE, cookie, LOGIN_COOKIE_SECONDS)
+        return response
 
     def episode_or_404(key: str) -> EpisodeInfo:
         episode = library.episode(key)
@@ -121,6 +242,12 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         return render(
             request, "error.html", exc.status_code, message=message, status=exc.status_code
         )
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_required(request: Request, exc: SignInRequired) -> Response:
+        if wants_json(request) or request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "sign in first"}, status_code=401)
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
 
     @app.exception_handler(StorageError)
     async def storage_error(request: Request, exc: StorageError) -> Response:
@@ -186,7 +313,73 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.get("/upload")
     def upload_form(request: Request) -> Response:
-        return render(request, "upload.html", error="")
+        viewer = auth.viewer(request)
+        limits = upload_limits(viewer)[0] if viewer.signed_in else settings.limits
+        return render(
+            request,
+            "upload.html",
+            error="",
+            limits=limits,
+            max_upload=format_size(limits.max_bytes),
+        )
+
+    # -- sign-in ----------------------------------------------------------------------------
+    @app.get("/login")
+    def login_form(request: Request) -> Response:
+        target = safe_next(request.query_params.get("next"))
+        if auth.viewer(request).signed_in:
+            return RedirectResponse(target, status_code=303)
+        return login_page(request, target)
+
+    @app.post("/login", dependencies=[Depends(same_origin)])
+    async def login(request: Request) -> Response:
+        """Sign in; a wrong password and an unknown name get the same answer, as slowly."""
+        form = await read_small_form(request)
+        target = safe_next(str(form.get("next") or ""))
+        if not auth.check_login_token(request, form.get(CSRF_FIELD)):
+            message = "The sign-in form has expired or came from elsewhere; try again."
+            return login_page(request, target, 403, message)
+        name = str(form.get("username") or "")[:200]
+        password = str(form.get("password") or "")[:1024]
+        address = auth.address(request)
+        known = users.get(name)
+        who = known.name if known else None  # an unknown name may be a mistyped password
+        keys = [f"ip:{address}", f"user:{name.strip().lower()[:64]}"]
+        wait = login_failures.retry_after(keys)
+        if wait:
+            audit.record("login_failed", who, address, reason="rate limited")
+            return login_page(request, target, 429, TOO_MANY_LOGINS, {"retry-after": str(wait)})
+        user = await run_in_threadpool(users.authenticate, name, password)
+        if user is None:
+            login_failures.add(keys)
+            audit.record("login_failed", who, address, reason="wrong name or password")
+            return login_page(request, target, 401, WRONG_LOGIN)
+        login_failures.clear(keys[1])
+        response = RedirectResponse(target, status_code=303)
+        auth.start_session(response, request, user.name)
+        audit.record("login", user.name, address)
+        return response
+
+    @app.post("/logout", dependencies=[Depends(same_origin)])
+    async def logout(request: Request) -> Response:
+        viewer = auth.viewer(request)
+        response = RedirectResponse("/", status_code=303)
+        if viewer.via != "session":  # anonymous, or signed in by the proxy: nothing to end
+            return response
+        auth.check_csrf(viewer, await sent_token(request))
+        auth.clear_cookie(response, request, SESSION_COOKIE)
+        audit.record("logout", viewer.name, auth.address(request))
+        return response
+
+    async def writer(request: Request, next_path: str) -> Viewer:
+        """The signed-in user of a same-origin POST with a valid CSRF token."""
+        same_origin(request)
+        viewer = auth.require_user(request, next_path)
+        auth.check_csrf(viewer, await sent_token(request))
+        return viewer
+
+    async def transcribe_writer(request: Request, key: str) -> None:
+        await writer(request, f"/episodes/{key}")
 
     @app.api_route("/episodes/{key}/audio", methods=["GET", "HEAD"])
     def audio(key: str) -> Response:
@@ -219,7 +412,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         episode_or_404(key)
         return JSONResponse(episode_state(key), headers={"cache-control": "no-store"})
 
-    @app.post("/episodes/{key}/transcribe", dependencies=[Depends(same_origin)])
+    @app.post("/episodes/{key}/transcribe", dependencies=[Depends(transcribe_writer)])
     def transcribe(request: Request, key: str) -> Response:
         """Queue the episode's run and return at once; the page polls for progress."""
         episode_or_404(key)
@@ -227,6 +420,14 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             run, launched = launch(key)
         except DagsterUnavailableError as exc:
             raise HTTPException(503, str(exc)) from None
+        audit.record(
+            "transcribe",
+            auth.viewer(request).name,
+            auth.address(request),
+            key=key,
+            launched=launched,
+            run=run.run_id,
+        )
         if wants_json(request):
             return JSONResponse(
                 {"key": key, "launched": launched, "run": run.to_json()}, status_code=202
@@ -236,11 +437,43 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     @app.post("/upload", dependencies=[Depends(same_origin)])
     async def upload(request: Request) -> Response:
         """Store the file as ``up-<hash>`` (or link a published duplicate), launch its run, and
-        send the browser to its page with ``?download=<fmt>``: the download starts once done."""
-        limits = settings.limits
+        send the browser to its page with ``?download=<fmt>``: the download starts once done.
+
+        The user, the hourly count and a header CSRF token are checked before the body is
+        read; a form-field token right after parsing, before anything is staged or stored.
+        """
+        viewer = auth.require_user(request, "/upload")
+        header_token = request.headers.get(CSRF_HEADER)
+        if header_token is not None:
+            auth.check_csrf(viewer, header_token)
+        limits, per_hour = upload_limits(viewer)
+        count_key = f"upload:{viewer.name}"
+        wait = uploads_done.take(count_key, per_hour)
+        if wait:
+            message = (
+                f"upload limit reached: at most {per_hour} upload"
+                f"{'s' if per_hour != 1 else ''} per hour; try again in {-(-wait // 60)} min"
+            )
+            log.info("upload refused (429) for %s: %s", viewer.name, message)
+            if wants_json(request):
+                return JSONResponse(
+                    {"error": message}, status_code=429, headers={"retry-after": str(wait)}
+                )
+            return render(
+                request,
+                "upload.html",
+                429,
+                {"retry-after": str(wait)},
+                error=message,
+                limits=limits,
+                max_upload=format_size(limits.max_bytes),
+            )
         form = None
+        counted = False
         try:
             form = await read_limited_form(request, limits.max_bytes)
+            if header_token is None:
+                auth.check_csrf(viewer, form.get(CSRF_FIELD))
             file = form.get("audio")
             fmt = str(form.get("format") or "md")
             if fmt not in FORMATS:
@@ -248,14 +481,24 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             if not isinstance(file, UploadFile):
                 raise UploadError("choose an audio file to upload")
             staged = await run_in_threadpool(stage_upload, file.file, limits, file.filename)
+            counted = True
         except UploadError as exc:
             log.info("upload refused (%s): %s", exc.status, exc)
             if wants_json(request):
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            return render(request, "upload.html", exc.status, error=str(exc))
+            return render(
+                request,
+                "upload.html",
+                exc.status,
+                error=str(exc),
+                limits=limits,
+                max_upload=format_size(limits.max_bytes),
+            )
         finally:
             if form is not None:
                 await form.close()
+            if not counted:  # refused uploads do not count towards the hourly limit
+                uploads_done.give_back(count_key)
         try:
             registered = await run_in_threadpool(register_upload, storage, staged, sidecars)
         finally:
@@ -268,6 +511,17 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                 run_json = run.to_json()
             except DagsterUnavailableError as exc:
                 error = str(exc)
+        audit.record(
+            "upload",
+            viewer.name,
+            auth.address(request),
+            key=key,
+            size=staged.size,
+            sha256=staged.sha256,
+            linked=registered.linked,
+            stored=registered.stored,
+            launched=launched,
+        )
         notice = "linked" if registered.linked else "uploaded"
         target = f"/episodes/{key}?download={fmt}&notice={notice}"
         if wants_json(request):

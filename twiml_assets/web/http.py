@@ -1,7 +1,8 @@
-"""HTTP-level safety for the web app: body size cap, same-origin POSTs, response headers."""
+"""HTTP-level safety for the web app: body size caps, same-origin POSTs, response headers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException
@@ -13,6 +14,7 @@ from twiml_assets.audio.uploads import too_large
 
 # Multipart framing and the small form fields on top of the file itself.
 FORM_OVERHEAD = 64 * 1024
+SMALL_FORM = 16 * 1024
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -63,17 +65,15 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-async def read_limited_form(request: Request, max_file_bytes: int) -> FormData:
-    """Parse a multipart form, aborting once the body exceeds the limit.
+def _capped(request: Request, limit: int, error: Callable[[], Exception]) -> Request:
+    """``request`` with a body that raises ``error()`` once more than ``limit`` bytes arrive.
 
-    The declared Content-Length is checked first; a chunked or lying client is cut
-    off by counting the bytes as they arrive, so an oversized upload never fills the
-    disk with Starlette's spooled temporary files.
+    The declared Content-Length is checked first; a chunked or lying client is cut off
+    by counting the bytes as they arrive.
     """
-    limit = max_file_bytes + FORM_OVERHEAD
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise too_large(max_file_bytes)
+        raise error()
     received = 0
     receive = request.receive
 
@@ -83,8 +83,29 @@ async def read_limited_form(request: Request, max_file_bytes: int) -> FormData:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise too_large(max_file_bytes)
+                raise error()
         return message
 
-    limited = Request(request.scope, counting_receive)
+    return Request(request.scope, counting_receive)
+
+
+async def read_limited_form(request: Request, max_file_bytes: int) -> FormData:
+    """Parse a multipart form, aborting once the body exceeds the limit.
+
+    An oversized upload never fills the disk with Starlette's spooled temporary files.
+    """
+    limited = _capped(request, max_file_bytes + FORM_OVERHEAD, lambda: too_large(max_file_bytes))
     return await limited.form(max_files=1, max_fields=8)
+
+
+def has_form(request: Request) -> bool:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return kind in {"application/x-www-form-urlencoded", "multipart/form-data"}
+
+
+async def read_small_form(request: Request) -> FormData:
+    """A form of a few text fields (sign-in, sign-out, Transcribe), at most SMALL_FORM bytes."""
+    if not has_form(request):
+        return FormData()
+    limited = _capped(request, SMALL_FORM, lambda: HTTPException(413, "the form is too large"))
+    return await limited.form(max_files=0, max_fields=8)

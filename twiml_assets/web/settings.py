@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from twiml_assets.audio.uploads import DEFAULT_TYPES, UploadLimits
 from twiml_assets.settings import PlatformSettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_USERS_FILE = Path(PlatformSettings.model_fields["web_users_file"].default)
 
 
 def redact_url(url: str) -> str:
@@ -17,9 +22,28 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def parse_networks(text: str | None) -> tuple[Network, ...]:
+    """``10.0.0.5, 172.18.0.0/16, ::1`` as networks (a bare address is a /32 or /128)."""
+    networks = []
+    for item in (text or "").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"TWIML_WEB_TRUSTED_PROXIES: {item.strip()[:50]!r} is not an IP address or "
+                    "network"
+                ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    """Everything the app needs; the storage root and Dagster URL never reach a page whole."""
+    """Everything the app needs; the storage root and Dagster URL never reach a page whole.
+
+    ``users_file`` also places the generated session secret (``secret`` next to it) and,
+    unless ``audit_file`` is set, the audit log (``audit.jsonl``).
+    """
 
     graphql_url: str = PlatformSettings.model_fields["dagster_graphql_url"].default
     storage_root: str | None = None
@@ -27,6 +51,25 @@ class WebSettings:
     poll_seconds: float = 2.0
     graphql_timeout: float = 10.0
     max_attempts: int = PlatformSettings.model_fields["max_attempts"].default
+    users_file: Path = DEFAULT_USERS_FILE
+    audit_file: Path | None = None
+    secret: str | None = field(default=None, repr=False)
+    public_read: bool = True
+    session_seconds: float = 12 * 3600.0
+    cookie_secure: bool = False
+    uploads_per_hour: int = 20
+    login_max_failures: int = 5
+    login_window_seconds: float = 900.0
+    proxy_user_header: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @property
+    def secret_file(self) -> Path:
+        return self.users_file.parent / "secret"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_file or self.users_file.parent / "audit.jsonl"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> WebSettings:
@@ -42,5 +85,18 @@ class WebSettings:
             ),
             poll_seconds=platform.web_poll_seconds,
             max_attempts=platform.max_attempts,
+            users_file=Path(platform.web_users_file).expanduser(),
+            audit_file=Path(platform.web_audit_file).expanduser()
+            if platform.web_audit_file
+            else None,
+            secret=platform.web_secret.get_secret_value() if platform.web_secret else None,
+            public_read=platform.web_public_read,
+            session_seconds=platform.web_session_hours * 3600,
+            cookie_secure=platform.web_cookie_secure,
+            uploads_per_hour=platform.web_uploads_per_hour,
+            login_max_failures=platform.web_login_max_failures,
+            login_window_seconds=platform.web_login_window_seconds,
+            proxy_user_header=(platform.web_proxy_user_header or "").strip() or None,
+            trusted_proxies=parse_networks(platform.web_trusted_proxies),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,4 +1,5 @@
 // twiml-transcribe web pages: timestamp seeking, run progress polling, upload checks.
+// POSTs from fetch() carry the page's CSRF token (meta csrf-token) as X-CSRF-Token.
 // Progressive enhancement only: every action also works as a plain link or form post.
 "use strict";
 
@@ -12,8 +13,14 @@
     el.className = "status status-" + status.replace(/ /g, "-");
   }
 
+  // Signed-in pages carry the session's CSRF token; every POST sends it back as a header.
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrfToken = csrfMeta ? csrfMeta.content : "";
+
   async function getJson(url, options) {
-    const resp = await fetch(url, Object.assign({ headers: { Accept: "application/json" }, cache: "no-store" }, options || {}));
+    const headers = { Accept: "application/json" };
+    if (options && options.method === "POST" && csrfToken) headers["X-CSRF-Token"] = csrfToken;
+    const resp = await fetch(url, Object.assign({ headers: headers, cache: "no-store" }, options || {}));
     const data = await resp.json().catch(() => ({}));
     return { ok: resp.ok, status: resp.status, data: data };
   }
@@ -66,7 +73,7 @@
       setStatus(statusEl, status);
       const run = data.run;
       const active = ACTIVE.has(status);
-      button.disabled = active;
+      if (button) button.disabled = active;  // no button: not signed in
       progress.hidden = !active;
       if (run && active) {
         progress.max = run.steps_total || 1;
@@ -136,7 +143,7 @@
       if (keepWaiting || !result.ok) timer = setTimeout(tick, pollMs);
     }
 
-    form.addEventListener("submit", async (ev) => {
+    if (form) form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       button.disabled = true;
       showError("");

@@ -1,0 +1,80 @@
+"""In-memory sliding-window counters: failed sign-ins and uploads per hour.
+
+One process, one set of counters (``twiml-transcribe web`` runs one uvicorn worker); a
+restart forgets them, which only ever makes the limits more lenient for a moment.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+MAX_KEYS = 10_000  # past this, keys with no recent event are dropped
+
+
+class SlidingWindow:
+    """At most ``limit`` events per ``window`` seconds for each key; thread-safe."""
+
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        events = self._events.get(key)
+        if events is None:
+            return deque()
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if not events:
+            del self._events[key]
+        return events
+
+    def retry_after(self, keys: Iterable[str]) -> int:
+        """Seconds until every key is under the limit again; 0 when all are."""
+        now = self.clock()
+        wait = 0.0
+        with self._lock:
+            for key in keys:
+                events = self._recent(key, now)
+                if len(events) >= self.limit:
+                    wait = max(wait, events[-self.limit] + self.window - now)
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def add(self, keys: Iterable[str]) -> None:
+        now = self.clock()
+        with self._lock:
+            if len(self._events) > MAX_KEYS:
+                for key in list(self._events):
+                    self._recent(key, now)
+            for key in keys:
+                self._events.setdefault(key, deque()).append(now)
+
+    def take(self, key: str, limit: int | None = None) -> int:
+        """Count one event for ``key`` if under ``limit``: 0, else the seconds to wait."""
+        limit = self.limit if limit is None else limit
+        with self._lock:
+            now = self.clock()
+            events = self._recent(key, now)
+            if len(events) >= limit:
+                if not limit:
+                    return math.ceil(self.window)
+                return max(1, math.ceil(events[-limit] + self.window - now))
+            self._events.setdefault(key, events).append(now)
+            return 0
+
+    def give_back(self, key: str) -> None:
+        """Undo the newest event of ``key`` (an upload that was refused does not count)."""
+        with self._lock:
+            events = self._events.get(key)
+            if events:
+                events.pop()
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key, None)
