@@ -950,3 +950,53 @@ def test_an_upload_runs_through_episode_metadata_and_raw_audio_without_a_downloa
     assert meta["raw_audio"]["reused"] is True
     assert meta["raw_audio"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert (root / f"audio/{registered.key}.wav").read_bytes() == data
+
+
+def test_an_upload_that_sounds_like_a_published_episode_goes_to_it(
+    client: TestClient, dagster: FakeDagster, root: Path, dialogue, tmp_path: Path
+) -> None:
+    """The master WAV of ep-2 was published as an MP3; an upload of the master (other bytes,
+    same sound) is sent to ep-2 with its similarity: the upload stores nothing, and what
+    runs is ep-2's own run."""
+    import subprocess
+
+    from twiml_assets.audio.fingerprint import fingerprint_file
+    from twiml_assets.audio.links import store_fingerprint
+
+    storage = StorageResource(root=str(root))
+    published = tmp_path / "ep-2.mp3"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(dialogue.audio_path),
+         "-af", "volume=-3dB", "-ac", "2", "-ar", "44100", "-b:a", "96k", str(published)],
+        check=True,
+    )  # fmt: skip
+    store_fingerprint(storage, "ep-2", fingerprint_file(published), "0" * 64)
+    before = stored_files(root)
+
+    master = Path(dialogue.audio_path).read_bytes()
+    resp = client.post("/upload", files={"audio": ("master.wav", master)}, data={"format": "md"})
+    assert resp.status_code == 303
+    location = resp.headers["location"]
+    assert location.startswith("/episodes/ep-2?download=md&notice=linked&similarity=")
+    similarity = float(location.rsplit("=", 1)[1])
+    assert 0.85 <= similarity <= 1.0
+    assert stored_files(root) == before  # nothing of the upload stored
+    (launch,) = dagster.ops("TwimlLaunch")  # ep-2 has no transcript yet: its own run
+    tags = launch["executionParams"]["executionMetadata"]["tags"]
+    assert {"key": "dagster/partition", "value": "ep-2"} in tags
+    page = client.get(location).text
+    assert f"Your upload matches episode #2 (similarity {similarity:.2f})" in page
+
+    # An upload stored before its episode was published shows the link once it is made.
+    from twiml_assets.audio.links import Link, write_link
+
+    write_link(storage, Link("ep-2", "up-0123456789ab", 0.97, 0.0, 1.0, "2024-01-09T00:00:00"))
+    storage.write_json(
+        "episodes/up-0123456789ab.json",
+        dump(episode("up-0123456789ab", None, "master.wav", "2024-01-07T10:00:00+00:00")),
+    )
+    up_page = client.get("/episodes/up-0123456789ab").text
+    assert "This upload matches" in up_page and "episode #2</a> (similarity 0.97)" in up_page
+    ep_page = client.get("/episodes/ep-2").text
+    assert "Same audio as the upload" in ep_page and "master.wav" in ep_page
+    assert client.get("/api/episodes/ep-2").json()["link"]["upload"] == "up-0123456789ab"

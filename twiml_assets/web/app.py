@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resources.storage import StorageError, StorageResource
+from twiml_assets.audio.links import Link, published_fingerprints, read_link
 from twiml_assets.audio.uploads import (
     SidecarIndex,
     UploadError,
@@ -85,6 +86,27 @@ def attempt(
         return default, False
 
 
+def parse_similarity(text: str) -> float | None:
+    """The similarity an upload's redirect carries, when it is a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def link_json(link: Link | None) -> dict[str, Any] | None:
+    """The link for the status JSON: the two keys and how alike they sound."""
+    if link is None:
+        return None
+    return {
+        "episode": link.episode,
+        "upload": link.upload,
+        "similarity": link.similarity,
+        "transcript_reusable": link.reusable,
+    }
+
+
 def create_app(settings: WebSettings | None = None) -> FastAPI:
     """The app for ``settings`` (default: from the environment)."""
     settings = settings or WebSettings.from_env()
@@ -92,6 +114,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     storage = StorageResource(**root)
     dagster = DagsterClient(settings.graphql_url, timeout=settings.graphql_timeout)
     library, sidecars = Library(storage), SidecarIndex(storage)
+    fingerprints = published_fingerprints(storage)  # read once each, reused by every upload
     launch_locks: dict[str, threading.Lock] = {}
     locks_lock = threading.Lock()
     users = UserStore(settings.users_file)
@@ -132,6 +155,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             "run": run.to_json() if run else None,
             "dagster": "ok" if reachable else "unavailable",
             "downloads": {f: f"/episodes/{key}/transcript.{f}" for f in FORMATS} if done else {},
+            "link": link_json(read_link(storage, key)),
         }
 
     def launch(key: str) -> tuple[RunInfo, bool]:
@@ -295,9 +319,12 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         )
 
     @app.get("/episodes/{key}")
-    def episode_page(request: Request, key: str, download: str = "", notice: str = "") -> Response:
+    def episode_page(
+        request: Request, key: str, download: str = "", notice: str = "", similarity: str = ""
+    ) -> Response:
         episode = episode_or_404(key)
         state = episode_state(key)
+        link = read_link(storage, key)
         return render(
             request,
             "episode.html",
@@ -308,6 +335,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             upload=is_upload_key(key),
             download=download if download in FORMATS else "",
             notice=notice if notice in {"linked", "uploaded"} else "",
+            similarity=parse_similarity(similarity),
+            link=link,
+            linked_episode=library.episode(link.other(key)) if link else None,
             dagster_ok=state["dagster"] == "ok",
         )
 
@@ -469,6 +499,20 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                 max_upload=format_size(limits.max_bytes),
             )
         form = None
+
+        def refuse(exc: UploadError) -> Response:
+            log.info("upload refused (%s): %s", exc.status, exc)
+            if wants_json(request):
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return render(
+                request,
+                "upload.html",
+                exc.status,
+                error=str(exc),
+                limits=limits,
+                max_upload=format_size(limits.max_bytes),
+            )
+
         counted = False
         try:
             form = await read_limited_form(request, limits.max_bytes)
@@ -483,24 +527,18 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             staged = await run_in_threadpool(stage_upload, file.file, limits, file.filename)
             counted = True
         except UploadError as exc:
-            log.info("upload refused (%s): %s", exc.status, exc)
-            if wants_json(request):
-                return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            return render(
-                request,
-                "upload.html",
-                exc.status,
-                error=str(exc),
-                limits=limits,
-                max_upload=format_size(limits.max_bytes),
-            )
+            return refuse(exc)
         finally:
             if form is not None:
                 await form.close()
             if not counted:  # refused uploads do not count towards the hourly limit
                 uploads_done.give_back(count_key)
         try:
-            registered = await run_in_threadpool(register_upload, storage, staged, sidecars)
+            registered = await run_in_threadpool(
+                register_upload, storage, staged, sidecars, fingerprints
+            )
+        except UploadError as exc:  # audio by its first bytes, but undecodable
+            return refuse(exc)
         finally:
             staged.discard()
         key = registered.key
@@ -524,11 +562,14 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         )
         notice = "linked" if registered.linked else "uploaded"
         target = f"/episodes/{key}?download={fmt}&notice={notice}"
+        if registered.similarity is not None:
+            target += f"&similarity={registered.similarity:.2f}"
         if wants_json(request):
             return JSONResponse(
                 {
                     "key": key,
                     "linked": registered.linked,
+                    "similarity": registered.similarity,
                     "stored": registered.stored,
                     "launched": launched,
                     "run": run_json,
