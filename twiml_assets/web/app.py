@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -196,12 +197,26 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             per_hour = user.uploads_per_hour
         return UploadLimits(max_bytes, settings.limits.types), per_hour
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The published episodes' fingerprints are read in the background at start, so the
+        # first upload does not wait for hundreds of storage reads.
+        threading.Thread(target=warm_fingerprints, name="fingerprints", daemon=True).start()
+        yield
+
+    def warm_fingerprints() -> None:
+        try:
+            fingerprints.refresh()
+        except Exception as exc:  # noqa: BLE001 - storage down: the first upload reads them
+            log.warning("could not read the episodes' fingerprints yet: %s", exc)
+
     app = FastAPI(
         title="twiml-transcribe",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
         dependencies=[Depends(require_reader)],
+        lifespan=lifespan,
     )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
