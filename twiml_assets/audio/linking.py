@@ -183,6 +183,18 @@ def compare(query: Fingerprint, ref: Fingerprint, key: str = "") -> Match:
     return Match(key, round(similarity, 4), round(overlap, 2), round(main * ITEM_SECONDS, 2), linked)
 
 
+def aligned_share(query: Fingerprint, ref: Fingerprint, offset_seconds: float) -> float:
+    """Share of ``query``'s items that agree with ``ref`` at this one offset
+    (``query time + offset = ref time``): how much of the query one shift explains."""
+    n, offset = len(query.items), round(offset_seconds / ITEM_SECONDS)
+    start, stop = max(0, -offset), min(n, len(ref.items) - offset)
+    if not n or stop - start < SMOOTH_ITEMS:
+        return 0.0
+    q, r = query.items[start:stop], ref.items[start + offset : stop + offset]
+    smooth = _smooth(1.0 - _popcount(q ^ r) / 32.0, SMOOTH_ITEMS)
+    return float(np.count_nonzero(smooth >= STRETCH_AGREEMENT) / n)
+
+
 def _sample(keys: np.ndarray) -> np.ndarray:
     """The content-defined sampling rule: the same key is sampled in every fingerprint."""
     return ((keys * SAMPLE_MULTIPLIER) >> SAMPLE_SHIFT) == 0

@@ -18,11 +18,9 @@ from pathlib import Path
 from threading import Lock
 from typing import Any
 
-import numpy as np
-
 from resources.storage import StorageError, StorageResource
-from twiml_assets.audio.fingerprint import ITEM_SECONDS, Fingerprint, fingerprint_file
-from twiml_assets.audio.linking import FingerprintIndex, Match, compare
+from twiml_assets.audio.fingerprint import Fingerprint, fingerprint_file
+from twiml_assets.audio.linking import FingerprintIndex, Match, aligned_share, compare
 from twiml_assets.keys import is_upload_key, is_valid_key
 from twiml_assets.layout import FINGERPRINTS_DIR, EpisodeFiles
 
@@ -32,12 +30,6 @@ REUSE_COVERAGE = 0.97
 """Share of the episode's audio that must align with the upload at the one main offset for
 its transcript to be reused (shifted): an intro or an ad break the master lacks is speech
 the upload's transcript does not have, so such an episode is transcribed itself."""
-AGREEMENT = 0.75
-"""Bit agreement (1 − Hamming distance / 32) above which an aligned item counts as the same
-sound; re-encodes score 0.9–1.0, unrelated audio about 0.5."""
-SMOOTH_ITEMS = 16
-"""Items (≈2 s) the per-item agreement is averaged over, so a single noisy item does not
-count as a cut."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,26 +103,9 @@ def make_link(
         upload=upload,
         similarity=round(match.similarity, 3),
         offset_seconds=round(match.offset_seconds, 3),
-        episode_coverage=round(coverage_at(episode_fp, upload_fp, -match.offset_seconds), 3),
+        episode_coverage=round(aligned_share(episode_fp, upload_fp, -match.offset_seconds), 3),
         linked_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-
-
-def coverage_at(query: Fingerprint, ref: Fingerprint, offset_seconds: float) -> float:
-    """Share of ``query``'s items that match ``ref`` at one offset (query t + offset = ref t)."""
-    if not len(query.items):
-        return 0.0
-    shift = round(offset_seconds / ITEM_SECONDS)
-    lo, hi = max(0, -shift), min(len(query.items), len(ref.items) - shift)
-    if hi - lo <= 0:
-        return 0.0
-    a = query.items[lo:hi].astype(np.uint32)
-    b = ref.items[lo + shift : hi + shift].astype(np.uint32)
-    differing = np.unpackbits((a ^ b).view(np.uint8).reshape(-1, 4), axis=1).sum(axis=1)
-    agreement = 1.0 - differing / 32.0
-    window = min(SMOOTH_ITEMS, len(agreement))
-    smooth = np.convolve(agreement, np.ones(window) / window, mode="same")
-    return float(np.count_nonzero(smooth >= AGREEMENT) / len(query.items))
 
 
 # -- stored fingerprints ---------------------------------------------------------------------------
