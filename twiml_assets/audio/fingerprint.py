@@ -84,8 +84,10 @@ class Fingerprint:
 
     def to_json(self) -> dict[str, Any]:
         """The stored record: chromaprint's compressed base64 string (≈1/3 of the raw items)."""
-        cp = _chromaprint()
-        encoded = cp.encode_fingerprint(self.items.tolist(), ALGORITHM, base64=True)
+        encoded = b""
+        if len(self.items):
+            cp = _chromaprint()
+            encoded = cp.encode_fingerprint(self.items.tolist(), ALGORITHM, base64=True)
         return {
             "version": RECORD_VERSION,
             "algorithm": ALGORITHM,
@@ -107,7 +109,9 @@ class Fingerprint:
             try:
                 raw, algorithm = cp.decode_fingerprint(record["fingerprint"].encode("ascii"))
             except cp.FingerprintError as exc:
-                raise ValueError("corrupt fingerprint record: chromaprint cannot decode it") from exc
+                raise ValueError(
+                    "corrupt fingerprint record: chromaprint cannot decode it"
+                ) from exc
             if algorithm != record.get("algorithm", ALGORITHM):
                 raise ValueError(f"fingerprint algorithm {algorithm} != {record['algorithm']}")
             items = np.asarray(raw, dtype=np.uint32)

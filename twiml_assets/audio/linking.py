@@ -180,7 +180,9 @@ def compare(query: Fingerprint, ref: Fingerprint, key: str = "") -> Match:
     main = offsets[int(np.bincount(owner[assigned]).argmax())]
     overlap = count * ITEM_SECONDS
     linked = similarity >= LINK_SIMILARITY and overlap >= min_overlap(query, ref)
-    return Match(key, round(similarity, 4), round(overlap, 2), round(main * ITEM_SECONDS, 2), linked)
+    return Match(
+        key, round(similarity, 4), round(overlap, 2), round(main * ITEM_SECONDS, 2), linked
+    )
 
 
 def _sample(keys: np.ndarray) -> np.ndarray:
