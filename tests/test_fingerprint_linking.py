@@ -1,15 +1,17 @@
 """Fingerprints link a re-encoded, re-cut copy to its own episode and to no other.
 
 Fourteen generated episodes (2.5 min, different seeds and speaker counts): twelve are
-indexed, one is an unrelated upload, one lends its speech to the intros; the thirteenth's
-speech is also the inserted ad. Each indexed episode gets the variants a feed serves:
-re-encoded (64 kbit/s mono MP3, AAC 96k, 44.1 kHz stereo WAV), 30 s intro added, 20 s
-cut from the start, a 15 s ad inserted mid-way, 6 dB quieter. Every variant must link to
-its own episode, and no variant to any other (all 7 × 12 × 11 pairs).
+indexed, one is an unrelated upload, one lends its speech to the intros; the unrelated
+one's speech is also the inserted ad and the outro. Each indexed episode gets the variants
+a feed serves: re-encoded (64 kbit/s mono MP3, AAC 96k, 44.1 kHz stereo WAV), 30 s intro
+added, 60 s intro and 60 s outro added, 20 s cut from the start, a 15 s ad inserted
+mid-way, 6 dB quieter. Every variant must link to its own episode, and no variant to any
+other (all 8 × 12 × 11 pairs).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -65,6 +67,12 @@ VARIANTS = {
         "[a][b]concat=n=2:v=0:a=1",
         *("-b:a", "128k", out + ".mp3"),
     ),
+    "+60 s intro, outro": lambda src, out, intro, outro: ffmpeg(
+        *("-i", intro, "-i", src, "-i", outro, "-filter_complex"),
+        f"[0:a]atrim=0:60,asetpts=PTS-STARTPTS,{STEREO}[a];[1:a]{STEREO}[b];"
+        f"[2:a]atrim=60:120,asetpts=PTS-STARTPTS,{STEREO}[c];[a][b][c]concat=n=3:v=0:a=1",
+        *("-ac", "1", "-b:a", "64k", out + ".mp3"),
+    ),
     "-20 s start": lambda src, out: ffmpeg("-ss", "20", "-i", src, "-b:a", "128k", out + ".mp3"),
     "15 s ad inserted": lambda src, out, ad: ffmpeg(
         *("-i", src, "-i", ad, "-filter_complex"),
@@ -100,13 +108,16 @@ class Corpus:
         generate_long_episode(self.episodes[i], MINUTES, seed=300 + i, speakers=1 + i % 3)
 
     def variant(self, name: str, i: int) -> Path:
-        out = self.root / f"v{i:02d}-{name.replace(' ', '_')}"
+        out = self.root / f"v{i:02d}-{re.sub(r'[^a-z0-9]+', '_', name)}"
         make = VARIANTS[name]
         src = str(self.episodes[i])
+        intro, other = str(self.episodes[INTRO_SOURCE]), str(self.episodes[UNRELATED])
         if name == "+30 s intro":
-            make(src, str(out), str(self.episodes[INTRO_SOURCE]))
+            make(src, str(out), intro)
+        elif name == "+60 s intro, outro":
+            make(src, str(out), intro, other)
         elif name == "15 s ad inserted":
-            make(src, str(out), str(self.episodes[UNRELATED]))
+            make(src, str(out), other)
         else:
             make(src, str(out))
         return next(self.root.glob(out.name + ".*"))

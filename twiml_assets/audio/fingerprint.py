@@ -11,8 +11,9 @@ small chunks: memory stays bounded for a three-hour episode, and the whole file 
 (fpcalc stops at 120 s unless told otherwise).
 
 Why not ``fpcalc FILE``: measured here, fpcalc 1.5.1 exits with status 3 "Error decoding
-audio frame (End of file)" on ordinary ffmpeg-made MP3 and WAV files while still printing
-the fingerprint, so its exit code cannot tell a good file from a broken one. Decoding with
+audio frame (End of file)" on ordinary ffmpeg-made MP3 and WAV files whenever it reads them
+to the end (``-length 0``, or any file under its 120 s default) while still printing the
+fingerprint, so its exit code cannot tell a good file from a broken one. Decoding with
 our ffmpeg gives one decoder (and one error path) for transcription and fingerprints.
 """
 
