@@ -19,6 +19,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     ffmpeg espeak-ng sox libsndfile1 >/dev/null
 fi
 
+# Chromaprint for the audio fingerprints that link uploads to feed episodes
+# (twiml_assets/audio/fingerprint.py loads libchromaprint1 through pyacoustid; fpcalc comes along).
+if ! command -v fpcalc >/dev/null 2>&1; then
+  echo "==> installing libchromaprint-tools (audio fingerprints)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    libchromaprint-tools >/dev/null
+fi
+
 # Headless browser for the web app's browser test: Playwright drives Debian's chromium
 # (tests/test_web_browser.py); `playwright install` is never needed.
 if ! command -v chromium >/dev/null 2>&1; then

@@ -11,8 +11,9 @@ small chunks: memory stays bounded for a three-hour episode, and the whole file 
 (fpcalc stops at 120 s unless told otherwise).
 
 Why not ``fpcalc FILE``: measured here, fpcalc 1.5.1 exits with status 3 "Error decoding
-audio frame (End of file)" on ordinary ffmpeg-made MP3 and WAV files while still printing
-the fingerprint, so its exit code cannot tell a good file from a broken one. Decoding with
+audio frame (End of file)" on ordinary ffmpeg-made MP3 and WAV files whenever it reads them
+to the end (``-length 0``, or any file under its 120 s default) while still printing the
+fingerprint, so its exit code cannot tell a good file from a broken one. Decoding with
 our ffmpeg gives one decoder (and one error path) for transcription and fingerprints.
 """
 
@@ -84,8 +85,10 @@ class Fingerprint:
 
     def to_json(self) -> dict[str, Any]:
         """The stored record: chromaprint's compressed base64 string (≈1/3 of the raw items)."""
-        cp = _chromaprint()
-        encoded = cp.encode_fingerprint(self.items.tolist(), ALGORITHM, base64=True)
+        encoded = b""
+        if len(self.items):
+            cp = _chromaprint()
+            encoded = cp.encode_fingerprint(self.items.tolist(), ALGORITHM, base64=True)
         return {
             "version": RECORD_VERSION,
             "algorithm": ALGORITHM,
@@ -107,7 +110,9 @@ class Fingerprint:
             try:
                 raw, algorithm = cp.decode_fingerprint(record["fingerprint"].encode("ascii"))
             except cp.FingerprintError as exc:
-                raise ValueError("corrupt fingerprint record: chromaprint cannot decode it") from exc
+                raise ValueError(
+                    "corrupt fingerprint record: chromaprint cannot decode it"
+                ) from exc
             if algorithm != record.get("algorithm", ALGORITHM):
                 raise ValueError(f"fingerprint algorithm {algorithm} != {record['algorithm']}")
             items = np.asarray(raw, dtype=np.uint32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,19 +32,21 @@ MAX_KEY_REPEATS = 64
 MAX_OFFSETS = 6
 """Offsets examined per pair: the main one and the stretches around a few ad breaks."""
 MIN_VOTES = 4
-"""Votes an offset needs to be examined at all (chance gives 0-2 on an hour)."""
+"""Votes an offset needs to be examined at all: chance key matches rarely share an offset."""
 SMOOTH_ITEMS = 16
 """Window of the agreement average: 16 items ≈ 2 s, long enough to be far from chance."""
 STRETCH_AGREEMENT = 0.70
 """Smoothed agreement above which items belong to an aligned stretch (chance: 0.50 ± 0.03)."""
 LINK_SIMILARITY = 0.78
-"""Mean agreement a link needs (measured in tests/test_fingerprint_linking.py: own
-variants ≥ 0.90, wrong episodes ≤ 0.75 on the small stretches that pass the stretch test)."""
+"""Mean agreement a link needs. Measured (tests/test_fingerprint_linking.py): own variants
+0.914-1.000 (lowest: 20 s cut, the items' grid falls half-way); wrong episodes up to 0.88,
+but only on stretches of at most 8 s of shared sound, which the overlap rule refuses."""
 MIN_OVERLAP_SECONDS = 30.0
-"""Aligned audio a link needs: shared jingles and ads (a few seconds to a minute) never
-link two different episodes on their own, see ``min_overlap``."""
+"""Aligned audio a link needs (measured: own variants ≥ 125 s of 150 s, wrong ≤ 8 s).
+Shared jingles, backchannels and ads (seconds to a minute) never link two different
+episodes on their own, see ``min_overlap``."""
 MIN_OVERLAP_FRACTION = 0.25
-"""And at least this share of the shorter one (capped at half of it): a shared minute of
+"""And at least this share of the shorter one, capped at half of it: a shared minute of
 intro is far from a quarter of an hour-long episode."""
 
 # Content-sampled index: an item is indexed when its key hashes to the low 1/8 of the range,
@@ -94,10 +97,20 @@ def _voting_keys(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     positions = np.flatnonzero(informative(items))
     keys = items[positions] >> KEY_SHIFT
     if len(keys):
-        uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         common = counts[inverse] > MAX_KEY_REPEATS
         keys, positions = keys[~common], positions[~common]
     return keys, positions
+
+
+def _hits(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every exact match: (index into ``keys``, index into ``sorted_keys``), vectorised."""
+    lo = np.searchsorted(sorted_keys, keys, side="left")
+    counts = np.searchsorted(sorted_keys, keys, side="right") - lo
+    total = int(counts.sum())
+    query_index = np.repeat(np.arange(len(keys)), counts)
+    first = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    return query_index, np.arange(total) + first
 
 
 def _offset_votes(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,17 +120,10 @@ def _offset_votes(query: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.nd
     if not len(qk) or not len(rk):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.argsort(rk, kind="stable")
-    rk, rp = rk[order], rp[order]
-    lo = np.searchsorted(rk, qk, side="left")
-    hi = np.searchsorted(rk, qk, side="right")
-    counts = hi - lo
-    hit = counts > 0
-    if not hit.any():
+    query_index, ref_index = _hits(rk[order], qk)
+    if not len(ref_index):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    lo, counts, qp = lo[hit], counts[hit], qp[hit]
-    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-    ref_index = np.arange(counts.sum()) + starts
-    offsets = rp[ref_index].astype(np.int64) - np.repeat(qp, counts)
+    offsets = rp[order][ref_index].astype(np.int64) - qp[query_index]
     values, votes = np.unique(offsets, return_counts=True)
     # An offset and its neighbours (±1 item: a resampled grid) are one alignment.
     padded = np.zeros(len(values), np.int64)
@@ -180,7 +186,9 @@ def compare(query: Fingerprint, ref: Fingerprint, key: str = "") -> Match:
     main = offsets[int(np.bincount(owner[assigned]).argmax())]
     overlap = count * ITEM_SECONDS
     linked = similarity >= LINK_SIMILARITY and overlap >= min_overlap(query, ref)
-    return Match(key, round(similarity, 4), round(overlap, 2), round(main * ITEM_SECONDS, 2), linked)
+    return Match(
+        key, round(similarity, 4), round(overlap, 2), round(main * ITEM_SECONDS, 2), linked
+    )
 
 
 def aligned_share(query: Fingerprint, ref: Fingerprint, offset_seconds: float) -> float:
@@ -200,27 +208,36 @@ def _sample(keys: np.ndarray) -> np.ndarray:
     return ((keys * SAMPLE_MULTIPLIER) >> SAMPLE_SHIFT) == 0
 
 
+class _Snapshot(NamedTuple):
+    """The index as of one build: sampled keys sorted, with their owners and positions."""
+
+    keys: np.ndarray  # uint32, sorted
+    owners: np.ndarray  # int32: position in ``names``
+    positions: np.ndarray  # int32: item index in the owner's fingerprint
+    names: list[str]
+    fingerprints: dict[str, Fingerprint]
+
+
 class FingerprintIndex:
     """Many episodes' fingerprints in memory, with a sorted array of sampled keys to find
-    the few worth a full ``compare``. Reads are thread-safe; a change marks the sorted
-    array stale and the next read rebuilds it under a lock."""
+    the few worth a full ``compare``. Reads are thread-safe: a change only marks the
+    snapshot stale, the next read rebuilds it under a lock, and a read works on one
+    snapshot throughout."""
 
     def __init__(self, fingerprints: dict[str, Fingerprint] | None = None):
-        self._fps: dict[str, Fingerprint] = {}
+        self._fps: dict[str, Fingerprint] = dict(fingerprints or {})
         self._lock = threading.Lock()
-        self._built: tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None = None
-        for key, fp in (fingerprints or {}).items():
-            self.add(key, fp)
+        self._snapshot: _Snapshot | None = None
 
     def add(self, key: str, fp: Fingerprint) -> None:
         with self._lock:
             self._fps[key] = fp
-            self._built = None
+            self._snapshot = None
 
     def remove(self, key: str) -> None:
         with self._lock:
             self._fps.pop(key, None)
-            self._built = None
+            self._snapshot = None
 
     def __len__(self) -> int:
         return len(self._fps)
@@ -228,80 +245,75 @@ class FingerprintIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._fps
 
-    def keys(self) -> list[str]:
-        return list(self._fps)
-
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """(sorted sampled keys, owner ids, positions, owner keys), rebuilt when stale."""
-        built = self._built
-        if built is not None:
-            return built
+    def _current(self) -> _Snapshot:
+        snapshot = self._snapshot
+        if snapshot is not None:
+            return snapshot
         with self._lock:
-            if self._built is None:
-                self._built = self._build()
-            return self._built
-
-    def _build(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        names = list(self._fps)
-        keys, owners, positions = [], [], []
-        for owner, name in enumerate(names):
-            k, p = _voting_keys(self._fps[name].items)
-            sampled = _sample(k)
-            keys.append(k[sampled].astype(np.uint32))
-            positions.append(p[sampled].astype(np.int32))
-            owners.append(np.full(int(sampled.sum()), owner, dtype=np.int32))
-        if not names:
-            empty = np.zeros(0, np.uint32)
-            return empty, empty.astype(np.int32), empty.astype(np.int32), names
-        all_keys = np.concatenate(keys)
-        order = np.argsort(all_keys, kind="stable")
-        return (
-            all_keys[order],
-            np.concatenate(owners)[order],
-            np.concatenate(positions)[order],
-            names,
-        )
+            if self._snapshot is None:
+                self._snapshot = _build(dict(self._fps))
+            return self._snapshot
 
     def memory_bytes(self) -> int:
-        """Bytes of the sorted index plus the items kept for ``compare``."""
-        keys, owners, positions, _ = self._arrays()
-        items = sum(fp.items.nbytes for fp in self._fps.values())
-        return keys.nbytes + owners.nbytes + positions.nbytes + items
+        """Bytes of the sorted sampled keys plus the items kept for ``compare``."""
+        snap = self._current()
+        items = sum(fp.items.nbytes for fp in snap.fingerprints.values())
+        return snap.keys.nbytes + snap.owners.nbytes + snap.positions.nbytes + items
 
     def candidates(self, query: Fingerprint, limit: int = 5) -> list[tuple[str, int]]:
         """Episodes by votes of the query's sampled keys at their best offset, most first."""
-        keys, owners, positions, names = self._arrays()
-        qk, qp = _voting_keys(query.items)
-        sampled = _sample(qk)
-        qk, qp = qk[sampled], qp[sampled]
-        if not len(keys) or not len(qk):
-            return []
-        lo = np.searchsorted(keys, qk, side="left")
-        hi = np.searchsorted(keys, qk, side="right")
-        counts = hi - lo
-        if not counts.sum():
-            return []
-        starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        hits = np.arange(counts.sum()) + starts
-        offsets = positions[hits].astype(np.int64) - np.repeat(qp, counts)
-        offset_bins = np.floor_divide(offsets, OFFSET_BIN) + (1 << 30)
-        pair = owners[hits].astype(np.int64) << 32 | offset_bins
-        pairs, votes = np.unique(pair, return_counts=True)
-        pair_owner = pairs >> 32
-        best = np.zeros(len(names), np.int64)
-        np.maximum.at(best, pair_owner, votes)
-        top = np.argsort(-best, kind="stable")[:limit]
-        return [(names[i], int(best[i])) for i in top if best[i] > 0]
+        return _candidates(self._current(), query, limit)
 
     def best(self, query: Fingerprint, limit: int = 3, exclude: Iterable[str] = ()) -> list[Match]:
         """Full comparisons with the best-voted candidates, most similar first."""
         skip = set(exclude)
-        found = self.candidates(query, limit=limit + len(skip))
-        fps = self._fps
-        matches = [compare(query, fps[k], k) for k, _ in found if k not in skip and k in fps]
+        snap = self._current()
+        found = _candidates(snap, query, limit + len(skip))
+        fps = snap.fingerprints
+        matches = [compare(query, fps[k], k) for k, _ in found if k not in skip]
         return sorted(matches, key=lambda m: m.similarity, reverse=True)[:limit]
 
     def match(self, query: Fingerprint, exclude: Iterable[str] = ()) -> Match | None:
         """The most similar episode that passes the link thresholds, or None."""
         linked = [m for m in self.best(query, limit=5, exclude=exclude) if m.linked]
         return linked[0] if linked else None
+
+
+def _build(fps: dict[str, Fingerprint]) -> _Snapshot:
+    """Sample every fingerprint's voting keys and sort them all into one array."""
+    names = list(fps)
+    keys, owners, positions = [], [], []
+    for owner, name in enumerate(names):
+        k, p = _voting_keys(fps[name].items)
+        sampled = _sample(k)
+        keys.append(k[sampled].astype(np.uint32))
+        positions.append(p[sampled].astype(np.int32))
+        owners.append(np.full(int(sampled.sum()), owner, dtype=np.int32))
+    if not names:
+        return _Snapshot(np.zeros(0, np.uint32), *2 * (np.zeros(0, np.int32),), names, fps)
+    all_keys = np.concatenate(keys)
+    order = np.argsort(all_keys, kind="stable")
+    return _Snapshot(
+        all_keys[order], np.concatenate(owners)[order], np.concatenate(positions)[order], names, fps
+    )
+
+
+def _candidates(snap: _Snapshot, query: Fingerprint, limit: int) -> list[tuple[str, int]]:
+    """Votes per (episode, offset bin) from exact key hits; each episode's best bin."""
+    qk, qp = _voting_keys(query.items)
+    sampled = _sample(qk)
+    qk, qp = qk[sampled], qp[sampled]
+    if not len(snap.keys) or not len(qk):
+        return []
+    query_index, hits = _hits(snap.keys, qk)
+    if not len(hits):
+        return []
+    offsets = snap.positions[hits].astype(np.int64) - qp[query_index]
+    offset_bins = np.floor_divide(offsets, OFFSET_BIN) + (1 << 30)
+    pairs, votes = np.unique(
+        snap.owners[hits].astype(np.int64) << 32 | offset_bins, return_counts=True
+    )
+    best = np.zeros(len(snap.names), np.int64)
+    np.maximum.at(best, pairs >> 32, votes)
+    top = np.argsort(-best, kind="stable")[:limit]
+    return [(snap.names[i], int(best[i])) for i in top if best[i] > 0]
