@@ -232,6 +232,7 @@ def test_dockerfile_builds_the_control_plane_image_with_the_deploy_instance() ->
     assert lines[0] == "FROM python:3.11-slim"
     run = " ".join(line for line in lines if line.startswith("RUN"))
     assert "ffmpeg" in run and '".[postgres,modal,k8s]"' in run
+    assert "libchromaprint-tools" in run  # audio_fingerprint and the web uploads
     assert "ENV DAGSTER_HOME=/opt/dagster/dagster_home" in lines
     assert "COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml" in lines
     assert "COPY deploy/workspace.yaml /opt/dagster/workspace.yaml" in lines

@@ -125,9 +125,7 @@ def test_an_episode_published_after_its_upload_reuses_the_upload_transcript(
 
 def test_an_upload_of_a_published_episode_goes_to_that_episode(tmp_path: Path, dialogue) -> None:
     """Upload after publication: the master (WAV) finds the episode's MP3 by its sound."""
-    from twiml_assets.audio.fingerprint import fingerprint_file
-
-    from twiml_assets.audio.links import store_fingerprint
+    from twiml_assets.audio.fingerprint import fingerprint_file, store_fingerprint
 
     root = tmp_path / "data"
     storage = StorageResource(root=str(root))

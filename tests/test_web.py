@@ -960,8 +960,7 @@ def test_an_upload_that_sounds_like_a_published_episode_goes_to_it(
     runs is ep-2's own run."""
     import subprocess
 
-    from twiml_assets.audio.fingerprint import fingerprint_file
-    from twiml_assets.audio.links import store_fingerprint
+    from twiml_assets.audio.fingerprint import fingerprint_file, store_fingerprint
 
     storage = StorageResource(root=str(root))
     published = tmp_path / "ep-2.mp3"

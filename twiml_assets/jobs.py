@@ -28,8 +28,9 @@ PER_EPISODE_ASSETS = (
 episode_pipeline = define_asset_job(
     EPISODE_JOB,
     selection=AssetSelection.assets(*PER_EPISODE_ASSETS),
-    description="Feed entry → audio (+ fingerprint, upload link) → ASR + diarisation → speaker transcript → RAG files, "
-    "subtitles and evaluation for one episode, with the integrity checks gating the RAG files.",
+    description="Feed entry → audio (+ fingerprint, upload link) → ASR + diarisation → speaker "
+    "transcript → RAG files, subtitles and evaluation for one episode, with the integrity "
+    "checks gating the RAG files.",
     tags={"twiml/pipeline": "episode"},
 )
 

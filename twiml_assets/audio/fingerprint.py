@@ -176,9 +176,13 @@ def fingerprint_path(key: str) -> str:
     return EpisodeFiles(key).fingerprint
 
 
-def store_fingerprint(storage: StorageResource, key: str, fp: Fingerprint) -> str:
-    """Write the record (atomically: StorageResource writes a temp file and renames)."""
-    return storage.write_json(fingerprint_path(key), fp.to_json())
+def store_fingerprint(
+    storage: StorageResource, key: str, fp: Fingerprint, sha256: str | None = None
+) -> str:
+    """Write the record (atomically: StorageResource writes a temp file and renames), with
+    the sha256 of the audio it was computed from, so it is computed once per file."""
+    record = fp.to_json() if sha256 is None else {**fp.to_json(), "sha256": sha256}
+    return storage.write_json(fingerprint_path(key), record)
 
 
 def load_fingerprint(storage: StorageResource, key: str) -> Fingerprint | None:

@@ -19,7 +19,7 @@ from threading import Lock
 from typing import Any
 
 from resources.storage import StorageError, StorageResource
-from twiml_assets.audio.fingerprint import Fingerprint, fingerprint_file
+from twiml_assets.audio.fingerprint import Fingerprint, fingerprint_file, store_fingerprint
 from twiml_assets.audio.linking import FingerprintIndex, Match, aligned_share, compare
 from twiml_assets.keys import is_upload_key, is_valid_key
 from twiml_assets.layout import FINGERPRINTS_DIR, EpisodeFiles
@@ -126,13 +126,6 @@ def ensure_fingerprint(
     fp = fingerprint_file(path)
     store_fingerprint(storage, key, fp, sha256)
     return fp, True
-
-
-def store_fingerprint(
-    storage: StorageResource, key: str, fp: Fingerprint, sha256: str | None
-) -> None:
-    """The record, with the sha256 of the audio it was computed from (staleness check)."""
-    storage.write_json(EpisodeFiles(key).fingerprint, {**fp.to_json(), "sha256": sha256})
 
 
 @dataclass

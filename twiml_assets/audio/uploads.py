@@ -24,8 +24,8 @@ from resources.audio import AudioDecodeError
 from resources.schema import dump
 from resources.storage import StorageError, StorageResource
 from twiml_assets.audio.download import CHUNK_SIZE, DownloadResult, audio_extension, is_audio_of
-from twiml_assets.audio.fingerprint import fingerprint_file
-from twiml_assets.audio.links import StoredFingerprints, published_fingerprints, store_fingerprint
+from twiml_assets.audio.fingerprint import fingerprint_file, store_fingerprint
+from twiml_assets.audio.links import StoredFingerprints, published_fingerprints
 from twiml_assets.feed.source import EpisodeInfo
 from twiml_assets.keys import is_upload_key, is_valid_key, upload_key, validate_key
 from twiml_assets.layout import AUDIO_DIR, EpisodeFiles
