@@ -66,6 +66,8 @@ TRANSIENT_ERRORS = frozenset(
 PERMANENT_ERRORS = frozenset(
     {
         "AudioDecodeError",
+        "FingerprintDecodeError",  # an AudioDecodeError; named for serialised errors
+        "ChromaprintMissingError",  # libchromaprint not installed (set-up)
         "NotAudioError",
         "DagsterAssetCheckFailedError",  # a blocking check: no speech, no speaker, no words
         "ReferenceFormatError",

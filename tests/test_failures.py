@@ -23,6 +23,7 @@ from resources.audio import AudioDecodeError
 from resources.failures import KIND_KEY, classify, classify_error_info, permanent, transient
 from resources.storage import StorageError, StorageResource, StorageUnavailableError
 from twiml_assets.audio.download import DownloadError, NotAudioError, download_audio
+from twiml_assets.audio.fingerprint import ChromaprintMissingError, FingerprintDecodeError
 from twiml_assets.catchup import ledger
 from twiml_assets.catchup.sensors import REASON_TAG, build_failure_sensors
 from twiml_assets.catchup.status import EpisodeState, RetryRules, episode_statuses
@@ -59,6 +60,8 @@ PERMANENT = {
     "download 404": DownloadError("ep-1: HTTP 404 Not Found"),
     "not audio": NotAudioError("ep-1: an HTML page instead of audio"),
     "undecodable": AudioDecodeError("cannot decode ep-1"),
+    "not fingerprintable": FingerprintDecodeError("cannot decode audio/ep-1.mp3 to fingerprint it"),
+    "no libchromaprint": ChromaprintMissingError("libchromaprint is not installed"),
     "not found in storage": StorageError("not found in storage: s3://b/x"),
     "TLS refused": requests.exceptions.SSLError("certificate verify failed"),
     "explicit": permanent("ep-1: no speech"),

@@ -11,7 +11,7 @@ import time
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from resources.failures import STEP_RETRY
+from resources.failures import STEP_RETRY, permanent_errors_fail_at_once
 from resources.storage import StorageResource
 from twiml_assets.asset_io import GROUP_INGEST, read_json_or_fail
 from twiml_assets.audio.assets import raw_audio
@@ -39,7 +39,8 @@ def audio_fingerprint(
     files = EpisodeFiles(key)
     audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
     started = time.perf_counter()
-    fp, computed = ensure_fingerprint(storage, key, audio.get("sha256"), audio["path"])
+    with permanent_errors_fail_at_once():  # undecodable audio, no libchromaprint: no retry
+        fp, computed = ensure_fingerprint(storage, key, audio.get("sha256"), audio["path"])
     seconds = time.perf_counter() - started
     if computed:
         context.log.info(f"{key}: fingerprinted {fp.duration:.0f} s of audio in {seconds:.1f} s")
