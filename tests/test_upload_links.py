@@ -100,8 +100,10 @@ def test_an_episode_published_after_its_upload_reuses_the_upload_transcript(
     # ep-1 is the same speech: linked, and its transcript is the upload's, not a new one.
     fp1 = meta[ep1]["audio_fingerprint"]
     assert fp1["linked_upload"] == up_key and fp1["similarity"] >= 0.85
-    assert fp1["transcript_reusable"] is True
+    assert fp1["transcript_reusable"] is True and fp1["unaligned_seconds"] <= 4.0
+    print(f"ep-1: similarity {fp1['similarity']}, unaligned {fp1['unaligned_seconds']} s")
     assert meta[ep1]["transcript"]["reused_from"] == up_key
+    assert meta[ep1]["transcript"]["asr_seconds"] == 0  # no model ran
     assert meta[ep1]["diarisation"]["reused_from"] == up_key
     reused = words(root, ep1)
     assert [w for w, _ in reused] == [w for w, _ in words(root, up_key)]
@@ -136,3 +138,57 @@ def test_an_upload_of_a_published_episode_goes_to_that_episode(tmp_path: Path, d
     assert 0.85 <= registered.similarity <= 1.0
     assert not (root / "audio").exists()  # nothing of the upload was stored
     assert not (root / f"fingerprints/{key}.json").exists()
+
+
+def test_a_clip_or_a_shared_jingle_is_not_the_episode(
+    tmp_path: Path, dialogue, short_episodes
+) -> None:
+    """Part of an episode (a 20 s clip; new speech after 35 s of the episode, as a shared
+    jingle or a trailer would be) aligns, but is not that recording: it stays an upload."""
+    from twiml_assets.audio.fingerprint import fingerprint_file, store_fingerprint
+
+    root = tmp_path / "data"
+    storage = StorageResource(root=str(root))
+    published = published_mp3(Path(dialogue.audio_path), tmp_path / "ep7.mp3")
+    store_fingerprint(storage, "ep-7", fingerprint_file(published), "0" * 64)
+    clip = tmp_path / "clip.wav"
+    ffmpeg("-i", str(dialogue.audio_path), "-ss", "30", "-t", "20", str(clip))
+    trailer = tmp_path / "trailer.wav"
+    inputs = [str(dialogue.audio_path), *(str(e.audio_path) for e in short_episodes)]
+    mono = "".join(f"[{i}:a]aresample=16000,aformat=channel_layouts=mono[a{i}];" for i in range(4))
+    chain = mono + "[a0]atrim=0:35,asetpts=N/SR/TB[h];[h][a1][a2][a3]concat=n=4:v=0:a=1"
+    ffmpeg(*(a for path in inputs for a in ("-i", path)), "-filter_complex", chain, str(trailer))
+    for path in (clip, trailer):
+        key, registered = upload(storage, path)
+        assert not registered.linked and registered.key == key and registered.stored, path.name
+
+
+def test_reuse_keeps_only_what_the_engine_would_write_again() -> None:
+    """The settings that decide the words must match; where the model ran must not."""
+    from resources.schema import AsrResult, AsrSegment, Word
+    from twiml_assets.speech.reuse import same_asr_settings, shifted_asr
+
+    ran = {
+        "model": "tiny.en",
+        "beam_size": 5,
+        "compute_type": "int8",
+        "device": "cpu",
+        "cpu_threads": 2,
+        "initial_prompt": "Upload 2026-11-28",
+    }
+    elsewhere = {**ran, "device": "cuda", "cpu_threads": 8, "initial_prompt": "x"}
+    assert same_asr_settings(ran, elsewhere)
+    assert not same_asr_settings(ran, {**ran, "beam_size": 1})
+    assert not same_asr_settings(ran, {**ran, "compute_type": "float16"})
+    assert same_asr_settings(ran, {**ran, "compute_type": "auto"})
+
+    words = [Word(0.2, 0.6, " Hello"), Word(0.7, 1.0, " there."), Word(5.0, 5.4, " Next.")]
+    segments = [
+        AsrSegment(0.2, 1.0, " Hello there.", words[:2]),
+        AsrSegment(5.0, 5.4, " Next.", words[2:]),
+    ]
+    result = AsrResult(segments, "en", 6.0, "tiny.en", ran, seconds=3.2)
+    shifted = shifted_asr(result, -0.65, 5.5)  # the upload had 0.65 s more at the start
+    times = [(w.text, round(w.start, 2)) for w in shifted.words]
+    assert times == [(" there.", 0.05), (" Next.", 4.35)]
+    assert shifted.segments[0].text == " there." and shifted.seconds == 0.0

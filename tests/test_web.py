@@ -989,7 +989,10 @@ def test_an_upload_that_sounds_like_a_published_episode_goes_to_it(
     # An upload stored before its episode was published shows the link once it is made.
     from twiml_assets.audio.links import Link, write_link
 
-    write_link(storage, Link("ep-2", "up-0123456789ab", 0.97, 0.0, 1.0, "2024-01-09T00:00:00"))
+    write_link(
+        storage,
+        Link("ep-2", "up-0123456789ab", 0.97, 0.0, 1.0, 88.0, None, "2024-01-09T00:00:00"),
+    )
     storage.write_json(
         "episodes/up-0123456789ab.json",
         dump(episode("up-0123456789ab", None, "master.wav", "2024-01-07T10:00:00+00:00")),

@@ -13,8 +13,10 @@ small chunks: memory stays bounded for a three-hour episode, and the whole file 
 Why not ``fpcalc FILE``: measured here, fpcalc 1.5.1 exits with status 3 "Error decoding
 audio frame (End of file)" on ordinary ffmpeg-made MP3 and WAV files whenever it reads them
 to the end (``-length 0``, or any file under its 120 s default) while still printing the
-fingerprint, so its exit code cannot tell a good file from a broken one. Decoding with
-our ffmpeg gives one decoder (and one error path) for transcription and fingerprints.
+fingerprint, so its exit code cannot tell a good file from a broken one. Our ffmpeg
+command line decodes instead: its exit status is reliable, and it reads every container the
+uploads accept. (Transcription decodes in-process with PyAV at 16 kHz; fingerprints need
+11025 Hz, and run once per file, before any model, so they do not share that decode.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import tempfile
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +34,7 @@ import numpy as np
 
 from resources.audio import AudioDecodeError
 from resources.storage import StorageError, StorageResource
+from twiml_assets.keys import is_valid_key
 from twiml_assets.layout import FINGERPRINTS_DIR, EpisodeFiles
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,10 @@ SETUP_HINT = (
 
 class FingerprintDecodeError(AudioDecodeError):
     """The file cannot be decoded into audio to fingerprint (a permanent failure)."""
+
+
+class FingerprintInterruptedError(RuntimeError):
+    """ffmpeg was killed (a cancelled run, out of memory): the file may be fine, try again."""
 
 
 class ChromaprintMissingError(RuntimeError):
@@ -100,6 +108,8 @@ class Fingerprint:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> Fingerprint:
         """Inverse of ``to_json``; a ValueError for a record of another version or algorithm."""
+        if not isinstance(record, dict):
+            raise ValueError(f"a fingerprint record is a JSON object, not {type(record).__name__}")
         if record.get("version") != RECORD_VERSION:
             raise ValueError(f"unsupported fingerprint record version: {record.get('version')!r}")
         n = int(record["items"])
@@ -149,6 +159,10 @@ def fingerprint_file(path: str | Path) -> Fingerprint:
                     samples += len(chunk) // 2
         errors.seek(0)
         message = errors.read().decode("utf-8", "replace").strip()
+    if proc.returncode < 0:
+        raise FingerprintInterruptedError(
+            f"ffmpeg was killed by signal {-proc.returncode} while fingerprinting {path}"
+        )
     if proc.returncode != 0:
         detail = message.splitlines()[-1] if message else f"ffmpeg exit status {proc.returncode}"
         raise FingerprintDecodeError(f"cannot decode {path} to fingerprint it: {detail}")
@@ -193,14 +207,21 @@ def load_fingerprint(storage: StorageResource, key: str) -> Fingerprint | None:
     return Fingerprint.from_json(storage.read_json(rel))
 
 
-def load_all_fingerprints(storage: StorageResource) -> dict[str, Fingerprint]:
-    """Every stored fingerprint by key; unreadable records are skipped with a warning."""
+def load_all_fingerprints(
+    storage: StorageResource,
+    wanted: Callable[[str], bool] = lambda key: True,
+    known: Container[str] = (),
+) -> dict[str, Fingerprint]:
+    """The stored fingerprints of the ``wanted`` keys not already ``known``, by key;
+    unreadable records are skipped with a warning (one bad file never blocks a match)."""
     found: dict[str, Fingerprint] = {}
     for rel in storage.list(FINGERPRINTS_DIR):
         name = rel.rsplit("/", 1)[-1]
-        if not name.endswith(".json"):
-            continue
         key = name.removesuffix(".json")
+        if not name.endswith(".json") or not is_valid_key(key) or key in known:
+            continue
+        if not wanted(key):
+            continue
         try:
             found[key] = Fingerprint.from_json(storage.read_json(rel))
         except (StorageError, ValueError, KeyError, TypeError) as exc:

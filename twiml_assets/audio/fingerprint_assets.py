@@ -44,7 +44,11 @@ def audio_fingerprint(
     seconds = time.perf_counter() - started
     if computed:
         context.log.info(f"{key}: fingerprinted {fp.duration:.0f} s of audio in {seconds:.1f} s")
-    link = link_published_episode(storage, key, fp)
+    try:
+        link = link_published_episode(storage, key, fp, audio.get("sha256"))
+    except Exception as exc:  # noqa: BLE001 - a link is a bonus; the episode goes on without
+        context.log.warning(f"{key}: could not look for an upload with this audio: {exc}")
+        link = None
     metadata: dict[str, object] = {
         "duration_s": round(fp.duration, 2),
         "items": len(fp.items),
@@ -61,6 +65,7 @@ def audio_fingerprint(
             "linked_upload": link.upload,
             "similarity": link.similarity,
             "episode_coverage": link.episode_coverage,
+            "unaligned_seconds": round(link.unaligned_seconds, 2),
             "transcript_reusable": link.reusable,
         }
     return MaterializeResult(metadata=metadata)

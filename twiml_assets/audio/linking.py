@@ -245,6 +245,9 @@ class FingerprintIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._fps
 
+    def get(self, key: str) -> Fingerprint | None:
+        return self._fps.get(key)
+
     def _current(self) -> _Snapshot:
         snapshot = self._snapshot
         if snapshot is not None:

@@ -288,9 +288,9 @@ def register_upload(
     """Store ``staged`` as episode ``up-<hash>``, or link it to the published episode with
     the same bytes (sha256) or the same sound (Chromaprint fingerprint).
 
-    Writes the audio first, then the sidecar and the fingerprint, then
-    ``episodes/{key}.json`` (its presence means "registered"), so an interrupted upload is
-    never half a partition. Idempotent: the same bytes again rewrite nothing.
+    Writes the audio first, then the sidecar, then ``episodes/{key}.json`` (its presence
+    means "registered"), so an interrupted upload is never half a partition, then the
+    fingerprint. Idempotent: the same bytes again rewrite nothing.
     """
     key = validate_key(staged.key)
     duplicate = (index or SidecarIndex(storage)).find(staged.sha256)
@@ -310,21 +310,20 @@ def register_upload(
         fp = fingerprint_file(staged.path)
     except AudioDecodeError as exc:
         raise UndecodableUploadError(f"the file cannot be decoded as audio: {exc}") from exc
-    match = (fingerprints or published_fingerprints(storage)).match(fp)
-    if match is not None:
+    link = (fingerprints or published_fingerprints(storage)).find_link(key, fp)
+    if link is not None:
         log.info(
             "upload %s sounds like %s (similarity %.2f); reusing that episode",
             key,
-            match.key,
-            match.similarity,
+            link.episode,
+            link.similarity,
         )
-        return Registered(match.key, linked=True, stored=False, similarity=match.similarity)
+        return Registered(link.episode, linked=True, stored=False, similarity=link.similarity)
 
     stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     storage.put_file(rel, staged.path)
     result = DownloadResult(url, rel, staged.size, staged.sha256, staged.kind.mime)
     storage.write_json(sidecar, {**result.sidecar(key, rel, stamp), "source": "upload"})
-    store_fingerprint(storage, key, fp, staged.sha256)
     episode = EpisodeInfo(
         key=key,
         number=None,
@@ -337,4 +336,7 @@ def register_upload(
         guid=f"upload:{staged.sha256}",
     )
     storage.write_json(files.episode, dump(episode))
+    # Last: only a registered upload is linked to episodes (audio_fingerprint recomputes a
+    # fingerprint an interruption left unwritten).
+    store_fingerprint(storage, key, fp, staged.sha256)
     return Registered(key, linked=False, stored=True)

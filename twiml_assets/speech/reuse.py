@@ -23,12 +23,23 @@ from twiml_assets.speech.step import ModelStepConfig, write_model_outputs
 
 ASR_RUNTIME_ONLY = {"device", "compute_type", "cpu_threads", "download_root", "initial_prompt"}
 """ASR settings that say where and how fast the model runs, not what it writes (the episode
-prompt differs between an upload and its episode by construction)."""
+prompt differs between an upload and its episode by construction). The compute type does
+change the words (int8 and float16 differ), so it is compared on its own: the record has
+the one that ran, the settings the one asked for, unless they leave it to the device."""
 DIARISATION_RUNTIME_ONLY = {"device", "hf_token_set"}
+ANY_COMPUTE_TYPE = {"auto", "default"}
 
 
 def engine_settings(config: dict[str, Any], runtime_only: set[str]) -> dict[str, Any]:
+    """The settings that decide the output (what two runs must share to give the same)."""
     return {k: v for k, v in config.items() if k not in runtime_only}
+
+
+def same_asr_settings(ran: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    compute_type = wanted.get("compute_type")
+    if compute_type not in ANY_COMPUTE_TYPE and ran.get("compute_type") != compute_type:
+        return False
+    return engine_settings(ran, ASR_RUNTIME_ONLY) == engine_settings(wanted, ASR_RUNTIME_ONLY)
 
 
 def reusable_link(
@@ -43,10 +54,13 @@ def reusable_link(
     link = read_link(storage, key)
     if link is None or link.episode != key:
         return None
+    if not options.reuse_linked_upload:
+        log(f"{key}: linked to upload {link.upload}; reuse is off for this run, transcribing")
+        return None
     if not link.reusable:
         log(
-            f"{key}: linked to upload {link.upload}, but only {link.episode_coverage:.0%} of the "
-            "episode aligns with it at one offset (intro, ads); transcribing the episode itself"
+            f"{key}: linked to upload {link.upload}, but {link.unaligned_seconds:.0f} s of the "
+            "episode do not align with it at one offset (intro, ads): transcribing the episode"
         )
         return None
     upload = EpisodeFiles(link.upload)
@@ -61,11 +75,9 @@ def reusable_link(
         min_speakers=options.min_speakers,
         max_speakers=options.max_speakers,
     ).model_dump()
-    same = engine_settings(asr_record.get("config", {}), ASR_RUNTIME_ONLY) == engine_settings(
-        wanted_asr, ASR_RUNTIME_ONLY
-    ) and engine_settings(diar_record.get("config", {}), DIARISATION_RUNTIME_ONLY) == (
-        engine_settings(wanted_diar, DIARISATION_RUNTIME_ONLY)
-    )
+    same = same_asr_settings(asr_record.get("config", {}), wanted_asr) and engine_settings(
+        diar_record.get("config", {}), DIARISATION_RUNTIME_ONLY
+    ) == engine_settings(wanted_diar, DIARISATION_RUNTIME_ONLY)
     if not same:
         log(f"{key}: linked upload {link.upload} was transcribed with other settings; transcribing")
         return None
@@ -111,22 +123,27 @@ def reuse_upload_transcript(
 
 
 def clamp(t: float, duration: float) -> float:
+    """``t`` inside the episode (a shifted time can fall just outside it)."""
     return min(max(t, 0.0), duration)
 
 
 def shifted_asr(result: AsrResult, offset: float, duration: float) -> AsrResult:
-    """``result`` on the episode's clock; what falls outside the episode is dropped."""
+    """``result`` on the episode's clock; what falls outside the episode is dropped. No
+    model ran, so the compute time is 0."""
     segments = []
     for segment in result.segments:
         start, end = segment.start + offset, segment.end + offset
         if end <= 0 or start >= duration:
             continue
+        kept = [w for w in segment.words if 0 <= w.start + offset < duration]
+        if len(kept) != len(segment.words):  # words (tokens with their spaces) make the text
+            segment.text = "".join(w.text for w in kept)
         segment.start, segment.end = clamp(start, duration), clamp(end, duration)
-        segment.words = [w for w in segment.words if 0 <= w.start + offset < duration]
-        for word in segment.words:
+        segment.words = kept
+        for word in kept:
             word.start, word.end = word.start + offset, clamp(word.end + offset, duration)
         segments.append(segment)
-    result.segments, result.duration = segments, duration
+    result.segments, result.duration, result.seconds = segments, duration, 0.0
     result.details = {**result.details, "reused_offset_seconds": offset}
     return result
 
@@ -141,5 +158,5 @@ def shifted_diarisation(
         if end > start:
             turn.start, turn.end = start, end
             turns.append(turn)
-    result.turns, result.duration = turns, duration
+    result.turns, result.duration, result.seconds = turns, duration, 0.0
     return result

@@ -50,6 +50,11 @@ class ModelStepConfig(Config):
     num_speakers: int | None = Field(default=None, description="Exact number of speakers.")
     min_speakers: int | None = Field(default=None, description="Lower bound on speakers.")
     max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
+    reuse_linked_upload: bool = Field(
+        default=True,
+        description="Reuse the transcript of an upload with this episode's audio (linked by "
+        "audio_fingerprint) when it covers the episode and ran with the same settings.",
+    )
 
 
 def run_model_step(
