@@ -35,26 +35,6 @@ class SlidingWindow:
             del self._events[key]
         return events
 
-    def retry_after(self, keys: Iterable[str]) -> int:
-        """Seconds until every key is under the limit again; 0 when all are."""
-        now = self.clock()
-        wait = 0.0
-        with self._lock:
-            for key in keys:
-                events = self._recent(key, now)
-                if len(events) >= self.limit:
-                    wait = max(wait, events[-self.limit] + self.window - now)
-        return max(1, math.ceil(wait)) if wait > 0 else 0
-
-    def add(self, keys: Iterable[str]) -> None:
-        now = self.clock()
-        with self._lock:
-            if len(self._events) > MAX_KEYS:
-                for key in list(self._events):
-                    self._recent(key, now)
-            for key in keys:
-                self._events.setdefault(key, deque()).append(now)
-
     def take(self, key: str, limit: int | None = None) -> int:
         """Count one event for ``key`` if under ``limit``: 0, else the seconds to wait."""
         limit = self.limit if limit is None else limit
