@@ -13,7 +13,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -520,3 +522,218 @@ def test_sign_in_settings_from_environment() -> None:
     assert "too-short-secret" not in str(error.value)
     with pytest.raises(ValueError, match="not an IP address"):
         WebSettings.from_env({"TWIML_WEB_TRUSTED_PROXIES": "proxy.example"})
+
+
+# -- review fixes: rate-limit race, corrupt users file, long passwords, mapped peers -------
+def concurrent_logins(
+    app: FastAPI, n: int, release: threading.Event, ready: Callable[[list[int]], bool]
+) -> list[Any]:
+    """``n`` wrong-password POSTs from one address at once; ``release`` lets the password
+    checks finish once ``ready(statuses so far)``; the responses in the order they came."""
+    clients = [client_of(app) for _ in range(n)]
+    tokens = [csrf_token(c.get("/login").text) for c in clients]
+    results: list[Any] = []
+    start = threading.Barrier(n)
+
+    def post(client: TestClient, token: str) -> None:
+        start.wait(timeout=30)
+        form = {"username": USER, "password": "a wrong guess", "csrf_token": token, "next": "/"}
+        results.append(client.post("/login", data=form))
+
+    threads = [threading.Thread(target=post, args=ct) for ct in zip(clients, tokens, strict=True)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not ready([r.status_code for r in results]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+@pytest.fixture
+def slow_verify(monkeypatch: pytest.MonkeyPatch):
+    """UserStore.authenticate held until the test releases it; counts calls and overlap."""
+    release = threading.Event()
+    seen = {"calls": 0, "inside": 0, "most": 0}
+    lock = threading.Lock()
+    real = UserStore.authenticate
+
+    def authenticate(self: UserStore, name: str, password: str) -> Any:
+        with lock:
+            seen["calls"] += 1
+            seen["inside"] += 1
+            seen["most"] = max(seen["most"], seen["inside"])
+        try:
+            release.wait(timeout=10)
+            return real(self, name, password)
+        finally:
+            with lock:
+                seen["inside"] -= 1
+
+    monkeypatch.setattr(UserStore, "authenticate", authenticate)
+    return release, seen
+
+
+def test_concurrent_wrong_passwords_are_counted_before_they_are_verified(
+    make_app, slow_verify
+) -> None:
+    release, seen = slow_verify
+    app = make_app(login_max_failures=3)
+    # The checks are held until the other five have their answer: before the fix, all eight
+    # passed the limit check while the first three were still being verified.
+    results = concurrent_logins(app, 8, release, lambda done: len(done) >= 5)
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [401] * 3 + [429] * 5, statuses
+    assert seen["calls"] == 3
+    assert all(int(r.headers["retry-after"]) > 0 for r in results if r.status_code == 429)
+    # A right password gives its attempt back; the name's counter starts again.
+    fresh = make_app(login_max_failures=2)
+    client = client_of(fresh)
+    assert login(client, USER, "wrong once").status_code == 401
+    assert login(client, USER, PASSWORD).status_code == 303
+    assert login(client_of(fresh), "bob", "wrong twice").status_code == 401  # address: 2 of 2
+    assert login(client_of(fresh), "bob", "wrong thrice").status_code == 429
+
+
+def test_password_checks_at_once_are_capped_and_a_busy_answer_does_not_count(
+    make_app, slow_verify
+) -> None:
+    from twiml_assets.web.app import BUSY_LOGINS, MAX_VERIFYING
+
+    release, seen = slow_verify
+    app = make_app(login_max_failures=MAX_VERIFYING + 1)
+    n = 2 * MAX_VERIFYING
+    results = concurrent_logins(
+        app, n, release, lambda done: len(done) >= n - MAX_VERIFYING and seen["inside"] > 0
+    )
+    busy = [r for r in results if r.status_code == 503]
+    assert sorted(r.status_code for r in results) == [401] * MAX_VERIFYING + [503] * (
+        n - MAX_VERIFYING
+    )
+    assert seen["most"] <= MAX_VERIFYING and seen["calls"] == MAX_VERIFYING
+    assert all(BUSY_LOGINS in r.text and r.headers["retry-after"] == "2" for r in busy)
+    # The busy answers were not counted: one more guess is verified, then the limit holds.
+    release.set()
+    client = client_of(app)
+    assert login(client, USER, "fifth guess").status_code == 401
+    assert login(client, USER, "sixth guess").status_code == 429
+
+
+def test_a_corrupt_users_file_is_logged_at_start_and_sign_in_fails_as_usual(
+    make_app, users_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    users_file.write_text('{"users": {"alice": {"password_hash": "$argon2id$v=19$SECRETHASH"')
+    app = make_app()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, caplog.text
+    message = errors[0].getMessage()
+    assert str(users_file) in message and "line 1 column" in message, message
+    assert "\n" not in message and "SECRETHASH" not in caplog.text
+    assert "no web users" not in caplog.text
+    client = client_of(app)
+    page = client.get("/login").text
+    assert "twiml-transcribe users add NAME" not in page  # adding a user is not the fix
+    resp = login(client, USER, PASSWORD)
+    assert resp.status_code == 401 and "Wrong user name or password." in resp.text
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # logged once
+
+
+def test_users_add_refuses_passwords_longer_than_sign_in_reads(make_app, users_file: Path) -> None:
+    from twiml_assets.web.users import MAX_PASSWORD
+
+    store = UserStore(users_file)
+    with pytest.raises(UsersError, match=f"at most {MAX_PASSWORD} characters"):
+        store.add("bob", "p" * (MAX_PASSWORD + 1))
+    assert "bob" not in store.users()
+    store.add("bob", "p" * MAX_PASSWORD)
+    assert login(client_of(make_app()), "bob", "p" * MAX_PASSWORD).status_code == 303
+
+
+def test_ipv4_mapped_peers_match_the_trusted_proxies(make_app, users_file: Path) -> None:
+    assert parse_networks("::ffff:10.0.0.0/104, ::ffff:192.0.2.1") == (
+        parse_networks("10.0.0.0/8, 192.0.2.1")
+    )
+    for trusted in ("10.0.0.0/8", "::ffff:10.0.0.0/104"):
+        app = make_app(
+            proxy_user_header="X-Forwarded-User", trusted_proxies=parse_networks(trusted)
+        )
+        headers = {"x-forwarded-user": "carol", "x-forwarded-proto": "https"}
+        for peer in ("10.1.2.3", "::ffff:10.1.2.3", "::FFFF:a01:203"):
+            page = client_of(app, peer, headers=headers).get("/upload").text
+            assert 'Signed in as <strong id="signed-in-as">carol' in page, (trusted, peer)
+        outsider = client_of(app, "::ffff:203.0.113.5", headers=headers)
+        assert "Signed in as" not in outsider.get("/upload").text
+    # The address counted and audited is the IPv4 one.
+    client = client_of(make_app(), "::ffff:198.51.100.7")
+    assert login(client, USER, "a wrong guess").status_code == 401
+    entry = json.loads((users_file.parent / "audit.jsonl").read_text().splitlines()[-1])
+    assert entry["address"] == "198.51.100.7"
+
+
+def test_uploads_refused_at_registration_answer_clearly_and_do_not_count(
+    make_app, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import twiml_assets.audio.uploads as uploads
+    import twiml_assets.web.app as web_app
+    from resources.audio import AudioDecodeError
+    from resources.storage import StorageUnavailableError
+    from twiml_assets.audio.fingerprint import ChromaprintMissingError
+
+    caplog.set_level(logging.INFO)
+    client = sign_in(client_of(make_app(uploads_per_hour=1)))
+    seeds = iter(range(10, 100))
+
+    def upload(json_answer: bool = True) -> Any:
+        files = {"audio": ("talk.wav", wav_bytes(0.2, next(seeds)))}
+        return client.post("/upload", files=files, headers=JSON if json_answer else {})
+
+    def fails(exc: Exception) -> Callable[..., Any]:
+        def raiser(*args: Any, **kwargs: Any) -> Any:
+            raise exc
+
+        return raiser
+
+    missing = "fpcalc/libchromaprint is missing (apt install libchromaprint-tools)"
+    monkeypatch.setattr(uploads, "fingerprint_file", fails(ChromaprintMissingError(missing)))
+    for _ in range(2):
+        resp = upload()
+        assert resp.status_code == 503 and resp.json()["error"] == missing
+    assert upload(json_answer=False).status_code == 503
+    assert caplog.text.count("cannot be fingerprinted on this host") == 1  # logged once
+
+    monkeypatch.setattr(uploads, "fingerprint_file", fails(AudioDecodeError("cut off")))
+    resp = upload()
+    assert resp.status_code == 422 and "cannot be decoded" in resp.json()["error"]
+    monkeypatch.undo()
+
+    monkeypatch.setattr(web_app, "register_upload", fails(StorageUnavailableError("s3 down")))
+    resp = upload()
+    assert resp.status_code == 503 and resp.json()["error"] == "storage unavailable, try again"
+    page = upload(json_answer=False)
+    assert page.status_code == 503 and "storage unavailable, try again" in page.text
+    assert "s3 down" not in page.text and "storage error while registering" in caplog.text
+    monkeypatch.undo()
+
+    # None of the refusals used the one upload an hour.
+    assert upload().status_code == 202
+    assert upload().status_code == 429
+
+
+def test_the_episode_page_reads_the_link_once(make_app, monkeypatch: pytest.MonkeyPatch) -> None:
+    import twiml_assets.web.app as web_app
+
+    calls: list[str] = []
+    real = web_app.read_link
+
+    def read_link(storage: Any, key: str) -> Any:
+        calls.append(key)
+        return real(storage, key)
+
+    monkeypatch.setattr(web_app, "read_link", read_link)
+    client = client_of(make_app())
+    assert client.get("/episodes/ep-2").status_code == 200 and calls == ["ep-2"]
+    state = client.get("/api/episodes/ep-2").json()
+    assert "link" in state and state["link"] is None and calls == ["ep-2", "ep-2"]

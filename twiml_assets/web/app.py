@@ -26,6 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from resources.storage import StorageError, StorageResource
+from twiml_assets.audio.fingerprint import ChromaprintMissingError
 from twiml_assets.audio.links import Link, published_fingerprints, read_link
 from twiml_assets.audio.uploads import (
     SidecarIndex,
@@ -64,7 +65,7 @@ from twiml_assets.web.http import (
 from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status, failure_json
 from twiml_assets.web.limits import SlidingWindow
 from twiml_assets.web.settings import WebSettings
-from twiml_assets.web.users import UsersError, UserStore
+from twiml_assets.web.users import MAX_PASSWORD, UsersError, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ MIB = 1024 * 1024
 ADD_USER_HINT = "twiml-transcribe users add NAME"
 WRONG_LOGIN = "Wrong user name or password."
 TOO_MANY_LOGINS = "Too many failed sign-ins. Wait a while, then try again."
+BUSY_LOGINS = "Too many sign-ins at this moment. Try again in a few seconds."
+STORAGE_DOWN = "storage unavailable, try again"
+# Password checks at once: each argon2id verify holds 64 MiB for its time. One more is
+# answered 503 at once (nothing waits, no thread is held) and its attempt does not count.
+MAX_VERIFYING = 4
 T = TypeVar("T")
 
 
@@ -85,6 +91,12 @@ def attempt(
         return call(), True
     except error:
         return default, False
+
+
+class ServiceUnavailableError(UploadError):
+    """An upload that could not be registered for a reason of this host, not of the file."""
+
+    status = 503
 
 
 def parse_similarity(text: str) -> float | None:
@@ -125,25 +137,35 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     login_failures = SlidingWindow(settings.login_max_failures, settings.login_window_seconds)
     uploads_done = SlidingWindow(settings.uploads_per_hour, 3600.0)
     proxy_mode = bool(settings.proxy_user_header and settings.trusted_proxies)
+    verifying = threading.BoundedSemaphore(MAX_VERIFYING)
+    logged: set[str] = set()  # problems of the host logged once, not at every request
+
+    def log_once(message: str) -> None:
+        if message not in logged:
+            logged.add(message)
+            log.error("%s", message)
 
     def no_users() -> bool:
-        """True when nobody can sign in (the pages then say how to add a user)."""
+        """True when nobody can sign in (the pages then say how to add a user).
+
+        A users file that cannot be read or parsed is not "no users": its problem is logged
+        (once; the file's name and the parse error, never its contents), sign-in answers the
+        usual "wrong name or password", and the pages do not suggest adding a user.
+        """
         try:
             return not users.users() and not proxy_mode
-        except UsersError:
-            return True
+        except UsersError as exc:
+            log_once(f"nobody can sign in with a password until the users file is fixed: {exc}")
+            return False
 
-    try:
-        if no_users():
-            log.warning(
-                "no web users in %s: nobody can transcribe or upload; add one with `%s`",
-                settings.users_file,
-                ADD_USER_HINT,
-            )
-    except UsersError as exc:
-        log.error("%s", exc)
+    if no_users():
+        log.warning(
+            "no web users in %s: nobody can transcribe or upload; add one with `%s`",
+            settings.users_file,
+            ADD_USER_HINT,
+        )
 
-    def episode_state(key: str) -> dict[str, Any]:
+    def episode_state(key: str, link: Link | None) -> dict[str, Any]:
         """The JSON the pages poll: status, run progress, download links once done."""
         run, reachable = attempt(lambda: dagster.latest_run(key), None)
         done = library.is_done(key)
@@ -156,7 +178,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             "run": run.to_json() if run else None,
             "dagster": "ok" if reachable else "unavailable",
             "downloads": {f: f"/episodes/{key}/transcript.{f}" for f in FORMATS} if done else {},
-            "link": link_json(read_link(storage, key)),
+            "link": link_json(link),
         }
 
     def launch(key: str) -> tuple[RunInfo, bool]:
@@ -338,8 +360,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         request: Request, key: str, download: str = "", notice: str = "", similarity: str = ""
     ) -> Response:
         episode = episode_or_404(key)
-        state = episode_state(key)
         link = read_link(storage, key)
+        state = episode_state(key, link)
         return render(
             request,
             "episode.html",
@@ -378,27 +400,39 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
 
     @app.post("/login", dependencies=[Depends(same_origin)])
     async def login(request: Request) -> Response:
-        """Sign in; a wrong password and an unknown name get the same answer, as slowly."""
+        """Sign in; a wrong password and an unknown name get the same answer, as slowly.
+
+        The attempt is counted (per address and per name) before the password is verified,
+        atomically, so concurrent requests cannot all pass the check: at most
+        ``login_max_failures`` verifications per window. A right password gives it back.
+        """
         form = await read_small_form(request)
         target = safe_next(str(form.get("next") or ""))
         if not auth.check_login_token(request, form.get(CSRF_FIELD)):
             message = "The sign-in form has expired or came from elsewhere; try again."
             return login_page(request, target, 403, message)
         name = str(form.get("username") or "")[:200]
-        password = str(form.get("password") or "")[:1024]
+        password = str(form.get("password") or "")[:MAX_PASSWORD]
         address = auth.address(request)
         known = users.get(name)
         who = known.name if known else None  # an unknown name may be a mistyped password
         keys = [f"ip:{address}", f"user:{name.strip().lower()[:64]}"]
-        wait = login_failures.retry_after(keys)
+        wait = login_failures.take_all(keys)
         if wait:
             audit.record("login_failed", who, address, reason="rate limited")
             return login_page(request, target, 429, TOO_MANY_LOGINS, {"retry-after": str(wait)})
-        user = await run_in_threadpool(users.authenticate, name, password)
+        if not verifying.acquire(blocking=False):
+            login_failures.give_back(*keys)  # not verified: the attempt does not count
+            audit.record("login_failed", who, address, reason="busy")
+            return login_page(request, target, 503, BUSY_LOGINS, {"retry-after": "2"})
+        try:
+            user = await run_in_threadpool(users.authenticate, name, password)
+        finally:
+            verifying.release()
         if user is None:
-            login_failures.add(keys)
             audit.record("login_failed", who, address, reason="wrong name or password")
             return login_page(request, target, 401, WRONG_LOGIN)
+        login_failures.give_back(keys[0])
         login_failures.clear(keys[1])
         response = RedirectResponse(target, status_code=303)
         auth.start_session(response, request, user.name)
@@ -455,7 +489,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     @app.get("/api/episodes/{key}")
     def status_json(key: str) -> JSONResponse:
         episode_or_404(key)
-        return JSONResponse(episode_state(key), headers={"cache-control": "no-store"})
+        return JSONResponse(
+            episode_state(key, read_link(storage, key)), headers={"cache-control": "no-store"}
+        )
 
     @app.post("/episodes/{key}/transcribe", dependencies=[Depends(transcribe_writer)])
     def transcribe(request: Request, key: str) -> Response:
@@ -548,14 +584,23 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                 await form.close()
             if not counted:  # refused uploads do not count towards the hourly limit
                 uploads_done.give_back(count_key)
+        registered = None
         try:
             registered = await run_in_threadpool(
                 register_upload, storage, staged, sidecars, fingerprints
             )
         except UploadError as exc:  # audio by its first bytes, but undecodable
             return refuse(exc)
+        except ChromaprintMissingError as exc:  # the web host lacks libchromaprint or ffmpeg
+            log_once(f"uploads cannot be fingerprinted on this host: {exc}")
+            return refuse(ServiceUnavailableError(str(exc)))
+        except StorageError as exc:
+            log.error("storage error while registering an upload: %s", exc)
+            return refuse(ServiceUnavailableError(STORAGE_DOWN))
         finally:
             staged.discard()
+            if registered is None:  # refused (or failed) at registration: does not count
+                uploads_done.give_back(count_key)
         key = registered.key
         run_json, launched, error = None, False, None
         if not library.is_done(key):

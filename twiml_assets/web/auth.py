@@ -99,10 +99,15 @@ def load_secret(settings: WebSettings) -> str:
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in ``text``; an IPv4-mapped IPv6 one (``::ffff:10.0.0.2``, what a
+    dual-stack socket reports for an IPv4 client) as the IPv4 address it carries."""
     try:
-        return ipaddress.ip_address(text.strip())
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class Auth:
@@ -125,12 +130,15 @@ class Auth:
         return ip is not None and any(ip in net for net in self.settings.trusted_proxies)
 
     def address(self, request: Request) -> str:
-        """The client's address: the peer, or the proxy's last ``X-Forwarded-For`` entry."""
+        """The client's address: the peer, or the proxy's last ``X-Forwarded-For`` entry
+        (IPv4-mapped addresses as IPv4, so one client has one rate-limit key)."""
         if self.from_trusted_proxy(request):
-            forwarded = request.headers.get("x-forwarded-for", "").split(",")[-1]
-            if _ip(forwarded):
-                return forwarded.strip()
-        return self.peer(request)
+            forwarded = _ip(request.headers.get("x-forwarded-for", "").split(",")[-1])
+            if forwarded is not None:
+                return str(forwarded)
+        peer = self.peer(request)
+        ip = _ip(peer)
+        return str(ip) if ip is not None else peer
 
     def is_https(self, request: Request) -> bool:
         if self.settings.cookie_secure or request.url.scheme == "https":

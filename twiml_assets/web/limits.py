@@ -35,26 +35,6 @@ class SlidingWindow:
             del self._events[key]
         return events
 
-    def retry_after(self, keys: Iterable[str]) -> int:
-        """Seconds until every key is under the limit again; 0 when all are."""
-        now = self.clock()
-        wait = 0.0
-        with self._lock:
-            for key in keys:
-                events = self._recent(key, now)
-                if len(events) >= self.limit:
-                    wait = max(wait, events[-self.limit] + self.window - now)
-        return max(1, math.ceil(wait)) if wait > 0 else 0
-
-    def add(self, keys: Iterable[str]) -> None:
-        now = self.clock()
-        with self._lock:
-            if len(self._events) > MAX_KEYS:
-                for key in list(self._events):
-                    self._recent(key, now)
-            for key in keys:
-                self._events.setdefault(key, deque()).append(now)
-
     def take(self, key: str, limit: int | None = None) -> int:
         """Count one event for ``key`` if under ``limit``: 0, else the seconds to wait."""
         limit = self.limit if limit is None else limit
@@ -68,12 +48,36 @@ class SlidingWindow:
             self._events.setdefault(key, events).append(now)
             return 0
 
-    def give_back(self, key: str) -> None:
-        """Undo the newest event of ``key`` (an upload that was refused does not count)."""
+    def take_all(self, keys: Iterable[str]) -> int:
+        """Count one event for every key if all are under the limit: 0, else the seconds to wait.
+
+        Check and count are one step under the lock, so concurrent callers cannot all pass
+        the check before any of them is counted (a sign-in attempt is taken before its
+        password is verified, and given back if it was right).
+        """
+        keys = list(keys)
         with self._lock:
-            events = self._events.get(key)
-            if events:
-                events.pop()
+            now = self.clock()
+            if not self.limit:
+                return math.ceil(self.window)
+            full = [e for e in (self._recent(k, now) for k in keys) if len(e) >= self.limit]
+            if full:
+                wait = max(e[-self.limit] + self.window - now for e in full)
+                return max(1, math.ceil(wait))
+            if len(self._events) > MAX_KEYS:
+                for key in list(self._events):
+                    self._recent(key, now)
+            for key in keys:
+                self._events.setdefault(key, deque()).append(now)
+            return 0
+
+    def give_back(self, *keys: str) -> None:
+        """Undo the newest event of each key (a refused upload, a right password: no count)."""
+        with self._lock:
+            for key in keys:
+                events = self._events.get(key)
+                if events:
+                    events.pop()
 
     def clear(self, key: str) -> None:
         with self._lock:

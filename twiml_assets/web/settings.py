@@ -28,12 +28,16 @@ def parse_networks(text: str | None) -> tuple[Network, ...]:
     for item in (text or "").split(","):
         if item.strip():
             try:
-                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                network = ipaddress.ip_network(item.strip(), strict=False)
             except ValueError:
                 raise ValueError(
                     f"TWIML_WEB_TRUSTED_PROXIES: {item.strip()[:50]!r} is not an IP address or "
                     "network"
                 ) from None
+            mapped = getattr(network.network_address, "ipv4_mapped", None)
+            if mapped is not None and network.prefixlen >= 96:  # ::ffff:10.0.0.0/104
+                network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+            networks.append(network)
     return tuple(networks)
 
 

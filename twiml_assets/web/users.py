@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # sign-in reads no more than this of the password field
 HASHER = PasswordHasher()  # argon2id with the library's current (RFC 9106) parameters
 _DUMMIES: dict[tuple[int, int, int, int], str] = {}  # one dummy hash per parameter set
 
@@ -124,7 +125,10 @@ class UserStore:
         users = data.get("users") if isinstance(data, dict) else None
         if not isinstance(users, dict):
             raise UsersError(f'{self.path}: expected {{"users": {{...}}}}')
-        return {u.name: u for u in (_user(n, d) for n, d in users.items())}
+        try:
+            return {u.name: u for u in (_user(n, d) for n, d in users.items())}
+        except UsersError as exc:
+            raise UsersError(f"{self.path}: {exc}") from None
 
     def get(self, name: str) -> User | None:
         try:
@@ -186,6 +190,11 @@ class UserStore:
         name = valid_name(name)
         if len(password) < MIN_PASSWORD:
             raise UsersError(f"the password must have at least {MIN_PASSWORD} characters")
+        if len(password) > MAX_PASSWORD:
+            raise UsersError(
+                f"the password is too long: at most {MAX_PASSWORD} characters "
+                "(sign-in reads no more)"
+            )
         if name in self.users() and not replace:
             raise UsersError(f"user {name!r} exists (use --replace to set a new password)")
         user = _user(
