@@ -37,6 +37,7 @@ def outputs(episode_key: str) -> set[str]:
         f.episode,
         f.audio(".mp3"),
         f.audio_sidecar,
+        f.fingerprint,
         f.asr_result,
         f.diarisation_result,
         f.rttm,
@@ -150,7 +151,8 @@ def test_the_corrupt_and_the_404_episode_are_given_up_after_one_run(report: Chao
         assert run.status == "FAILURE"
         assert run.tags["twiml/failure_kind"] == "permanent"
         assert run.step_retries == []  # a permanent failure is not retried by the step
-    assert report.ledgers[key(plan.corrupt)].attempts[0].step == "transcribe_and_diarise"
+    # The first step that decodes the audio: its fingerprint, before any model runs.
+    assert report.ledgers[key(plan.corrupt)].attempts[0].step == "audio_fingerprint"
     assert report.ledgers[key(plan.missing)].attempts[0].step == "raw_audio"
 
 

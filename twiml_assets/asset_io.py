@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import MetadataValue
+from dagster import Failure, MetadataValue
 from dagster._core.definitions.metadata.external_metadata import metadata_map_from_external
 
 from resources.failures import permanent
@@ -35,6 +35,16 @@ def read_json_or_fail(storage: StorageResource, rel: str, key: str, producer: st
             f"{key}: {storage.uri(rel)} is missing; materialise {producer} for this partition first"
         )
     return storage.read_json(rel)
+
+
+def undecodable_audio(reason: str) -> Failure:
+    """The permanent failure of an episode whose stored audio does not decode, saying what a
+    person can do about it (the model step and ``audio_fingerprint`` both decode it)."""
+    return permanent(
+        f"{reason}. Re-materialise raw_audio with force_download=true if the "
+        "download was damaged; if the source itself is broken, this episode cannot be "
+        "transcribed until the publisher fixes it (the other episodes are unaffected)"
+    )
 
 
 def feed_transcript_url(storage: StorageResource, key: str) -> str | None:

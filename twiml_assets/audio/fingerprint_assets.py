@@ -13,8 +13,9 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from resources.failures import STEP_RETRY, permanent_errors_fail_at_once
 from resources.storage import StorageResource
-from twiml_assets.asset_io import GROUP_INGEST, read_json_or_fail
+from twiml_assets.asset_io import GROUP_INGEST, read_json_or_fail, undecodable_audio
 from twiml_assets.audio.assets import raw_audio
+from twiml_assets.audio.fingerprint import FingerprintDecodeError
 from twiml_assets.audio.links import ensure_fingerprint, link_published_episode
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
@@ -39,8 +40,11 @@ def audio_fingerprint(
     files = EpisodeFiles(key)
     audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
     started = time.perf_counter()
-    with permanent_errors_fail_at_once():  # undecodable audio, no libchromaprint: no retry
-        fp, computed = ensure_fingerprint(storage, key, audio.get("sha256"), audio["path"])
+    with permanent_errors_fail_at_once():  # no libchromaprint: no retry
+        try:
+            fp, computed = ensure_fingerprint(storage, key, audio.get("sha256"), audio["path"])
+        except FingerprintDecodeError as exc:
+            raise undecodable_audio(f"cannot decode {key} ({audio['path']})") from exc
     seconds = time.perf_counter() - started
     if computed:
         context.log.info(f"{key}: fingerprinted {fp.duration:.0f} s of audio in {seconds:.1f} s")

@@ -22,7 +22,6 @@ from pydantic import Field
 from resources.asr import WhisperASR
 from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
 from resources.diarisation import PyannoteDiariser
-from resources.failures import permanent
 from resources.schema import AsrResult, DiarisationResult, dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
@@ -31,6 +30,7 @@ from twiml_assets.asset_io import (
     read_json_or_fail,
     rtf,
     typed,
+    undecodable_audio,
     wire_paths,
 )
 from twiml_assets.layout import EpisodeFiles
@@ -79,11 +79,7 @@ def run_model_step(
             if isinstance(exc, AudioDecodeError)
             else f"cannot decode {key} ({audio['path']}): {type(exc).__name__}: {exc}"
         )
-        raise permanent(
-            f"{reason}. Re-materialise raw_audio with force_download=true if the "
-            "download was damaged; if the source itself is broken, this episode cannot be "
-            "transcribed until the publisher fixes it (the other episodes are unaffected)"
-        ) from exc
+        raise undecodable_audio(reason) from exc
     decode_seconds = time.perf_counter() - started
     duration = len(waveform) / SAMPLE_RATE
     log(f"{key}: decoded {duration:.1f} s of audio in {decode_seconds:.1f} s")
