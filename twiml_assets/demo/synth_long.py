@@ -15,6 +15,7 @@ import ast
 import re
 import subprocess
 import sysconfig
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,9 +45,21 @@ class Line:
     text: str
 
 
-@lru_cache(maxsize=1)
+SENTENCES_LOCK = threading.Lock()
+
+
 def stdlib_sentences() -> tuple[str, ...]:
-    """Clean English sentences from the standard library's docstrings, in a stable order."""
+    """Clean English sentences from the standard library's docstrings, in a stable order.
+
+    Read once, under a lock: episodes are generated in threads, and ``ast.parse`` in two
+    threads at once can fail in CPython 3.11 ("AST constructor recursion depth mismatch").
+    """
+    with SENTENCES_LOCK:
+        return _stdlib_sentences()
+
+
+@lru_cache(maxsize=1)
+def _stdlib_sentences() -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     sentences: dict[str, None] = {}  # ordered, without repeats
     for path in sorted(root.glob("*.py")) + sorted(root.glob("[a-z]*/*.py")):
