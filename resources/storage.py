@@ -39,6 +39,24 @@ def clean_relpath(relpath: str) -> str:
     return str(path)
 
 
+def write_atomically(target: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``target`` through a temporary file in its directory, fsynced and
+    renamed over it, so a reader sees the old file or the new one, never a part.
+    ``mode`` (e.g. 0o600) is set before any byte is written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class LocalBackend:
     """A directory on this machine; atomic writes by temp file + fsync + rename."""
 
@@ -55,16 +73,7 @@ class LocalBackend:
         target = self.path(rel)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomically(target, data)
         except OSError as exc:
             raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
