@@ -2,13 +2,17 @@
 #   make run          Dagster UI + daemon on the TWIML feed  (make run DEMO=1: offline demo feed)
 #   make test         the whole test suite, slow end-to-end tests included
 # Both do their own set-up (system packages, venv, offline weights) on a fresh machine.
-.PHONY: setup run web test test-fast lint bench
+.PHONY: setup lock run web test test-fast test-portable lint bench
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
 setup:
 	bash scripts/setup.sh
+
+# Re-resolve uv.lock from pyproject.toml (newest versions its ranges allow); commit both.
+lock:
+	bash scripts/setup.sh --lock
 
 # exec: a SIGTERM to make goes to its child, which must be run.sh itself (it stops Dagster);
 # an intermediate /bin/sh would die of it alone and leave everything running.
@@ -20,6 +24,11 @@ web: setup
 
 test: setup
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# The model-output tests (marker model_output) natively and under other CPUs' kernels
+# (tests/model_output.py: PORTABILITY_SETTINGS); about 25 minutes on 2 cores.
+test-portable: setup
+	$(PY) -m tests.model_output $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

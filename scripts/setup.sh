@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up for a fresh machine: system packages, the virtual
-# environment with the pinned torch/pyannote stack, and the offline model weights.
+# environment with the locked Python stack (uv.lock), and the offline model weights.
+# `scripts/setup.sh --lock` (make lock) first re-resolves uv.lock to the newest versions that
+# pyproject.toml allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+# The Python stack is installed from uv.lock (exact versions, hashes, every transitive
+# dependency) by uv. Refresh the lock after changing pyproject.toml: `make lock`.
+UV_VERSION="0.13.8"
+PYTHON_VERSION="3.11"
 
 need_apt=()
 for bin in ffmpeg espeak-ng sox; do
@@ -50,14 +54,38 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     postgresql >/dev/null
 fi
 
-stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
-if [ ! -f "$stamp" ]; then
-  echo "==> creating $VENV and installing the project (the torch stack takes a few minutes)"
-  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
-  rm -f "$VENV"/.installed-*
-  touch "$stamp"
+# uv itself: the one on PATH, else the pinned release from PyPI into .tools/ (pip --target
+# works on Debian's externally managed python3 too).
+UV="$(command -v uv || true)"
+if [ -z "$UV" ]; then
+  UV=".tools/uv/bin/uv"
+  if [ ! -x "$UV" ]; then
+    echo "==> installing uv $UV_VERSION into .tools/uv"
+    python3 -m pip install -q --disable-pip-version-check --target .tools/uv "uv==$UV_VERSION" \
+      || { echo "setup: uv is needed: install it (pip install uv, or Debian's python3-pip first), then run again" >&2; exit 1; }
+  fi
 fi
+export UV_PROJECT_ENVIRONMENT="$VENV"
+
+# Python 3.11: one on this machine (PATH, pyenv, uv's own), else uv downloads one; where
+# neither works, stop now with one line rather than deep inside the install.
+if ! PY311="$("$UV" python find "$PYTHON_VERSION" 2>/dev/null)"; then
+  echo "==> no Python $PYTHON_VERSION found; asking uv to install one"
+  "$UV" python install "$PYTHON_VERSION" >/dev/null 2>&1 \
+    && PY311="$("$UV" python find "$PYTHON_VERSION")" \
+    || { echo "setup: Python $PYTHON_VERSION is needed: install it (apt-get install python3.11, pyenv install 3.11 or uv python install 3.11), then run again" >&2; exit 1; }
+fi
+
+# Exactly the locked set (removes what the lock does not list); a second run installs nothing.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "==> $VENV is not Python $PYTHON_VERSION: recreating it"
+  rm -rf "$VENV"
+fi
+if [ "${1:-}" = "--lock" ]; then
+  echo "==> re-resolving uv.lock (commit it with pyproject.toml)"
+  "$UV" lock --upgrade --python "$PY311"
+fi
+# --locked: a uv.lock that no longer matches pyproject.toml is an error (run `make lock`).
+"$UV" sync --locked --extra test --python "$PY311" --quiet
 
 "$VENV/bin/python" scripts/fetch_models.py
