@@ -8,7 +8,11 @@ fault caused (seen by the HTTP server, the event log and the run list), the time
 and the duplicate runs. The same harness (tests/chaos_harness.py) backs
 tests/test_catchup_chaos.py, which asserts on it.
 
-.venv/bin/python bench/chaos_catchup.py [--good 30] [--seed 13] [--json out.json]
+The test runs the model step with stand-in models (tests/standin_models.py); this
+benchmark runs the real ones unless ``--models standin`` (the test's set-up) is given.
+
+.venv/bin/python bench/chaos_catchup.py [--good 30] [--seed 13] [--models real|standin]
+    [--json out.json]
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=defaults.s3_stall_seconds)
     parser.add_argument("--stall-after", type=int, default=defaults.stall_after_done)
     parser.add_argument("--cooldown", type=float, default=defaults.retry_cooldown)
+    parser.add_argument(
+        "--models",
+        choices=("real", "standin"),
+        default="real",
+        help="the real models (default) or the test's stand-ins (tests/standin_models.py)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep logs and the instance here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument("--quiet", action="store_true", help="no timeline while it runs")
@@ -45,6 +55,7 @@ def main() -> None:
         s3_stall_seconds=args.stall,
         stall_after_done=args.stall_after,
         retry_cooldown=args.cooldown,
+        standin_models=args.models == "standin",
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     started = time.time()

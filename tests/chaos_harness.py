@@ -13,6 +13,16 @@ Shared by ``tests/test_catchup_chaos.py`` (which asserts) and ``bench/chaos_catc
   monitoring, run retries) with test-sized intervals, the code location in a code server
   and ``dagster-daemon run``; the feed sensor requests the episodes, the failure sensors
   record failures;
+- **models**: stand-ins by default (``ChaosSettings.standin_models``): the code server
+  serves ``tests.standin_definitions``, the project's definitions with the deterministic,
+  model-free ASR, diariser and voice encoder of ``tests/standin_models.py``. This is a
+  test of orchestration; loading torch and the models in each of its ~33 run workers cost
+  CPU and time and told it nothing. The model step is still the real
+  ``transcribe_and_diarise`` asset in the gpu pool, decoding each episode for real (the
+  corrupt one still fails at its decode) and spending a quarter of the audio's length, so
+  a worker can be killed in it.
+  ``standin_models=False`` serves ``twiml_assets.definitions`` with the real models
+  (``bench/chaos_catchup.py --models real``);
 - **chaos**: the run worker of the first good episode that enters ``transcribe_and_diarise``
   is SIGKILLed; later, while runs are active, the S3 server is SIGSTOPped for
   ``s3_stall_seconds`` (its state kept) and SIGCONTinued;
@@ -110,6 +120,12 @@ class ChaosSettings:
     threads_per_run: int = 1  # OMP/MKL threads of a run: two runs share two cores
     settle_quiet_seconds: float = 15.0
     settle_timeout: float = 1200.0
+    standin_models: bool = True  # tests.standin_definitions; False: the real models
+
+    @property
+    def code_location(self) -> str:
+        """The module the code server serves (and its run workers load)."""
+        return "tests.standin_definitions" if self.standin_models else "twiml_assets.definitions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,7 +646,7 @@ class Chaos:
         code_log = self.workdir / "code-server.log"
         self.code_server = subprocess.Popen(
             [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
-            + ["-m", "twiml_assets.definitions"],
+            + ["-m", s.code_location],
             cwd=REPO,
             env=env,
             stdout=code_log.open("w"),
@@ -650,7 +666,7 @@ class Chaos:
         )
         self.processes.append(self.daemon)
         self.report.started = time.time()
-        self.note(f"daemon started; faults: {self._plan_text()}")
+        self.note(f"daemon started ({s.code_location}); faults: {self._plan_text()}")
 
     def _plan_text(self) -> str:
         p = self.plan

@@ -47,6 +47,7 @@ def test_missing_model_names_the_model_and_the_fix(tmp_path, monkeypatch) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_model_loads_once_and_transcribes_with_word_timestamps(dialogue) -> None:
     waveform = decode_audio(dialogue.audio_path)
     first, second = WhisperASR(), WhisperASR(beam_size=1)

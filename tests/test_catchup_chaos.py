@@ -7,6 +7,15 @@ a 404 enclosure, the S3 server stopped for 20 s mid catch-up, a run worker SIGKI
 the model step. When it settles, every good episode has its files once, the bad ones are
 given up for the right reason after one run each, and nothing leaked or ran twice.
 ``bench/chaos_catchup.py`` prints the same run's figures.
+
+The models are stand-ins (``tests/standin_models.py``, served by
+``tests/standin_definitions.py``): this test is about orchestration, and loading
+faster-whisper, the diariser and the speaker encoder (torch) in each of its ~33 run workers
+cost minutes and told it nothing. Everything else is the real thing: the same asset graph and
+``transcribe_and_diarise`` step in the gpu pool, the same processes, storage and files; the
+audio is decoded for real, so the corrupt episode fails as it does with the real models, and
+the stand-in step takes a quarter of the audio's length, so the worker is killed in it.
+Real transcription end to end: ``tests/test_golden_outputs.py``, ``tests/test_long_audio.py``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,16 @@
 """The Dagster code location: loading as `dagster dev` does, materialisation, backfills.
 
 Everything runs against real HTTP on 127.0.0.1 and real Dagster instances (temporary
-DAGSTER_HOMEs); the slow tests load the offline models (tiny.en + the offline
+DAGSTER_HOMEs); the slow in-process tests load the offline models (tiny.en + the offline
 diariser) and transcribe short generated dialogues.
+
+The daemon tests (the PostgreSQL backfill and the hung run) are about orchestration, so
+their code server serves ``tests.standin_definitions``: the project's definitions with the
+stand-in models of ``tests/standin_models.py`` (no torch, no CTranslate2, a model step of
+a quarter of the audio's length, the audio decoded for real). A model load in every run
+worker cost more than half of the backfill's CPU and is none of what they check; the
+in-process tests here, ``tests/test_golden_outputs.py`` and ``tests/test_long_audio.py``
+run the real models.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from twiml_assets.jobs import PER_EPISODE_ASSETS
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PER_EPISODE = list(PER_EPISODE_ASSETS)
+PROJECT_LOCATION = "twiml_assets.definitions"
+STANDIN_LOCATION = "tests.standin_definitions"  # the same definitions, stand-in models
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -492,14 +502,19 @@ def test_each_episode_keeps_its_check_status_and_one_check_reruns_alone(
 
 
 # -- the production instance: PostgreSQL, code server, daemon; a CLI backfill -----------------
-def start_code_server(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen, Path, int]:
-    """The `code` service of docker-compose.yml on 127.0.0.1, and deploy/workspace.yaml
+def start_code_server(
+    env: dict[str, str], tmp_path: Path, module: str = STANDIN_LOCATION
+) -> tuple[subprocess.Popen, Path, int]:
+    """The `code` service of docker-compose.yml on 127.0.0.1, serving ``module`` instead of
+    the project's code location (default: the stand-in models'), and deploy/workspace.yaml
     pointed at it; returns the server, the workspace file and the port."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     command = list(compose["services"]["code"]["command"])
     port = free_port()
     command[command.index("-h") + 1] = "127.0.0.1"
     command[command.index("-p") + 1] = str(port)
+    assert command[command.index("-m") + 1] == PROJECT_LOCATION, command
+    command[command.index("-m") + 1] = module
     workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
     workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=port)
     path = tmp_path / "workspace.yaml"
@@ -530,6 +545,15 @@ def wait_until_serving(server: subprocess.Popen, port: int, log: Path) -> None:
     raise AssertionError(f"the code server is not serving: {log.read_text()[-3000:]}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """Ctrl+C to a process started in a session of its own and all its children."""
     import signal
@@ -549,13 +573,18 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 def start_daemon(
-    env: dict[str, str], code_server: subprocess.Popen, workspace: Path, port: int, tmp_path: Path
+    env: dict[str, str],
+    code_server: subprocess.Popen,
+    workspace: Path,
+    port: int,
+    tmp_path: Path,
+    module: str = STANDIN_LOCATION,
 ) -> subprocess.Popen:
     """The manual catch-up path's set-up: materialise feed_catalog (registers the
-    partitions), the gpu pool's limit as the daemon's start command sets it
-    (TWIML_GPU_WORKERS=1), then the daemon on the served code location."""
+    partitions) from ``module`` (the code server's), the gpu pool's limit as the daemon's
+    start command sets it (TWIML_GPU_WORKERS=1), then the daemon on the served code location."""
     materialize = ["asset", "materialize", "--select", "feed_catalog"]
-    cli_ok([str(BIN / "dagster"), *materialize, "-m", "twiml_assets.definitions"], env)
+    cli_ok([str(BIN / "dagster"), *materialize, "-m", module], env)
     cli_ok([str(BIN / "dagster"), "instance", "concurrency", "set", "gpu", "1"], env)
     wait_until_serving(code_server, port, tmp_path / "code-server.log")
     return subprocess.Popen(
@@ -577,7 +606,8 @@ def test_postgres_instance_backfills_two_runs_at_a_time_and_a_corrupt_episode_fa
     http_server, tmp_path: Path, short_episodes, postgres, monkeypatch
 ) -> None:
     """deploy/dagster.yaml on a real PostgreSQL server, the code location served by
-    docker-compose.yml's code-server command, the daemon's queue and gpu pool."""
+    docker-compose.yml's code-server command, the daemon's queue and gpu pool (the models
+    are stand-ins: the queue, the pool and the decode failure are what is tested)."""
     corrupt = tmp_path / "corrupt.mp3"
     corrupt.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + os.urandom(40_000))
     keys = publish(http_server, [e.audio_path for e in short_episodes] + [corrupt])
@@ -716,7 +746,8 @@ def test_a_hung_run_is_failed_at_its_time_limit_and_frees_the_gpu_slot(
 ) -> None:
     """The project's dagster.yaml (run monitoring) with a real code server and daemon: a run
     whose worker hangs in the model step is failed at its dagster/max_runtime, its gpu slot
-    is freed, and the failure sensor records it as transient."""
+    is freed, and the failure sensor records it as transient. (Stand-in models: the
+    worker is stopped in the stand-in model step, which lasts a quarter of the audio.)"""
     import re
     import signal
 
@@ -788,7 +819,14 @@ def test_a_hung_run_is_failed_at_its_time_limit_and_frees_the_gpu_slot(
             assert attempt.kind == "transient" and "maximum runtime" in attempt.reason
     finally:
         if hung is not None:
+            # Resumed, the worker answers the termination the daemon asked for and frees the
+            # code server, which otherwise holds its stop on the stopped worker until it is
+            # killed itself (a minute of stop_group); then it is killed all the same.
             with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+                deadline = time.time() + 15
+                while time.time() < deadline and pid_alive(hung):
+                    time.sleep(0.2)
                 os.kill(hung, signal.SIGKILL)
         if daemon is not None:
             daemon.terminate()

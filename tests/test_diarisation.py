@@ -84,6 +84,7 @@ def default_result(diariser: PyannoteDiariser, default_waveform: np.ndarray) -> 
 
 # -- accuracy (real models) -----------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_default_dialogue_der_and_estimated_speaker_count(
     dialogue: SyntheticEpisode, default_result: DiarisationResult
 ) -> None:
@@ -99,6 +100,7 @@ def test_default_dialogue_der_and_estimated_speaker_count(
 
 
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_forced_speaker_count_and_per_call_override(
     dialogue: SyntheticEpisode, default_waveform: np.ndarray
 ) -> None:
@@ -112,6 +114,7 @@ def test_forced_speaker_count_and_per_call_override(
 
 
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_three_speakers_are_counted(tmp_path: Path, diariser: PyannoteDiariser) -> None:
     episode = synthesize_dialogue(
         tmp_path / "three.wav", lines=THREE_SPEAKER_LINES, gaps=(0.5, 0.3, 0.8, 0.4), seed=2
@@ -155,6 +158,7 @@ def test_models_load_once_and_are_shared_across_instances(default_waveform: np.n
 
 
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_streamed_blocks_give_exactly_the_one_pass_result(
     default_waveform: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -53,6 +53,7 @@ def cli_run(dialogue_mp3: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+@pytest.mark.model_output
 def test_cli_meets_quality_bars(cli_run, dialogue) -> None:
     proc, out = cli_run
     assert "ep-901" in proc.stdout and "real-time factor" in proc.stdout

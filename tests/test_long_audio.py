@@ -3,7 +3,9 @@
 A 20-minute generated episode (three voices, backchannels, overlaps, noise, stereo mp3)
 goes through the engine's model step and through bare faster-whisper with the same
 settings, each in a fresh process (``twiml_assets.speech.model_step``). These are accuracy,
-coverage and memory assertions; the timings are in ``bench/long_episode.py``.
+coverage and memory assertions; the timings are in ``bench/long_episode.py``. The coverage
+assertion is strict; the WER comparison with bare faster-whisper allows the margin measured
+across CPU kernels (``tests/model_output.py``), since both runs are model output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from evaluation.coverage import speech_without_words
 from evaluation.metrics import word_error_rate
 from resources.schema import Word, load
+from tests.model_output import ENGINE_BARE_WER_MARGIN
 from twiml_assets.demo.synth import SyntheticEpisode
 from twiml_assets.demo.synth_long import generate_long_episode
 from twiml_assets.speech.model_step import measure
@@ -57,6 +60,7 @@ def test_the_generated_episode_is_what_a_podcast_serves(long_episode: SyntheticE
     assert overlapped >= 10  # backchannels and early starts
 
 
+@pytest.mark.model_output
 def test_no_speech_is_lost_and_engine_is_no_worse_than_bare_faster_whisper(
     long_episode: SyntheticEpisode, engine_run: dict[str, Any]
 ) -> None:
@@ -70,7 +74,7 @@ def test_no_speech_is_lost_and_engine_is_no_worse_than_bare_faster_whisper(
     assert lost == [], f"reference speech without words (start, seconds): {lost}"
     engine_wer = word_error_rate(long_episode.text, "".join(w.text for w in engine_words)).wer
     bare_wer = word_error_rate(long_episode.text, "".join(w.text for w in bare_words)).wer
-    assert engine_wer <= bare_wer + 0.005, (engine_wer, bare_wer)
+    assert engine_wer <= bare_wer + ENGINE_BARE_WER_MARGIN, (engine_wer, bare_wer)
     details = engine_run["asr_details"]
     assert details["blocks"] >= 2  # 20 minutes are decoded in bounded blocks
     assert details["recovered_stretches"] <= details["speech_stretches_without_words"]

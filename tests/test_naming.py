@@ -312,6 +312,7 @@ def _assert_named(root: Path, ep: Episode) -> None:
     assert out["corrected"]["speakers"][:2] == ["SPEAKER_00", "SPEAKER_01"]
 
 
+@pytest.mark.model_output
 def test_voiceprint_threshold_separates_the_generated_voices(corpus_prints) -> None:
     """The measurement behind MATCH_THRESHOLD: same voice ≥ it, different voices below."""
     prints = list(corpus_prints.values())
@@ -324,6 +325,7 @@ def test_voiceprint_threshold_separates_the_generated_voices(corpus_prints) -> N
     assert max(different) < MATCH_THRESHOLD, sorted(different)
 
 
+@pytest.mark.model_output
 def test_names_after_enrolment(tmp_path: Path, corpus) -> None:
     from twiml_assets.cli import main
 
