@@ -22,8 +22,12 @@ run: setup
 web: setup
 	$(VENV)/bin/twiml-transcribe web
 
+# One pytest worker per core (TEST_WORKERS=1: one process), a test file per worker, so a
+# module's fixtures (the long episode's engine run, the chaos catch-up) are made once.
+TEST_WORKERS ?= auto
+
 test: setup
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The model-output tests (marker model_output) natively and under other CPUs' kernels
 # (tests/model_output.py: PORTABILITY_SETTINGS); about 25 minutes on 2 cores.

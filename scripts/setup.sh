@@ -61,7 +61,8 @@ if [ -z "$UV" ]; then
   UV=".tools/uv/bin/uv"
   if [ ! -x "$UV" ]; then
     echo "==> installing uv $UV_VERSION into .tools/uv"
-    python3 -m pip install -q --disable-pip-version-check --target .tools/uv "uv==$UV_VERSION" \
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+      --target .tools/uv "uv==$UV_VERSION" \
       || { echo "setup: uv is needed: install it (pip install uv, or Debian's python3-pip first), then run again" >&2; exit 1; }
   fi
 fi
@@ -86,6 +87,9 @@ if [ "${1:-}" = "--lock" ]; then
   "$UV" lock --upgrade --python "$PY311"
 fi
 # --locked: a uv.lock that no longer matches pyproject.toml is an error (run `make lock`).
-"$UV" sync --locked --extra test --python "$PY311" --quiet
+"$UV" sync --locked --extra test --python "$PY311" --quiet || {
+  echo "setup: installing uv.lock failed (see above); if pyproject.toml changed, run: make lock" >&2
+  exit 1
+}
 
 "$VENV/bin/python" scripts/fetch_models.py

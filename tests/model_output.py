@@ -1,8 +1,9 @@
 """Comparing model output across machines: exact where it is deterministic, else within bounds.
 
-CTranslate2's int8 GEMM (oneDNN on non-Intel CPUs, MKL on Intel ones), oneDNN's kernel for
-the CPU's instruction set, and PyTorch's ATen kernels give last-bit differences from one
-CPU to another, and Whisper's beam search and cross-attention word alignment amplify them
+numpy's OpenBLAS (the log-Mel filterbank product, its kernel chosen by CPU model),
+CTranslate2's int8 GEMM (oneDNN on non-Intel CPUs, MKL on Intel ones; oneDNN's kernel chosen
+by instruction set) and PyTorch's ATen kernels give last-bit differences from one CPU to
+another, and Whisper's beam search and cross-attention word alignment amplify them
 into other word probabilities, word boundaries and, rarely, other words. So a test of model
 output compares:
 
@@ -52,21 +53,26 @@ ENGINE_BARE_WER_MARGIN = 0.03
 
 PORTABILITY_SETTINGS: dict[str, dict[str, str]] = {
     # An AVX2-only x86-64 CPU (most laptops, AMD Zen 1-3, Intel servers before Ice Lake):
-    # oneDNN's AVX2 int8 GEMM in CTranslate2 and PyTorch, and AVX2 ATen/CTranslate2 kernels.
+    # numpy's OpenBLAS Haswell kernels (the log-Mel filterbank product), oneDNN's AVX2 int8
+    # GEMM in CTranslate2 and PyTorch, and AVX2 ATen/CTranslate2 kernels.
     "avx2": {
+        "OPENBLAS_CORETYPE": "Haswell",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "ATEN_CPU_CAPABILITY": "avx2",
         "CT2_FORCE_CPU_ISA": "AVX2",
     },
-    # The narrowest x86 kernels (128-bit, as arm64's NEON): SSE4.1 oneDNN, generic ATen
-    # and CTranslate2 code.
+    # The narrowest x86 kernels (128-bit, as arm64's NEON): OpenBLAS's SSE3 (Prescott)
+    # kernels, SSE4.1 oneDNN, generic ATen and CTranslate2 code.
     "sse41": {
+        "OPENBLAS_CORETYPE": "Prescott",
         "ONEDNN_MAX_CPU_ISA": "SSE41",
         "ATEN_CPU_CAPABILITY": "default",
         "CT2_FORCE_CPU_ISA": "GENERIC",
     },
 }
-"""What ``make test-portable`` reruns the model-output tests under. Intel's path
+"""What ``make test-portable`` reruns the model-output tests under (on an x86-64 CPU with
+AVX2 or more: a kernel cap never adds instructions the CPU lacks, but OpenBLAS's Haswell
+kernels need AVX2). Intel's path
 (``CT2_USE_MKL=1``: MKL instead of oneDNN, as on every Intel CPU) is measured by
 ``bench/portability.py`` but left out here: on a non-Intel CPU MKL's int8 product is about
 ten times slower, which makes the 20-minute episode take most of an hour."""
@@ -191,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = " ".join(f"{k}={v}" for k, v in env.items()) or "this CPU's own kernels"
         print(f"==> model-output tests, {name}: {shown}", flush=True)
         started = time.monotonic()
-        command = [sys.executable, "-m", "pytest", "-q", "-m", "model_output", *extra]
+        command = [sys.executable, "-m", "pytest", "-q", "-m", "model_output"]
+        command += ["-n", "auto", "--dist", "loadfile", *extra]  # as make test: a file a worker
         code = subprocess.call(command, env={**os.environ, **env})
         verdict = "passed" if code == 0 else f"FAILED (exit {code})"
         print(f"==> {name}: {verdict} in {time.monotonic() - started:.0f} s", flush=True)
