@@ -22,12 +22,13 @@ run: setup
 web: setup
 	$(VENV)/bin/twiml-transcribe web
 
-# One pytest worker per core (TEST_WORKERS=1: one process), a test file per worker, so a
-# module's fixtures (the long episode's engine run, the chaos catch-up) are made once.
-TEST_WORKERS ?= auto
+# TEST_WORKERS=auto (or N): pytest-xdist workers, a test file each (module fixtures made
+# once). Off by default: on 2 busy cores the shutdown-time tests of `make run` can overrun.
+TEST_WORKERS ?= 0
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The model-output tests (marker model_output) natively and under other CPUs' kernels
 # (tests/model_output.py: PORTABILITY_SETTINGS); about 25 minutes on 2 cores.
