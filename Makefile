@@ -22,10 +22,11 @@ run: setup
 web: setup
 	$(VENV)/bin/twiml-transcribe web
 
-# TEST_WORKERS=auto (or N): pytest-xdist workers, a test file each (module fixtures made
-# once). Off by default: on 2 busy cores the shutdown-time tests of `make run` can overrun.
-TEST_WORKERS ?= 0
-XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+# pytest-xdist: TEST_WORKERS workers (0: serial), a test file each (module fixtures made once),
+# longest files first (tests/conftest.py). 3 on 2 cores: a third of the suite waits on
+# Dagster's daemon, servers and timers, so one more worker than cores keeps both busy.
+TEST_WORKERS ?= 3
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: setup
 	$(PY) -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)

@@ -14,9 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from evaluation.metrics import (
     DerResult,
@@ -29,6 +27,9 @@ from evaluation.metrics import (
 from evaluation.references import Reference
 from evaluation.speaker_metrics import WderResult, cp_word_error_rate, word_diarisation_error_rate
 from resources.schema import SpeakerTranscript, SpeakerTurn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRICS = ("wer", "der", "cpwer", "wder")
 SUMMARY_COLUMNS = (
@@ -152,6 +153,8 @@ def pooled_scores(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def summary_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per episode, in key order: rates, sizes, models."""
+    import pandas as pd  # lazy: seconds off the start of every Dagster process
+
     rows = []
     for r in sorted(records, key=lambda r: str(r.get("key"))):
         hyp = r.get("hypothesis") or {}
@@ -197,6 +200,7 @@ def chart_png(table: pd.DataFrame, title: str = "WER and DER per episode") -> by
     Uses matplotlib's object API (no pyplot): no global figure state, safe in a worker
     thread, and no display backend needed.
     """
+    import pandas as pd  # lazy: seconds off the start of every Dagster process
     from matplotlib.figure import Figure
 
     shown = table[table["has_reference"]] if "has_reference" in table else table

@@ -9,11 +9,20 @@ from dataclasses import asdict, dataclass, field
 from itertools import groupby
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from evaluation.metrics import WordErrors, align, rate, speaker_label, word_tokens
 from evaluation.references import UNKNOWN_SPEAKER, Reference
 from resources.schema import Utterance, Word
+
+
+def _assignment(cost: np.ndarray, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The optimal one-to-one speaker mapping (Hungarian method). scipy is imported here, not
+    at module level: it costs every Dagster process (run workers too) seconds at start-up,
+    and only episodes with a speaker-attributed reference need it."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(cost, maximize=maximize)
+
 
 # -- cpWER ---------------------------------------------------------------------------------
 SpeakerTexts = Mapping[str, str] | Sequence[Utterance] | Reference
@@ -71,7 +80,7 @@ def cp_word_error_rate(
     size = max(len(ref_spk), len(hyp_spk))
     pairs = [[pair(i, j) for j in range(size)] for i in range(size)]
     cost = np.array([[p.errors for p in row] for row in pairs], dtype=np.int64)
-    chosen = list(zip(*linear_sum_assignment(cost), strict=True)) if size else []
+    chosen = list(zip(*_assignment(cost), strict=True)) if size else []
     total = WordErrors.total(pairs[i][j] for i, j in chosen)
     return CpWerResult(
         cpwer=rate(total.errors, total.reference_words),
@@ -151,7 +160,7 @@ def word_diarisation_error_rate(
     mapping: dict[str, str] = {}
     if pairs:
         table = np.array([[agree[r, h] for h in hyp_labels] for r in ref_labels], dtype=np.int64)
-        rows, cols = linear_sum_assignment(table, maximize=True)
+        rows, cols = _assignment(table, maximize=True)
         mapping = {hyp_labels[j]: ref_labels[i] for i, j in zip(rows, cols, strict=True)}
     # (is a substitution, has the wrong speaker) -> number of aligned words
     kinds = Counter((is_sub, mapping.get(h) != r) for r, h, is_sub in pairs)

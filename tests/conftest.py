@@ -9,6 +9,33 @@ import pytest
 
 from twiml_assets.demo.synth import SyntheticEpisode, synthesize_dialogue
 
+# Test files, longest first (seconds on 2 cores, serial: docs/benchmarks.md, "Test suite").
+# `make test` runs a file per pytest-xdist worker (--dist loadfile --no-loadscope-reorder)
+# in this order, so that no long file starts last and holds the run up alone; the rest
+# follow in their usual order.
+LONGEST_FIRST = (
+    "test_catchup_chaos",
+    "test_long_audio",
+    "test_compute",
+    "test_daemon_runs",
+    "test_dagster_assets",
+    "test_evaluation_assets",
+    "test_fingerprint_linking",
+    "test_make_run",
+    "test_golden_outputs",
+    "test_engine",
+    "test_compare",
+    "test_upload_links",
+    "test_notebook",
+    "test_web_browser",
+    "test_diarisation",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept
+
 
 @pytest.fixture(scope="session")
 def dialogue(tmp_path_factory: pytest.TempPathFactory) -> SyntheticEpisode:

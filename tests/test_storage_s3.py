@@ -86,7 +86,7 @@ def test_full_episode_materialisation_lands_the_layout_on_s3(
     """The real episode_pipeline with storage on the S3 server: same keys as locally, twice."""
     from dagster import instance_for_test
 
-    from tests.test_dagster_assets import publish
+    from tests.dagster_processes import publish
     from twiml_assets.definitions import build_definitions
     from twiml_assets.feed.resource import FeedResource
 

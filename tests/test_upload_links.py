@@ -17,7 +17,8 @@ import pytest
 from dagster import instance_for_test
 
 from resources.storage import StorageResource
-from tests.test_dagster_assets import materialisations, publish
+from tests.dagster_processes import publish
+from tests.test_dagster_assets import materialisations
 from twiml_assets.audio.links import read_link
 from twiml_assets.audio.uploads import UploadLimits, register_upload, stage_upload
 from twiml_assets.feed.resource import FeedResource

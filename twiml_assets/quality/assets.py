@@ -3,9 +3,8 @@ episodes) and model_comparison (configurations side by side)."""
 
 import base64
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -51,6 +50,9 @@ from twiml_assets.outputs.assets import speaker_transcript
 from twiml_assets.outputs.files import transcript_from_record
 from twiml_assets.quality.compare import ModelComparisonConfig
 from twiml_assets.speech.assets import GPU_POOL
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GROUP_EVALUATION = "evaluation"
 #: Largest chart embedded in metadata as a data URI (larger ones are linked by path only).
@@ -165,7 +167,7 @@ def stored_evaluations(storage: StorageResource) -> list[dict[str, Any]]:
     ]
 
 
-def table_metadata(table: pd.DataFrame) -> MetadataValue:
+def table_metadata(table: "pd.DataFrame") -> MetadataValue:
     """A DataFrame as a Dagster table (sortable in the UI); NaN becomes empty."""
     return as_metadata({"table": wire_table(table)})["table"]
 

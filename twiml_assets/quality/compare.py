@@ -16,10 +16,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import yaml
 from dagster import Config, Failure
 from pydantic import Field
@@ -43,6 +42,9 @@ from twiml_assets.asset_io import (
     wire_table,
 )
 from twiml_assets.layout import EpisodeFiles
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RATE_COLUMNS = ("wer", "der", "cpwer", "rtf", "asr_rtf", "diarisation_rtf")
 COLUMNS = (
@@ -137,6 +139,8 @@ def compare(
     Each metric is scored against the first of ``references`` that can give it, with DER's
     forgiveness ``collar`` (seconds, total width), exactly as the ``evaluation`` asset does.
     """
+    import pandas as pd  # lazy: seconds off the start of every Dagster process
+
     duration = len(waveform) / SAMPLE_RATE
     rows = []
     with tempfile.TemporaryDirectory(prefix="compare-") as tmp:
@@ -167,6 +171,8 @@ def compare(
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     """The table in Markdown (rates to 3 places, memory in whole MB) under a heading."""
+    import pandas as pd  # lazy: seconds off the start of every Dagster process
+
     rss = table["peak_rss_mb"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     body = markdown_table(table.assign(peak_rss_mb=rss), RATE_COLUMNS)
     return f"# Model comparison: {title}\n\n{body}\n"
