@@ -3,11 +3,28 @@ a real PostgreSQL server for the production instance (deploy/dagster.yaml)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from twiml_assets.demo.synth import SyntheticEpisode, synthesize_dialogue
+
+def share_the_cores() -> None:
+    """Under pytest-xdist, each worker's math libraries (torch, CTranslate2, OpenBLAS) and the
+    processes it starts get its share of the cores, not all of them: three workers with two
+    OpenMP threads each on two cores spent twice the CPU time spinning and switching, and
+    the 20-minute episode's fixture went from 158 s to past its 900 s limit. Set before
+    numpy or torch is imported; a value already in the environment wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+
+
+share_the_cores()
+
+from twiml_assets.demo.synth import SyntheticEpisode, synthesize_dialogue  # noqa: E402
 
 # Test files, longest first (seconds on 2 cores, serial: docs/benchmarks.md, "Test suite").
 # `make test` runs a file per pytest-xdist worker (--dist loadfile --no-loadscope-reorder)

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> model-output tests, {name}: {shown}", flush=True)
         started = time.monotonic()
         command = [sys.executable, "-m", "pytest", "-q", "-m", "model_output"]
-        command += ["-n", "auto", "--dist", "loadfile", *extra]  # as make test: a file a worker
+        # As make test: a file a worker, longest first (tests/conftest.py).
+        command += ["-n", "auto", "--dist", "loadfile", "--no-loadscope-reorder", *extra]
         code = subprocess.call(command, env={**os.environ, **env})
         verdict = "passed" if code == 0 else f"FAILED (exit {code})"
         print(f"==> {name}: {verdict} in {time.monotonic() - started:.0f} s", flush=True)
