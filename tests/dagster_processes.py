@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import yaml
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
 
 from twiml_assets.demo.feed_server import DemoEpisode, render_rss
 
@@ -94,6 +96,10 @@ def start_code_server(
     """The `code` service of docker-compose.yml on 127.0.0.1, serving ``module`` instead of
     the project's code location (default: the stand-in models'), and deploy/workspace.yaml
     pointed at it; returns the server, the workspace file and the port."""
+    # The instance's tables are made here, once: the code server and the CLI commands that
+    # follow it would otherwise race to create them ("table ... already exists").
+    with DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"])):
+        pass
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     command = list(compose["services"]["code"]["command"])
     port = free_port()

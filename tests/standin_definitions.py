@@ -7,7 +7,7 @@ resources are the stand-ins of ``tests/standin_models.py`` and speaker naming us
 stand-in voice encoder. The model step is still the ``transcribe_and_diarise`` asset, in
 the gpu pool, decoding the episode for real, writing the same files; it only loads no
 model, so a run costs seconds instead of a model load per run worker. Used by
-``tests/chaos_harness.py`` and the daemon tests of ``tests/test_dagster_assets.py``.
+``tests/chaos_harness.py`` and ``tests/test_daemon_runs.py``.
 
 ``STANDIN_MODEL_PACE`` (default :data:`DEFAULT_PACE`): wall seconds the model step
 spends per second of audio (split between the two stand-ins), so that a test can signal

@@ -30,7 +30,8 @@ from resources.storage import StorageResource
 from twiml_assets.feed.resource import FeedResource
 from twiml_assets.speech import worker
 
-from .test_dagster_assets import materialisations, publish
+from .dagster_processes import publish
+from .test_dagster_assets import materialisations
 
 MODEL_STEP_ASSETS = ("transcript", "diarisation")
 TIMING_METADATA = {"asr_seconds", "decode_seconds", "diarisation_seconds", "real_time_factor"}
