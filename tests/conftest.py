@@ -26,25 +26,26 @@ share_the_cores()
 
 from twiml_assets.demo.synth import SyntheticEpisode, synthesize_dialogue  # noqa: E402
 
-# Test files, longest first (seconds on 2 cores, serial: docs/benchmarks.md, "Test suite").
+# Test files, longest first (as measured under `make test`: docs/benchmarks.md, "Test suite").
 # `make test` runs a file per pytest-xdist worker (--dist loadfile --no-loadscope-reorder)
 # in this order, so that no long file starts last and holds the run up alone; the rest
 # follow in their usual order.
 LONGEST_FIRST = (
-    "test_catchup_chaos",
     "test_long_audio",
+    "test_catchup_chaos",
     "test_compute",
     "test_daemon_runs",
-    "test_dagster_assets",
-    "test_evaluation_assets",
     "test_fingerprint_linking",
+    "test_evaluation_assets",
     "test_make_run",
-    "test_golden_outputs",
-    "test_engine",
-    "test_compare",
-    "test_upload_links",
-    "test_notebook",
+    "test_dagster_assets",
     "test_web_browser",
+    "test_compare",
+    "test_engine",
+    "test_golden_outputs",
+    "test_notebook",
+    "test_upload_links",
+    "test_failures",
     "test_diarisation",
 )
 
