@@ -23,7 +23,7 @@ web: setup
 	$(VENV)/bin/twiml-transcribe web
 
 # pytest-xdist: TEST_WORKERS workers (0: serial), a test file each (module fixtures made once),
-# longest files first (tests/conftest.py). 3 on 2 cores: a third of the suite waits on
+# longest files first (tests/conftest.py). 3 on 2 cores: much of the suite waits on
 # Dagster's daemon, servers and timers, so one more worker than cores keeps both busy.
 TEST_WORKERS ?= 3
 XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
