@@ -38,6 +38,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from pydantic import Field
 
+from resources.engine_check import EngineMissingError, require_engine
 from resources.failures import permanent, transient
 
 Backend = Literal["local", "subprocess", "modal", "k8s"]
@@ -47,6 +48,8 @@ WORKER_EXTRA = "model_step"
 PERMANENT_EXIT = 3
 """The worker's exit status for a failure no re-run can fix; its reason is on stderr."""
 PERMANENT_PREFIX = "permanent failure: "
+WORKER_UID = 1000
+"""The worker image's user (``USER 1000:1000`` in deploy/Dockerfile.gpu)."""
 
 # What each remote backend needs installed: (import name, pip name).
 PACKAGES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -107,6 +110,15 @@ class ComputeResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         check_backend(self.backend, self.k8s_image)
+        if self.backend == "local" or (self.backend == "subprocess" and self.python is None):
+            # The model step runs in this interpreter (or a worker started from it).
+            try:
+                require_engine(
+                    f"TWIML_COMPUTE={self.backend} runs the model step on this machine",
+                    "run it on GPU workers (TWIML_COMPUTE=modal or k8s)",
+                )
+            except EngineMissingError as exc:
+                raise ComputeSetupError(str(exc)) from None
 
     # -- running the worker ---------------------------------------------------------------
     def run_worker(
@@ -197,6 +209,13 @@ class ComputeResource(ConfigurableResource):
             "tolerations": [
                 {"key": self.k8s_gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
             ],
+            # The image's user (deploy/Dockerfile.gpu); fs_group makes a volume mounted for
+            # the hub caches (/home/twiml/.cache) writable by it.
+            "security_context": {
+                "run_as_non_root": True,
+                "run_as_user": WORKER_UID,
+                "fs_group": WORKER_UID,
+            },
         }
         if self.k8s_node_selector:
             spec["node_selector"] = dict(self.k8s_node_selector)
@@ -233,7 +252,7 @@ def check_backend(backend: str, k8s_image: str | None = None) -> None:
         if not _installed(module):
             raise ComputeSetupError(
                 f"TWIML_COMPUTE={backend} needs the {pip_name} package, which is not installed: "
-                f"pip install 'twiml-transcribe[{backend}]'"
+                f"pip install '.[{backend}]' from the repository root"
             )
     if backend == "modal" and not _modal_credentials():
         raise ComputeSetupError(

@@ -7,6 +7,7 @@ copy the one file out. Idempotent: does nothing when the file is already there.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resources.model_paths import WHISPERX_WHEEL, segmentation_checkpoint  # noqa: E402
 
 
+def pip_python() -> str:
+    """The interpreter whose pip downloads the wheel: this one, or ``TWIML_PIP_PYTHON`` where
+    this environment has no pip (a locked image's venv; deploy/Dockerfile.gpu)."""
+    return os.environ.get("TWIML_PIP_PYTHON") or sys.executable
+
+
 def fetch_segmentation() -> Path:
     target = segmentation_checkpoint(must_exist=False)
     if target.exists() and target.stat().st_size > 1_000_000:
@@ -25,7 +32,7 @@ def fetch_segmentation() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHISPERX_WHEEL],
+            [pip_python(), "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, WHISPERX_WHEEL],
             check=True,
         )
         wheel = next(Path(tmp).glob("whisperx-*.whl"))

@@ -54,6 +54,16 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     postgresql >/dev/null
 fi
 
+# podman and mmdebstrap: the deploy images are built and run here (tests/test_images.py,
+# bench/images.sh; tests/image_stack.py says how without a registry or `podman run`).
+if ! command -v podman >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+  echo "==> installing podman and mmdebstrap (the deploy images' tests)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    podman mmdebstrap >/dev/null
+fi
+
 # uv itself: the one on PATH, else the pinned release from PyPI into .tools/ (pip --target
 # works on Debian's externally managed python3 too).
 UV="$(command -v uv || true)"

@@ -34,6 +34,7 @@ LONGEST_FIRST = (
     "test_long_audio",
     "test_catchup_chaos",
     "test_compute",
+    "test_images",
     "test_daemon_runs",
     "test_fingerprint_linking",
     "test_evaluation_assets",

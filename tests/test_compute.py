@@ -16,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from dagster import instance_for_test
 
 from resources.compute import (
+    WORKER_UID,
     ComputeResource,
     ComputeSetupError,
     check_backend,
@@ -81,7 +83,7 @@ def test_subprocess_worker_gives_the_same_outputs_and_metadata_as_local(
     http_server, tmp_path: Path, short_episodes
 ) -> None:
     (key,) = publish(http_server, [short_episodes[0].audio_path])
-    metadata, logs = {}, {}
+    metadata, logs, computed = {}, {}, {}
     for backend in ("local", "subprocess"):
         root = tmp_path / backend
         job = episode_job(http_server.url("feed.xml"), root, ComputeResource(backend=backend))
@@ -94,6 +96,7 @@ def test_subprocess_worker_gives_the_same_outputs_and_metadata_as_local(
             logs[backend] = [e.message for e in instance.all_logs(result.run_id)]
         meta = materialisations(result)
         metadata[backend] = {a: comparable(meta[a], root) for a in MODEL_STEP_ASSETS}
+        computed[backend] = meta["speaker_names"]["embeddings_computed"]
 
     # The same files, byte for byte: the worker ran the same step on the same settings.
     for rel in SAME_FILES:
@@ -108,6 +111,18 @@ def test_subprocess_worker_gives_the_same_outputs_and_metadata_as_local(
     assert any(m.startswith(f"{key}: decoded ") for m in logs["subprocess"])
     assert any("model step on the subprocess backend" in m for m in logs["subprocess"])
     assert any(m.startswith("model step worker started: pid") for m in logs["subprocess"])
+    # The worker stored the voiceprints (it has the engine; a slim control plane may not), so
+    # speaker_names only read them; in the run's process, speaker_names computed them.
+    assert computed == {"local": True, "subprocess": False}
+    assert any(m == f"{key}: voiceprints of 2 speaker(s) stored" for m in logs["subprocess"])
+    prints = {
+        b: json.loads((tmp_path / b / "speakers" / f"{key}.embeddings.json").read_text())
+        for b in ("local", "subprocess")
+    }
+    assert prints["local"]["labels"].keys() == prints["subprocess"]["labels"].keys()
+    for label, local_print in prints["local"]["labels"].items():
+        remote_print = prints["subprocess"]["labels"][label]
+        assert np.allclose(local_print["embedding"], remote_print["embedding"], atol=1e-4), label
 
 
 @pytest.mark.slow
@@ -231,6 +246,27 @@ def test_a_backend_without_its_package_or_credentials_is_one_line(
     assert text.startswith(message) and "\n" not in text
 
 
+@pytest.mark.parametrize(
+    ("backend", "hide", "pip_name"),
+    [
+        ("modal", "modal", "modal"),
+        ("modal", "dagster_modal", "dagster-modal"),
+        ("k8s", "kubernetes", "kubernetes"),
+    ],
+)
+def test_a_missing_package_names_the_extra_to_install_from_the_checkout(
+    monkeypatch, backend: str, hide: str, pip_name: str
+) -> None:
+    """The project is not on PyPI: the hint installs the extra from the repository root."""
+    monkeypatch.setitem(sys.modules, hide, None)
+    with pytest.raises(ComputeSetupError) as raised:
+        check_backend(backend, k8s_image="registry.example/twiml-worker:1")
+    assert str(raised.value) == (
+        f"TWIML_COMPUTE={backend} needs the {pip_name} package, which is not installed: "
+        f"pip install '.[{backend}]' from the repository root"
+    )
+
+
 def test_credentials_found_where_the_clients_look(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
@@ -302,6 +338,11 @@ def test_the_k8s_pod_runs_the_worker_on_one_gpu_with_secrets_as_environment() ->
     assert pod.spec.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
     assert pod.metadata.labels["app.kubernetes.io/name"] == "twiml-transcribe-worker"
+    # The image's non-root user; a volume for the hub caches is writable by it (fs_group).
+    security = pod.spec.security_context
+    assert security.run_as_non_root and security.run_as_user == security.fs_group == WORKER_UID
+    dockerfile = (Path(__file__).parents[1] / "deploy/Dockerfile.gpu").read_text()
+    assert f"USER {WORKER_UID}:{WORKER_UID}" in dockerfile.splitlines()
 
 
 def test_worker_parameters_carry_the_run_settings_but_no_secret() -> None:

@@ -8,11 +8,14 @@ validated by Dagster, and the daemon's start command runs against a real Postgre
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -223,24 +226,96 @@ def test_compose_wires_one_image_one_instance_and_the_code_server() -> None:
     assert set(compose["volumes"]) >= {"postgres-data", "dagster-storage"}
 
 
-def test_dockerfile_builds_the_control_plane_image_with_the_deploy_instance() -> None:
-    lines = [
-        line.strip()
-        for line in (REPO / "deploy/Dockerfile").read_text().replace("\\\n", " ").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    assert lines[0] == "FROM python:3.11-slim"
+def dockerfile_lines(name: str) -> list[str]:
+    text = (REPO / name).read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+def stage_runs(lines: list[str], stage: str) -> str:
+    """The RUN lines of the stage ``FROM ... AS stage``."""
+    runs, inside = [], False
+    for line in lines:
+        if line.startswith("FROM "):
+            inside = line.endswith(f" AS {stage}")
+        elif inside and line.startswith("RUN"):
+            runs.append(line)
+    return " ".join(runs)
+
+
+@pytest.mark.parametrize("dockerfile", ["deploy/Dockerfile", "deploy/Dockerfile.gpu"])
+def test_images_install_the_lock_with_a_compiler_where_they_install(dockerfile: str) -> None:
+    """Both images install from uv.lock (uv sync --locked), in a stage with gcc and the
+    Python headers: webrtcvad, in the engine extra, is source-only (the control-plane image
+    once stopped at "gcc: not found"). tests/test_images.py builds the control plane."""
+    lines = dockerfile_lines(dockerfile)
+    assert lines[0].startswith("ARG BASE=") and lines[1] == "FROM ${BASE} AS python"
+    build = stage_runs(lines, "build")
+    assert "uv sync --locked" in build and "pip install ." not in build
+    assert "gcc" in build and "libc6-dev" in build and "python3.11-dev" in build
+    assert "--mount=type=secret,id=ca" in build  # a TLS-intercepting proxy's CA, not stored
+    assert any(line.startswith("COPY --from=build /opt/venv") for line in lines)
+    # The project goes on top as a wheel, without dependencies: a code change is a small layer.
+    assert "uv build --wheel --out-dir /dist" in build
+    last_stage = " ".join(lines[max(i for i, x in enumerate(lines) if x.startswith("FROM")) :])
+    assert "uv pip install --python /opt/venv/bin/python --no-deps" in last_stage
+
+
+def test_the_control_plane_image_has_the_instance_and_no_engine_by_default() -> None:
+    lines = dockerfile_lines("deploy/Dockerfile")
+    assert "ARG BASE=python:3.11-slim" in lines
+    assert "ARG EXTRAS=postgres,modal,k8s" in lines  # add ",engine" to run the step here
     run = " ".join(line for line in lines if line.startswith("RUN"))
-    assert "ffmpeg" in run and '".[postgres,modal,k8s]"' in run
-    assert "libchromaprint-tools" in run  # audio_fingerprint and the web uploads
-    assert "ENV DAGSTER_HOME=/opt/dagster/dagster_home" in lines
+    assert "ffmpeg" in run and "libchromaprint-tools" in run  # downloads, fingerprints
     assert "COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml" in lines
     assert "COPY deploy/workspace.yaml /opt/dagster/workspace.yaml" in lines
+    assert "COPY deploy/modal deploy/modal" in lines  # `modal run deploy/modal/app.py`
     extras = load_pyproject()["project"]["optional-dependencies"]
-    assert {"postgres", "modal", "k8s"} <= set(extras)
-    assert any(dep.startswith("dagster-postgres") for dep in extras["postgres"])
+    core = " ".join(load_pyproject()["project"]["dependencies"])
+    for engine_package in ("torch", "faster-whisper", "pyannote.audio", "resemblyzer"):
+        assert engine_package not in core
+        assert any(dep.startswith(engine_package) for dep in extras["engine"])
+    assert "engine" in extras["test"][0]  # make test and make run keep the engine
+    # Built with the engine (EXTRAS=...,engine), it gets the offline weights, as the worker.
+    build = stage_runs(lines, "build")
+    assert "*,engine,*)" in build and "scripts/fetch_models.py" in build
+    assert "COPY --from=build /opt/twiml/models /opt/twiml/models" in lines
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert {".env", ".venv", ".git", "data"} <= set(ignored)
+    assert {".env", ".venv", ".git", "data", ".tools"} <= set(ignored)
+
+
+def test_the_worker_image_has_the_engine_and_the_offline_weights() -> None:
+    lines = dockerfile_lines("deploy/Dockerfile.gpu")
+    assert "--extra engine" in stage_runs(lines, "build")
+    assert "scripts/fetch_models.py" in stage_runs(lines, "build")
+    assert "COPY --from=build /opt/twiml/models /opt/twiml/models" in lines
+
+
+def test_compose_k8s_override_gives_the_code_server_a_kubeconfig(tmp_path: Path) -> None:
+    """TWIML_COMPUTE=k8s under compose: the code container had no kubeconfig, so the
+    backend's credential check failed at set-up. The override mounts one where KUBECONFIG
+    says, and the check finds it there."""
+    from resources.compute import _k8s_credentials
+
+    code = load("deploy/compose.k8s.yml")["services"]["code"]
+    assert code["environment"]["TWIML_COMPUTE"] == "k8s"
+    (volume,) = code["volumes"]
+    source, target, mode = volume.rsplit(":", 2)
+    assert source.startswith("${KUBECONFIG:?") and mode == "ro"
+    assert target == code["environment"]["KUBECONFIG"]
+    # The container's view: the file at the target path, KUBECONFIG naming it.
+    mounted = tmp_path / target.lstrip("/")
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text("apiVersion: v1\nkind: Config\n")
+    env = {"KUBECONFIG": str(mounted), "HOME": str(tmp_path / "home")}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG"):
+            patch.delenv(name, raising=False)
+        patch.setenv("HOME", env["HOME"])
+        assert not _k8s_credentials()  # the plain compose file: no credentials
+        patch.setenv("KUBECONFIG", env["KUBECONFIG"])
+        assert _k8s_credentials()
+    readme = (REPO / "deploy/README.md").read_text()
+    assert "docker compose -f docker-compose.yml -f deploy/compose.k8s.yml up -d" in readme
 
 
 def load_pyproject() -> dict:
@@ -273,31 +348,135 @@ def test_helm_values_use_k8s_runs_postgres_and_the_project_secrets() -> None:
     scheme = load("deploy/dagster.yaml")["storage"]["postgres"]["postgres_db"]["scheme"]
     assert values["postgresql"]["postgresqlScheme"] == scheme
 
-    # The same queue, pool and retry settings as deploy/dagster.yaml, in the chart's keys.
-    instance = load("deploy/dagster.yaml")
-    daemon = values["dagsterDaemon"]
-    assert daemon["runCoordinator"] == {"enabled": True, "type": "QueuedRunCoordinator"}
-    assert values["concurrency"] == {
-        "enabled": True,
-        "pools": {
-            "defaultLimit": instance["concurrency"]["pools"]["default_limit"],
-            "granularity": instance["concurrency"]["pools"]["granularity"],
-        },
-        "runs": {"maxConcurrentRuns": instance["concurrency"]["runs"]["max_concurrent_runs"]},
-    }
-    assert daemon["runRetries"] == {
-        "enabled": True,
-        "maxRetries": instance["run_retries"]["max_retries"],
-        "retryOnAssetOrOpFailure": instance["run_retries"]["retry_on_asset_or_op_failure"],
-    }
-    monitoring = instance["run_monitoring"]
-    assert daemon["runMonitoring"]["enabled"] is True
-    assert (
-        daemon["runMonitoring"]["freeSlotsAfterRunEndSeconds"]
-        == (monitoring["free_slots_after_run_end_seconds"])
+    coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["customRunCoordinator"]
+    assert (coordinator["module"], coordinator["class"]) == (
+        "dagster._core.run_coordinator",
+        "QueuedRunCoordinator",
     )
-    assert daemon["runMonitoring"]["startTimeoutSeconds"] >= monitoring["start_timeout_seconds"]
+    # Run pods end; their logs must go where the webserver reads them (not pod-local files).
+    assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
+    assert {"name": "twiml-storage"} in values["dagsterWebserver"]["envSecrets"]
     assert values["telemetry"] == {"enabled": False}
+
+
+# The run settings of the instance: the sections of deploy/dagster.yaml that the Helm values
+# must carry too.
+RUN_SETTINGS = ("run_coordinator", "concurrency", "run_monitoring", "run_retries", "sensors")
+K8S_DIFFERENCES = {
+    # A run pod may first pull its image: a longer start timeout than docker-compose's.
+    ("run_monitoring", "start_timeout_seconds"): 600,
+}
+"""The only run settings the Helm values may set differently from deploy/dagster.yaml."""
+CHART_SECTIONS_OFF = (
+    # The chart's own renderings of what additionalInstanceConfig carries: off, so that no
+    # key is written twice (and none of theirs is dropped or defaulted by a template).
+    ("concurrency", "enabled"),
+    ("dagsterDaemon", "runMonitoring", "enabled"),
+    ("dagsterDaemon", "runRetries", "enabled"),
+)
+
+
+def dig(tree: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree.get(key, {}) if isinstance(tree, dict) else {}
+    return tree
+
+
+def flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[tuple[str, ...], Any] = {}
+        for key, item in tree.items():
+            out |= flatten(item, (*prefix, key))
+        return out
+    return {prefix: tree}
+
+
+def helm_run_settings(values: dict) -> dict[str, Any]:
+    """The run settings the chart writes into its dagster.yaml from ``values``.
+
+    The run coordinator is a CustomRunCoordinator (module, class and config copied as they
+    are), the rest additionalInstanceConfig (copied as it is); sensors are the chart's only
+    section here, ``useThreads``/``numWorkers`` -> ``use_threads``/``num_workers``.
+    """
+    daemon = values.get("dagsterDaemon", {})
+    out: dict[str, Any] = {}
+    coordinator = daemon.get("runCoordinator", {})
+    if daemon.get("enabled", True) and coordinator.get("enabled"):
+        if coordinator.get("type") == "CustomRunCoordinator":
+            out["run_coordinator"] = dict(coordinator["config"]["customRunCoordinator"])
+        else:
+            out["run_coordinator"] = {"<chart's queued coordinator>": coordinator}
+    sensors = daemon.get("sensors", {})
+    if sensors.get("useThreads"):
+        out["sensors"] = {"use_threads": True, "num_workers": sensors.get("numWorkers")}
+    for section, tree in (values.get("additionalInstanceConfig") or {}).items():
+        out[section] = tree
+    for path in CHART_SECTIONS_OFF:
+        if dig(values, path) is not False:
+            out[".".join(path)] = "<on: the chart writes this section too>"
+    return out
+
+
+def run_settings_differences(values: dict, instance: dict) -> list[str]:
+    helm = flatten({k: v for k, v in helm_run_settings(values).items()})
+    local = flatten({k: instance.get(k, {}) for k in RUN_SETTINGS})
+    wrong = []
+    for path in sorted(set(helm) | set(local), key=str):
+        expected = K8S_DIFFERENCES.get(path, local.get(path, "<absent>"))
+        got = helm.get(path, "<absent>")
+        if got != expected:
+            wrong.append(f"{'.'.join(path)}: helm {got!r}, dagster.yaml {expected!r}")
+    return wrong
+
+
+def test_helm_values_set_every_run_limit_of_the_instance_and_no_other() -> None:
+    values, instance = load("deploy/helm/values.yaml"), load("deploy/dagster.yaml")
+    assert run_settings_differences(values, instance) == []
+    # Their keys are those Dagster takes: the instance built from them validates.
+    config = {k: v for k, v in instance.items() if k not in RUN_SETTINGS}
+    config |= helm_run_settings(values)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in INSTANCE_ENV:
+            patch.setenv(name, "5432" if name.endswith("PORT") else "x")
+        home = Path(tempfile.mkdtemp())
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        dagster_instance_config(str(home))  # raises DagsterInvalidConfigError
+
+
+def test_a_run_limit_missing_from_the_helm_values_is_named() -> None:
+    """The check above would have caught the two limits the values once dropped, a section
+    the chart would write a second time, and a limit changed on one side only."""
+    values, instance = load("deploy/helm/values.yaml"), load("deploy/dagster.yaml")
+    extra = values["additionalInstanceConfig"]
+    del extra["concurrency"]["runs"]["tag_concurrency_limits"]
+    del extra["run_monitoring"]["max_runtime_seconds"]
+    extra["concurrency"]["runs"]["max_concurrent_runs"] = 5
+    values["dagsterDaemon"]["runRetries"]["enabled"] = True
+    assert run_settings_differences(values, instance) == [
+        "concurrency.runs.max_concurrent_runs: helm 5, dagster.yaml 2",
+        "concurrency.runs.tag_concurrency_limits: helm '<absent>', dagster.yaml "
+        "[{'key': 'dagster/partition', 'value': {'applyLimitPerUniqueValue': True}, 'limit': 1}]",
+        "dagsterDaemon.runRetries.enabled: helm '<on: the chart writes this section too>', "
+        "dagster.yaml '<absent>'",
+        "run_monitoring.max_runtime_seconds: helm '<absent>', dagster.yaml 21600",
+    ]
+    instance["run_coordinator"]["config"]["user_code_failure_retry_delay"] = 10
+    assert run_settings_differences(load("deploy/helm/values.yaml"), instance) == [
+        "run_coordinator.config.user_code_failure_retry_delay: helm 60, dagster.yaml 10"
+    ]
+
+
+def test_the_helm_chart_is_pinned_to_the_locked_dagster() -> None:
+    """The chart's version is Dagster's: its webserver and daemon must match our images'."""
+    from importlib.metadata import version
+
+    pinned = (REPO / "deploy/helm/CHART_VERSION").read_text().strip()
+    assert pinned == version("dagster"), "move deploy/helm/CHART_VERSION with the lock"
+    commands = (REPO / "deploy/README.md").read_text() + (
+        REPO / "deploy/helm/values.yaml"
+    ).read_text()
+    installs = re.findall(r"helm upgrade --install[^\n]*", commands)
+    assert installs and all('--version "$(cat deploy/helm/CHART_VERSION)"' in i for i in installs)
 
 
 # -- the test server's binaries ----------------------------------------------------------------

@@ -1,19 +1,22 @@
 """The Modal app of the ``modal`` compute backend and the k8s worker image, checked offline.
 
 No Modal account and no network: ``deploy/modal/app.py`` is imported as ``modal run``
-imports it, its class is inspected through the objects Modal builds before it talks to
-a server (private attributes, where Modal exposes nothing public), its methods run locally
-(``.local()``) and the local entrypoint runs with Pipes and the remote call faked.
+imports it, and checked through the project's own data (``Settings``, ``WORKER_OPTIONS``,
+``IMAGE_RECIPE``) and Modal's public API only: the options its decorators receive, the
+image methods ``build_image`` calls, ``modal run --help``, methods run locally
+(``.local()``), and the local entrypoints with Pipes and the remote call faked.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
 import json
 import os
+import pickle
 import re
-import shlex
+import subprocess
 import sys
 import tomllib
 import warnings
@@ -26,8 +29,6 @@ from typing import Any
 import modal
 import pytest
 from dagster import Failure
-from modal._utils.async_utils import synchronizer
-from modal_proto import api_pb2
 
 from resources.compute import (
     PERMANENT_EXIT,
@@ -89,94 +90,87 @@ def app_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return load_app(monkeypatch)
 
 
-# -- what Modal builds, read before anything talks to a server ---------------------------------
-def closure(fn: Any) -> dict[str, Any]:
-    """The variables a Modal loader closes over: the definition it sends to the server."""
-    values = {}
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
-        try:
-            values[name] = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-    return values
+def decorated(monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[ModuleType, dict[str, Any]]:
+    """Load the app and record what its ``@app.cls`` and ``@app.function`` were given."""
+    given: dict[str, Any] = {}
+    for method in ("cls", "function"):
+        real = getattr(modal.App, method)
+
+        def record(self: Any, *args: Any, _real: Any = real, _name: str = method, **kwargs: Any):
+            given[_name] = kwargs
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(modal.App, method, record)
+    module = load_app(monkeypatch, **env)
+    return module, given
 
 
-def service_function(cls: Any) -> Any:
-    """The ``_Function`` behind an ``@app.cls`` class (its spec and its definition)."""
-    return synchronizer._translate_in(cls)._class_service_function
+def names(options: dict[str, Any]) -> dict[str, Any]:
+    """Decorator options with the names of Modal's objects (public ``.name``) in their place."""
+    return {
+        **options,
+        "volumes": {path: vol.name for path, vol in options["volumes"].items()},
+        "secrets": [secret.name for secret in options["secrets"]],
+    }
 
 
-def image_layers(image: Any) -> list[dict[str, Any]]:
-    """The image's layers, top first: repr, Dockerfile commands and mounted files."""
-    layers, todo = [], [synchronizer._translate_in(image)]
-    while todo:
-        layer = todo.pop()
-        values = closure(layer._load)
-        function = values.get("dockerfile_function")
-        entries = values["mount"]._entries if "mount" in values else []
-        layers.append(
-            {
-                "rep": layer._rep,
-                "commands": function("2025.06").commands if function else [],
-                "files": [str(to) for entry in entries for _, to in entry.get_files_to_upload()],
-                "add_python": values.get("add_python"),
-            }
-        )
-        todo += [d for d in (layer._deps() if layer._deps else []) if type(d).__name__ == "_Image"]
-    return layers
-
-
-def test_app_imports_offline_and_names_what_compute_resource_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """``modal run deploy/modal/app.py::run_model_step`` resolves, by Modal's own CLI code."""
-    from modal.cli.import_refs import import_and_filter, parse_import_ref
+# -- the entrypoints, as Modal's CLI resolves them ---------------------------------------------
+def test_modal_run_finds_the_entrypoints_compute_resource_names() -> None:
+    """``modal run deploy/modal/app.py::run_model_step`` resolves: Modal's CLI, offline."""
+    from twiml_assets.quality import worker as comparison_worker
 
     compute = ComputeResource(backend="modal")
     assert (ROOT / compute.modal_app).resolve() == APP_FILE
-    func_ref = f"{compute.modal_app}::{worker.MODAL_ENTRYPOINT}"
-    monkeypatch.chdir(ROOT)
-    try:
-        runnable, commands, _ = import_and_filter(
-            parse_import_ref(func_ref, command="modal run"), base_cmd="modal run"
+    assert worker.MODAL_ENTRYPOINT == "run_model_step"
+    assert comparison_worker.MODAL_ENTRYPOINT == "run_model_comparison"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    for entrypoint in (worker.MODAL_ENTRYPOINT, comparison_worker.MODAL_ENTRYPOINT):
+        func_ref = f"{compute.modal_app}::{entrypoint}"
+        done = subprocess.run(
+            [sys.executable, "-m", "modal", "run", func_ref, "--help"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        module = sys.modules["app"]
-    finally:
-        sys.modules.pop("app", None)
-    assert isinstance(runnable, modal.app.LocalEntrypoint)
-    assert runnable.info.raw_f.__name__ == worker.MODAL_ENTRYPOINT == "run_model_step"
-    assert runnable is module.run_model_step
-    assert ["ModelWorker.run_step", "app.ModelWorker.run_step"] in [c.names for c in commands]
-    assert module.app.name == "twiml-transcribe"
+        assert done.returncode == 0, done.stderr
+        assert func_ref in done.stdout
 
 
-def test_worker_class_definition(app_module: ModuleType) -> None:
+def test_the_entrypoints_are_the_project_functions(app_module: ModuleType) -> None:
+    assert isinstance(app_module.run_model_step, modal.app.LocalEntrypoint)
+    assert isinstance(app_module.run_model_comparison, modal.app.LocalEntrypoint)
+    assert app_module.app.name == "twiml-transcribe"
+
+
+# -- what the GPU functions get: the project's data, and what Modal's decorators receive -------
+def test_function_options_are_what_the_decorators_get(monkeypatch: pytest.MonkeyPatch) -> None:
     """GPU, Volume, secrets, time limit, warm containers: what the server would be sent."""
-    function = service_function(app_module.ModelWorker)
-    spec = function._spec
-    assert spec.gpus == "L4"
-    assert {path: vol._name for path, vol in spec.volumes.items()} == {"/models": "twiml-models"}
-    assert [secret._name for secret in spec.secrets] == ["twiml-storage", "twiml-hf"]
-    assert spec.image is synchronizer._translate_in(app_module.image)
-
-    definition = closure(function._load)
-    assert definition["gpu"] == "L4"
-    assert definition["timeout"] == 3 * 3600
-    assert definition["scaledown_window"] == 300
+    module, given = decorated(monkeypatch)
+    assert module.SETTINGS == module.Settings()  # the defaults, no TWIML_MODAL_* set
+    assert module.WORKER_OPTIONS == {
+        "gpu": "L4",
+        "volumes": {"/models": "twiml-models"},
+        "secrets": ["twiml-storage"],
+        "timeout": 3 * 3600,
+        "scaledown_window": 300,
+    }
+    assert names(given["cls"]) == module.WORKER_OPTIONS
+    comparison = {k: v for k, v in module.WORKER_OPTIONS.items() if k != "scaledown_window"}
+    assert module.COMPARISON_OPTIONS == comparison == names(given["function"])
+    # One Volume object, the one the container commits.
+    assert given["cls"]["volumes"]["/models"] is module.volume
+    assert given["function"]["volumes"]["/models"] is module.volume
     # Modal applies no retry policy to generator methods: the entrypoint retries instead.
-    assert definition["retry_policy"] is None
-    run_step = definition["method_definitions"]["run_step"]
-    assert run_step.function_type == api_pb2.Function.FUNCTION_TYPE_GENERATOR
-    assert app_module.RETRIES.max_retries == 2
-    assert app_module.RETRIES.initial_delay.total_seconds() == 10
-    assert [app_module.retry_delay(n) for n in (1, 2, 3)] == [10, 30, 60]
-
-    user_cls = synchronizer._translate_in(app_module.ModelWorker)._user_cls
-    assert "warm" in vars(user_cls) and "run_step" in vars(user_cls)
+    assert "retries" not in given["cls"] and "retries" not in given["function"]
+    assert module.RETRIES.max_retries == 2
+    assert module.RETRIES.initial_delay.total_seconds() == 10
+    assert [module.retry_delay(n) for n in (1, 2, 3)] == [10, 30, 60]
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    module = load_app(
+    module, given = decorated(
         monkeypatch,
         TWIML_MODAL_GPU="h100",
         TWIML_MODAL_VOLUME="weights",
@@ -186,13 +180,42 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         TWIML_MODAL_SCALEDOWN="60",
         TWIML_MODAL_RETRIES="0",
     )
-    function = service_function(module.ModelWorker)
-    assert module.GPU == function._spec.gpus == "H100"
-    assert [vol._name for vol in function._spec.volumes.values()] == ["weights"]
-    assert [secret._name for secret in function._spec.secrets] == ["s3-keys", "hub"]
-    definition = closure(function._load)
-    assert (definition["timeout"], definition["scaledown_window"]) == (600, 60)
+    assert module.SETTINGS == module.Settings(
+        gpu="H100",
+        volume="weights",
+        storage_secret="s3-keys",
+        hf_secret="hub",
+        timeout=600,
+        scaledown_window=60,
+        retries=0,
+    )
+    assert names(given["cls"]) == {
+        "gpu": "H100",
+        "volumes": {"/models": "weights"},
+        "secrets": ["s3-keys", "hub"],
+        "timeout": 600,
+        "scaledown_window": 60,
+    }
+    assert names(given["function"])["secrets"] == ["s3-keys", "hub"]
     assert module.RETRIES.max_retries == 0
+
+
+def test_the_hf_secret_is_attached_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without TWIML_MODAL_HF_SECRET no secret ``twiml-hf`` is needed (gpu-offline works);
+    with it, both functions get it (gated gpu-prod models)."""
+    module, given = decorated(monkeypatch)
+    assert module.SETTINGS.hf_secret is None
+    assert names(given["cls"])["secrets"] == names(given["function"])["secrets"]
+    assert names(given["cls"])["secrets"] == ["twiml-storage"]
+    for blank in ("", "  "):
+        assert module.Settings.from_env({"TWIML_MODAL_HF_SECRET": blank}).secret_names == (
+            "twiml-storage",
+        )
+
+    module, given = decorated(monkeypatch, TWIML_MODAL_HF_SECRET="twiml-hf")
+    assert module.SETTINGS.secret_names == ("twiml-storage", "twiml-hf")
+    assert names(given["cls"])["secrets"] == ["twiml-storage", "twiml-hf"]
+    assert names(given["function"])["secrets"] == ["twiml-storage", "twiml-hf"]
 
 
 def test_an_unknown_gpu_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,36 +228,129 @@ def test_an_unknown_gpu_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> 
         load_app(monkeypatch, TWIML_MODAL_GPU="A10G", TWIML_MODAL_TIMEOUT="three hours")
 
 
-def test_image_cuda_python_stack_and_sources(app_module: ModuleType) -> None:
-    """CUDA 12 + cuDNN 9 with Python 3.11, ffmpeg, pyproject's pins, then the code, mounted."""
-    layers = image_layers(app_module.image)
-    base = layers[-1]
-    assert base["rep"] == f"Image.from_registry({app_module.CUDA_IMAGE!r})"
-    assert app_module.CUDA_IMAGE.startswith("nvidia/cuda:12.") and "cudnn" in app_module.CUDA_IMAGE
-    assert base["add_python"] == "3.11"
-    commands = [command for layer in layers for command in layer["commands"]]
-    apt = next(c for c in commands if c.startswith("RUN apt-get install"))
-    assert {"ffmpeg", "libsndfile1"} <= set(apt.split())
-    pip = next(c for c in commands if c.startswith("RUN python -m pip install"))
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert set(shlex.split(pip)[5:]) == set(pyproject["project"]["dependencies"])
-    env = {c.split()[1].split("=")[0]: c.split("=", 1)[1] for c in commands if c.startswith("ENV")}
-    for name in ("HF_HOME", "TWIML_MODELS_DIR", "XDG_CACHE_HOME"):
-        assert env[name].startswith(app_module.MODELS_MOUNT + "/")
+@pytest.mark.parametrize("value", ["1", "0", "3601", "five"])
+def test_scaledown_outside_modals_range_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Modal takes a scale-down window of 2 s to 1 h; 1 used to pass here and fail there."""
+    with pytest.raises(ValueError) as info:
+        load_app(monkeypatch, TWIML_MODAL_SCALEDOWN=value)
+    assert str(info.value) == (
+        f"TWIML_MODAL_SCALEDOWN={value!r} must be a whole number of seconds from 2 to 3600"
+    )
 
-    # The code is mounted at start-up, on top of every build step (Modal 1.x's rule).
-    mounted = [layer for layer in layers if layer["files"]]
-    assert layers[: len(mounted)] == mounted and not any(m["commands"] for m in mounted)
-    files = {f for layer in mounted for f in layer["files"]}
-    assert {
-        "/root/twiml_assets/speech/worker.py",
-        "/root/twiml_assets/speech/step.py",
-        "/root/resources/compute.py",
-        "/root/resources/model_config.yml",
-        "/root/evaluation/__init__.py",
-        app_module.FETCH_SCRIPT,
-    } <= files
-    assert not any("__pycache__" in f for f in files)
+
+def test_scaledown_takes_the_ends_of_modals_range(app_module: ModuleType) -> None:
+    settings = app_module.Settings.from_env
+    assert settings({"TWIML_MODAL_SCALEDOWN": "2"}).scaledown_window == 2
+    assert settings({"TWIML_MODAL_SCALEDOWN": "3600"}).scaledown_window == 3600
+    assert app_module.env_seconds("X", 5, minimum=2, maximum=9, environ={}) == 5
+    with pytest.raises(ValueError, match=r"^TWIML_MODAL_TIMEOUT='0' .* from 1 to 86400$"):
+        settings({"TWIML_MODAL_TIMEOUT": "0"})
+
+
+# -- the image: the recipe, and the image methods build_image calls ----------------------------
+class RecordedImage:
+    """Stands for ``modal.Image``: records each method ``build_image`` calls, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> RecordedImage:
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return call
+
+
+@pytest.fixture
+def image_calls(app_module: ModuleType) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    recorded = RecordedImage()
+    assert app_module.build_image(app_module.IMAGE_RECIPE, images=recorded) is recorded
+    return recorded.calls
+
+
+def test_the_image_is_built_with_modals_public_methods(app_module: ModuleType, image_calls) -> None:
+    """Each call fits the installed Modal's signature; the real image builds offline."""
+    assert isinstance(app_module.image, modal.Image)
+    for name, args, kwargs in image_calls:
+        method = getattr(modal.Image, name)
+        params = inspect.signature(method).parameters
+        bound_args = (None, *args) if "self" in params else args
+        inspect.signature(method).bind(*bound_args, **kwargs)
+
+
+def test_image_cuda_python_and_a_noninteractive_apt_layer(
+    app_module: ModuleType, image_calls
+) -> None:
+    """CUDA 12 + cuDNN 9 with Python 3.11; DEBIAN_FRONTEND set before apt-get runs."""
+    recipe = app_module.IMAGE_RECIPE
+    assert recipe.base == app_module.CUDA_IMAGE
+    assert recipe.base.startswith("nvidia/cuda:12.") and "cudnn" in recipe.base
+    assert image_calls[0] == ("from_registry", (recipe.base,), {"add_python": "3.11"})
+    steps = [name for name, _, _ in image_calls]
+    apt = steps.index("apt_install")
+    set_before = {
+        key: value
+        for name, args, _ in image_calls[:apt]
+        if name == "env"
+        for key, value in args[0].items()
+    }
+    assert set_before.get("DEBIAN_FRONTEND") == "noninteractive"
+    assert {"ffmpeg", "libsndfile1", "gcc"} <= set(image_calls[apt][1])
+
+
+def test_image_installs_the_locked_dependencies_with_the_engine(
+    app_module: ModuleType, image_calls
+) -> None:
+    """``uv sync --locked --extra engine`` from this checkout's pyproject.toml and uv.lock,
+    with the uv that scripts/setup.sh pins (the one that wrote the lock)."""
+    (sync,) = [(args, kwargs) for name, args, kwargs in image_calls if name == "uv_sync"]
+    args, kwargs = sync
+    assert Path(args[0]) == ROOT and (ROOT / "uv.lock").is_file()
+    assert kwargs["extras"] == ["engine"] and kwargs["frozen"] is False
+    assert "--locked" in kwargs["extra_options"].split()  # a stale lock stops the build
+    setup = (ROOT / "scripts/setup.sh").read_text()
+    assert f'UV_VERSION="{kwargs["uv_version"]}"' in setup
+    assert not any(name.startswith("pip_install") for name, _, _ in image_calls)
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (project,) = [p for p in lock["package"] if p["name"] == pyproject["name"]]
+    for extra in kwargs["extras"]:
+        assert extra in pyproject["optional-dependencies"]
+        assert extra in project["optional-dependencies"]  # locked, so --locked installs it
+    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["engine"]
+    installed = {re.match(r"[\w.-]+", dep).group(0).lower() for dep in wanted}
+    assert {"dagster", "faster-whisper", "pyannote.audio", "torch", "resemblyzer"} <= installed
+    # The locked venv has no pip; scripts/fetch_models.py takes add_python's pip.
+    assert app_module.CACHE_ENV["TWIML_PIP_PYTHON"] == "/usr/local/bin/python3"
+    assert "TWIML_PIP_PYTHON" in (ROOT / "scripts" / "fetch_models.py").read_text()
+
+
+def test_image_caches_in_the_volume_and_mounts_the_code_last(
+    app_module: ModuleType, image_calls
+) -> None:
+    """The code is mounted at start-up, on top of every build step (Modal 1.x's rule)."""
+    recipe = app_module.IMAGE_RECIPE
+    env = {k: v for name, args, _ in image_calls if name == "env" for k, v in args[0].items()}
+    for name in ("HF_HOME", "TWIML_MODELS_DIR", "XDG_CACHE_HOME", "TORCH_HOME"):
+        assert env[name].startswith(app_module.MODELS_MOUNT + "/")
+    steps = [name for name, _, _ in image_calls]
+    mounts = [i for i, name in enumerate(steps) if name.startswith("add_local")]
+    assert mounts == list(range(len(steps) - len(mounts), len(steps)))
+    files = {args for name, args, _ in image_calls if name == "add_local_file"}
+    assert files == {(str(ROOT / "scripts" / "fetch_models.py"), app_module.FETCH_SCRIPT)}
+    (packages,) = [(args, kw) for name, args, kw in image_calls if name.endswith("python_source")]
+    modules, options = packages
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(modules) == {p.rstrip("*") for p in include["packages"]["find"]["include"]}
+    assert set(modules) == set(recipe.local_packages)
+    ignore = options["ignore"]
+    for kept in ("twiml_assets/speech/worker.py", "resources/model_config.yml"):
+        assert not ignore(Path(kept))
+    assert ignore(Path("resources/__pycache__/compute.cpython-311.pyc"))
 
 
 # -- the container side, run locally ---------------------------------------------------------
@@ -305,7 +421,6 @@ def test_a_permanent_failure_keeps_its_type_and_reason(
     app_module: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Modal pickles the container's exception and re-raises it here as itself."""
-    from modal._serialization import deserialize, serialize
 
     def step_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {"log": "decoding"}
@@ -318,7 +433,7 @@ def test_a_permanent_failure_keeps_its_type_and_reason(
     monkeypatch.setattr(app_module, "warm_models", lambda engine: [])
     with pytest.raises(Failure) as info:
         list(app_module.ModelWorker().run_step.local(PARAMS))
-    again = deserialize(serialize(info.value), None)
+    again = pickle.loads(pickle.dumps(info.value))
     assert type(again) is Failure
     assert (again.description, again.allow_retries) == ("cannot decode ep1: broken", False)
 
@@ -462,7 +577,7 @@ def entrypoint(app_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setattr(dagster_pipes, "open_dagster_pipes", open_dagster_pipes)
         monkeypatch.setattr(worker, "report", report)
         monkeypatch.setattr(app_module, "worker_class", lambda: remote)
-        app_module.run_model_step.info.raw_f()
+        app_module.run_model_step()  # the registered entrypoint, as modal run calls it
         return pipes, reports
 
     run.sleeps = sleeps
@@ -529,45 +644,42 @@ def test_entrypoint_refuses_local_storage(
     assert remote.calls == []
 
 
+def test_gpu_prod_without_a_hub_token_says_how_to_give_one(
+    app_module: ModuleType,
+    entrypoint: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No HF secret attached: a gated pipeline fails at once, naming TWIML_MODAL_HF_SECRET."""
+    from resources.diarisation.models import HUB_HINT
+    from resources.model_paths import ModelNotFoundError
+
+    name = "pyannote/speaker-diarization-community-1"
+    gated = ModelNotFoundError(
+        f"pyannote pipeline {name!r} is not available: " + HUB_HINT.format(name=name)
+    )
+    remote = FakeRemote(gated)
+    with pytest.raises(SystemExit) as info:
+        entrypoint(remote)
+    assert info.value.code == PERMANENT_EXIT
+    reason = capsys.readouterr().err.strip().splitlines()[-1]
+    assert reason.startswith(f"{PERMANENT_PREFIX}pyannote pipeline {name!r} is not available")
+    assert "modal secret create twiml-hf HF_TOKEN=" in reason
+    assert "TWIML_MODAL_HF_SECRET=twiml-hf" in reason and "gpu-offline" in reason
+    assert len(remote.calls) == 1  # never retried
+
+    # Another model error, or a token that is attached but refused: the error as it came.
+    other = ModelNotFoundError("speaker encoder weights not found at /x: pip install resemblyzer")
+    assert app_module.with_hub_token_hint(other) is other
+    monkeypatch.setattr(app_module, "SETTINGS", app_module.Settings(hf_secret="twiml-hf"))
+    assert app_module.with_hub_token_hint(gated) is gated
+
+
 def test_deployed_app_on_request(app_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     assert app_module.worker_class() is app_module.ModelWorker
     monkeypatch.setenv("TWIML_MODAL_DEPLOYED", "1")
     deployed = app_module.worker_class()
     assert isinstance(deployed, modal.Cls) and deployed is not app_module.ModelWorker
-
-
-# -- the Kubernetes worker image ---------------------------------------------------------------
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of deploy/Dockerfile.gpu, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in lines
-        if line and not line.startswith("#")
-    ]
-
-
-def test_gpu_dockerfile_runs_the_worker(app_module: ModuleType) -> None:
-    instructions = dockerfile_instructions()
-    bases = [args.split()[0] for op, args in instructions if op == "FROM"]
-    assert bases[0] == app_module.CUDA_IMAGE  # CUDA 12 + cuDNN 9, as on Modal
-    runs = " ".join(args for op, args in instructions if op == "RUN")
-    assert re.search(r"pip install \.(\s|$)", runs)  # the project, pinned by pyproject.toml
-    assert "scripts/fetch_models.py" in runs  # offline weights baked in
-    assert "ffmpeg" in runs and "libsndfile1" in runs
-    copied = " ".join(args for op, args in instructions if op == "COPY")
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in packages["packages"]["find"]["include"]:
-        assert package.rstrip("*") in copied
-    commands = [json.loads(args) for op, args in instructions if op == "CMD"]
-    assert commands == [worker_command(worker.MODULE)]
-    assert worker.MODULE == "twiml_assets.speech.worker"
-    assert not any(op == "ENTRYPOINT" for op, _ in instructions)
-    user = [args for op, args in instructions if op == "USER"][-1]
-    assert user.split(":")[0] not in {"0", "root"}
-    env = " ".join(args for op, args in instructions if op == "ENV")
-    assert "HF_HOME=" in env and "TWIML_MODELS_DIR=" in env
 
 
 def test_the_comparison_entrypoint_streams_the_comparison_workers_events(
@@ -595,14 +707,35 @@ def test_the_comparison_entrypoint_streams_the_comparison_workers_events(
         calls.append(p)
         yield from events
 
-    monkeypatch.setattr(app_module.run_comparison, "remote_gen", remote_gen)
+    monkeypatch.setattr(app_module, "run_comparison", SimpleNamespace(remote_gen=remote_gen))
 
     @contextmanager
     def open_dagster_pipes() -> Iterator[FakePipes]:
         yield pipes
 
     monkeypatch.setattr(dagster_pipes, "open_dagster_pipes", open_dagster_pipes)
-    app_module.run_model_comparison.info.raw_f()
+    app_module.run_model_comparison()
     assert calls == [params]
     assert pipes.logs == [("info", "cpu-dev done")]
     assert pipes.materializations == [("model_comparison", {"n": 2})]
+
+
+# -- the Kubernetes worker image ---------------------------------------------------------------
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/Dockerfile.gpu, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#") and len(line.split(None, 1)) == 2
+    ]
+
+
+def test_gpu_dockerfile_runs_the_worker() -> None:
+    """The pod's command is the image's CMD: the worker module, as ComputeResource names it."""
+    instructions = dockerfile_instructions()
+    commands = [json.loads(args) for op, args in instructions if op == "CMD"]
+    assert commands[-1:] == [worker_command(worker.MODULE)]
+    assert worker_command(worker.MODULE) == ["python", "-m", "twiml_assets.speech.worker"]
+    assert not any(op == "ENTRYPOINT" for op, _ in instructions)

@@ -395,3 +395,27 @@ def test_host_without_enrolment_after_three_episodes_and_confirm(
     registry = json.loads((root / "speakers/registry.json").read_text())
     assert registry["speakers"]["Janet Doe"]["sources"][0]["ref"] == "ep-1/SPEAKER_01"
     assert main(["speakers", "--storage", str(root), "confirm", "ep-1", "SPEAKER_09", "X"]) == 2
+
+
+def test_voiceprints_of_another_diarisation_are_stale(tmp_path: Path) -> None:
+    """A model step run again with other turns (a local re-run, say) makes the stored
+    voiceprints stale, so speaker_names computes them anew instead of naming labels of the
+    previous diarisation."""
+    from resources.schema import dump
+    from twiml_assets.layout import EpisodeFiles
+    from twiml_assets.speakers.service import voiceprints_current, write_voiceprints
+
+    storage = StorageResource(root=str(tmp_path))
+    turns = [SpeakerTurn(0.0, 4.0, "SPEAKER_00"), SpeakerTurn(4.5, 9.0, "SPEAKER_01")]
+    print_ = VoicePrint(embedding=unit(np.ones(256)), seconds=4.0, first_start=0.0)
+
+    def diarised(with_turns: list[SpeakerTurn]) -> None:
+        result = DiarisationResult(turns=with_turns, duration=9.0, model="test", config={})
+        storage.write_json(EpisodeFiles("ep-1").diarisation_result, dump(result))
+
+    assert not voiceprints_current(storage, "ep-1")  # none stored
+    diarised(turns)
+    write_voiceprints(storage, "ep-1", {"SPEAKER_00": print_}, turns)
+    assert voiceprints_current(storage, "ep-1")
+    diarised([SpeakerTurn(0.0, 2.0, "SPEAKER_01"), *turns[1:]])
+    assert not voiceprints_current(storage, "ep-1")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from resources.audio import AudioDecodeError
+from resources.engine_check import EngineMissingError, require_engine
 from resources.model_paths import ModelNotFoundError
 from resources.model_registry import default_profile, profile_names
 from resources.storage import StorageError, StorageResource
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from resources.asr import WhisperASR
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]"
-USER_ERRORS = (AudioDecodeError, ModelNotFoundError, StorageError, ValueError, OSError)
+USER_ERRORS = (
+    AudioDecodeError,
+    EngineMissingError,
+    ModelNotFoundError,
+    StorageError,
+    ValueError,
+    OSError,
+)
 TRANSCRIBE_OPTIONS = ("key", "title", "description", "num_speakers", "min_speakers", "max_speakers")
 
 
@@ -162,6 +170,7 @@ def progress_printer(enabled: bool) -> Callable[[str, float, float], None] | Non
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    require_engine("twiml-transcribe transcribe runs the models in this process")
     from resources.diarisation import PyannoteDiariser
     from twiml_assets.speech.engine import transcribe_file
 
@@ -205,6 +214,7 @@ def resolve_audio(source: str, storage: StorageResource, tmp: Path) -> tuple[Pat
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    require_engine("twiml-transcribe compare runs the models in this process")
     from resources.audio import decode_audio
     from twiml_assets.keys import upload_key_for_file
     from twiml_assets.quality.compare import compare, parse_configs, write_report

@@ -52,6 +52,7 @@ def resources_from_settings(settings: PlatformSettings) -> dict[str, Any]:
         "asr": WhisperASR(profile=settings.profile),
         "compute": ComputeResource(
             backend=settings.compute,
+            python=settings.worker_python,
             modal_gpu=settings.modal_gpu,
             k8s_image=settings.k8s_image,
             k8s_namespace=settings.k8s_namespace,

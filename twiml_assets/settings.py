@@ -50,6 +50,9 @@ class PlatformSettings(EvaluationLimits):
     max_attempts: int = Field(default=3, ge=1)
     retry_cooldown: float = Field(default=900.0, ge=0)
     compute: Literal["local", "subprocess", "modal", "k8s"] = "local"
+    # subprocess: another interpreter for the worker, e.g. an environment with the engine
+    # beside a control plane without it (bench/images.sh: the worker image's python).
+    worker_python: str | None = None
     modal_gpu: str = "L4"
     k8s_image: str | None = None
     k8s_namespace: str | None = None

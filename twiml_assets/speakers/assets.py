@@ -2,18 +2,20 @@
 
 It runs after ``speaker_transcript`` and before the RAG files and subtitles, which
 render with its names. The voiceprints (``speakers/{key}.embeddings.json``) are computed
-once from the decoded audio and the diarisation turns; later runs (the registry grew, a
-host became recognisable, a name was confirmed) reuse them, so re-naming the back
-catalogue (job ``speaker_naming_job``) never decodes or transcribes again.
+once from the decoded audio and the diarisation turns, by the model step's worker where the
+step runs remotely (the control plane may have no engine) and here otherwise; later runs
+(the registry grew, a host became recognisable, a name was confirmed) reuse them while the
+diarisation is the one they were made from, so re-naming the back catalogue (job
+``speaker_naming_job``) never decodes or transcribes again.
 """
 
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from resources.failures import STEP_RETRY
-from resources.schema import DiarisationResult, load
+from resources.engine_check import EngineMissingError
+from resources.failures import STEP_RETRY, permanent
 from resources.storage import StorageResource
-from twiml_assets.asset_io import GROUP_OUTPUTS, load_episode, read_json_or_fail
+from twiml_assets.asset_io import GROUP_OUTPUTS, load_episode
 from twiml_assets.feed.partitions import episode_partitions
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.speakers import service
@@ -39,11 +41,11 @@ def speaker_names(
     key = context.partition_key
     episode = load_episode(storage, key)
     computed = False
-    if config.recompute_embeddings or service.read_voiceprints(storage, key) is None:
-        audio = read_json_or_fail(storage, EpisodeFiles(key).audio_sidecar, key, "raw_audio")
-        diar = read_json_or_fail(storage, EpisodeFiles(key).diarisation_result, key, "diarisation")
-        turns = load(DiarisationResult, diar).turns
-        service.compute_voiceprints(storage, key, audio["path"], turns)
+    if config.recompute_embeddings or not service.voiceprints_current(storage, key):
+        try:
+            service.compute_episode_voiceprints(storage, key)
+        except EngineMissingError as exc:  # a slim control plane: set-up, not the episode
+            raise permanent(str(exc)) from exc
         computed = True
     # "" rather than None, so that name_episode does not read the feed entry again
     text = episode.title or "", episode.description or "", episode.author

@@ -8,6 +8,7 @@ the outputs use.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from resources.engine_check import require_engine
 from resources.environment import environment
-from resources.schema import SpeakerTranscript, SpeakerTurn, load
+from resources.schema import DiarisationResult, SpeakerTranscript, SpeakerTurn, load
 from resources.storage import StorageResource
 from twiml_assets.layout import SPEAKER_REGISTRY, VOICEPRINTS_SUFFIX, EpisodeFiles
 from twiml_assets.speakers.assign import NAME_THRESHOLD, assign_names
@@ -67,26 +69,67 @@ def read_voiceprints(storage: StorageResource, key: str) -> dict[str, VoicePrint
     return {label: VoicePrint.from_dict(vp) for label, vp in data["labels"].items()}
 
 
+def turns_digest(turns: Sequence[SpeakerTurn]) -> str:
+    """What the voiceprints were made from: the diarisation's labels and times (to the ms)."""
+    text = "\n".join(f"{t.speaker} {t.start:.3f} {t.end:.3f}" for t in turns)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def voiceprints_current(storage: StorageResource, key: str) -> bool:
+    """Whether stored voiceprints exist and were made from the episode's present diarisation
+    (a model step run again since, with other turns, makes them stale). Files written
+    before the digest was recorded count as current."""
+    data = _stored(storage, EpisodeFiles(key).voiceprints)
+    if data is None:
+        return False
+    diar = _stored(storage, EpisodeFiles(key).diarisation_result)
+    if "turns" not in data or diar is None:
+        return True
+    return data["turns"] == turns_digest(load(DiarisationResult, diar).turns)
+
+
 def compute_voiceprints(
     storage: StorageResource, key: str, audio_rel: str, turns: Sequence[SpeakerTurn]
 ) -> dict[str, VoicePrint]:
     """Decode the episode's audio once, embed each label's turns, store the result."""
     from resources.audio import decode_audio
 
+    require_engine(f"{key}: speaker_names computes the voiceprints in this process")
+
     waveform = decode_audio(storage.local_path(audio_rel), label=key)
     prints = label_voiceprints(waveform, turns)
-    write_voiceprints(storage, key, prints)
+    write_voiceprints(storage, key, prints, turns)
     return prints
 
 
-def write_voiceprints(storage: StorageResource, key: str, prints: dict[str, VoicePrint]) -> str:
-    """``speakers/{key}.embeddings.json``: the voiceprints every later naming reuses."""
+def compute_episode_voiceprints(storage: StorageResource, key: str) -> dict[str, VoicePrint]:
+    """The voiceprints of a stored episode from its audio (``raw_audio``) and diarisation
+    turns, decoded again. A remote model step stores them as it goes
+    (``speech.step.store_voiceprints``), so ``speaker_names`` needs this only after a local
+    model step or with ``recompute_embeddings``."""
+    from twiml_assets.asset_io import read_json_or_fail
+
+    files = EpisodeFiles(key)
+    audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
+    diar = read_json_or_fail(storage, files.diarisation_result, key, "diarisation")
+    return compute_voiceprints(storage, key, audio["path"], load(DiarisationResult, diar).turns)
+
+
+def write_voiceprints(
+    storage: StorageResource,
+    key: str,
+    prints: dict[str, VoicePrint],
+    turns: Sequence[SpeakerTurn] | None = None,
+) -> str:
+    """``speakers/{key}.embeddings.json``: the voiceprints every later naming reuses, with
+    the digest of the ``turns`` they were made from (:func:`voiceprints_current`)."""
     return storage.write_json(
         EpisodeFiles(key).voiceprints,
         {
             "key": key,
             "encoder": "resemblyzer GE2E (raw, unit mean over the label's turns)",
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            **({"turns": turns_digest(turns)} if turns is not None else {}),
             "labels": {label: vp.to_dict() for label, vp in sorted(prints.items())},
         },
     )

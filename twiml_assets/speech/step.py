@@ -20,9 +20,9 @@ from dagster import Config
 from pydantic import Field
 
 from resources.asr import WhisperASR
-from resources.audio import SAMPLE_RATE, AudioDecodeError, open_waveform
+from resources.audio import SAMPLE_RATE, AudioDecodeError, Waveform, open_waveform
 from resources.diarisation import PyannoteDiariser
-from resources.schema import AsrResult, DiarisationResult, dump
+from resources.schema import AsrResult, DiarisationResult, SpeakerTurn, dump
 from resources.storage import StorageResource
 from twiml_assets.asset_io import (
     StepOutput,
@@ -64,8 +64,14 @@ def run_model_step(
     asr: WhisperASR,
     diariser: PyannoteDiariser,
     log: Log,
+    voiceprints: bool = False,
 ) -> list[StepOutput]:
-    """Decode the episode once; transcribe and diarise that one waveform; write the files."""
+    """Decode the episode once; transcribe and diarise that one waveform; write the files.
+
+    ``voiceprints``: also embed each speaker's turns from that waveform and store them (the
+    worker asks: it has the engine, which the control plane that runs ``speaker_names`` may
+    not have).
+    """
     files = EpisodeFiles(key)
     episode = load_episode(storage, key)
     audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
@@ -98,6 +104,8 @@ def run_model_step(
         max_speakers=options.max_speakers,
         progress=progress_logger(log, key, "diarised"),
     )
+    if voiceprints:
+        store_voiceprints(storage, key, waveform, diarisation.turns, log)
     waveform.close()
 
     source = {
@@ -107,6 +115,27 @@ def run_model_step(
         "duration": round(duration, 3),
     }
     return write_model_outputs(storage, key, asr_result, diarisation, source)
+
+
+def store_voiceprints(
+    storage: StorageResource, key: str, waveform: Waveform, turns: list[SpeakerTurn], log: Log
+) -> None:
+    """The episode's voiceprints from the decoded waveform, stored for ``speaker_names``.
+
+    Best effort: the transcript and the diarisation are what the step is for, so a failure
+    here is logged, not raised, and ``speaker_names`` computes them itself where the engine
+    is installed (or says that it is not).
+    """
+    from twiml_assets.speakers.service import write_voiceprints
+    from twiml_assets.speakers.voiceprints import label_voiceprints
+
+    try:
+        prints = label_voiceprints(waveform, turns)
+        write_voiceprints(storage, key, prints, turns)
+    except Exception as exc:  # noqa: BLE001 - any failure only costs speaker_names a decode
+        log(f"{key}: voiceprints not stored ({type(exc).__name__}: {exc})")
+        return
+    log(f"{key}: voiceprints of {len(prints)} speaker(s) stored")
 
 
 def write_model_outputs(

@@ -6,6 +6,8 @@ episode key, the storage settings and the engine settings from the Pipes extra
 ``model_step``, reads the audio from storage (local or ``s3://``), runs
 :func:`~twiml_assets.speech.step.run_model_step`, writes the same files, and reports the
 ``transcript`` and ``diarisation`` materialisations back; progress comes back as Pipes logs.
+It also stores the episode's voiceprints, which need the engine too, so that a control plane
+without it (the slim image) runs ``speaker_names`` from them.
 
 A failure that a re-run cannot fix (undecodable audio, a missing upstream file) exits with
 status :data:`PERMANENT_EXIT` after printing its reason as the last line of stderr, so the
@@ -76,6 +78,8 @@ def step_events(params: dict[str, Any]) -> Iterator[dict[str, Any]]:
             WhisperASR(**p.asr),
             PyannoteDiariser(**p.diariser),
             log=log,
+            # The engine is here, perhaps not on the control plane: speaker_names reads them.
+            voiceprints=True,
         ),
     )
 
