@@ -10,9 +10,10 @@ Used by ``bench/images.py`` (``bench/images.sh``) and the slow test
   as a volume, so packages the host already downloaded are not downloaded again.
 - ``podman run`` is refused (crun cannot set ``RLIMIT_NOFILE``/``RLIMIT_NPROC`` here), so an
   image's commands run in a chroot of its container's filesystem (``podman mount``), each
-  in a private mount namespace (``unshare``) with /proc, /dev, a shared /tmp and the shared
-  work directory at /mnt. The worker image's root is mounted at /srv inside the control
-  plane's, and the model step's subprocess backend runs its python there (``chroot /srv``).
+  in a private mount namespace (``unshare``) with /proc, /dev, a scratch /tmp and the shared
+  work directory at /mnt (TMPDIR=/mnt/tmp). The worker image's root is mounted at /srv
+  inside the control plane's, and the model step's subprocess backend runs its python there
+  (``chroot /srv``).
   The network is the host's, so the processes reach PostgreSQL and the feed on 127.0.0.1.
 """
 
@@ -176,25 +177,30 @@ class ImageStack:
         return self.work / "tmp"
 
     def prepare(self) -> None:
-        self.share.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.tmp.chmod(0o1777)
+        for folder in (self.share, self.tmp, self.share / "tmp"):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o1777)
 
-    def _mounts(self, root: Path) -> list[str]:
+    def _mounts(self, root: Path, own_tmp: bool = True) -> list[str]:
+        """/proc, /dev and the shared /mnt in ``root``; a scratch /tmp where ``own_tmp``
+        (not in the worker's root, which may be this machine's own: files that both sides
+        read, the Pipes context and messages, go to TMPDIR=/mnt/tmp, the same in both)."""
         r = shlex.quote(str(root))
-        return [
+        mounts = [
             f"mount -t proc proc {r}/proc",
             f"mount --rbind /dev {r}/dev",
             f"mount --bind {shlex.quote(str(self.share))} {r}/mnt",
-            f"mount --bind {shlex.quote(str(self.tmp))} {r}/tmp",
         ]
+        if own_tmp:
+            mounts.append(f"mount --bind {shlex.quote(str(self.tmp))} {r}/tmp")
+        return mounts
 
     def command(self, argv: list[str], env: Mapping[str, str] | None = None) -> list[str]:
         """``argv`` as the control-plane image runs it, in a mount namespace of its own."""
         self.prepare()
         steps = self._mounts(self.control_plane)
         if self.worker is not None:
-            steps += self._mounts(self.worker)
+            steps += self._mounts(self.worker, own_tmp=False)
             steps.append(f"mount --rbind {shlex.quote(str(self.worker))} "
                          f"{shlex.quote(str(self.control_plane))}/srv")  # fmt: skip
         variables = {
@@ -202,6 +208,7 @@ class ImageStack:
             "HOME": "/root",
             "LANG": "C.UTF-8",
             **self.image_env,
+            "TMPDIR": "/mnt/tmp",  # seen at the same path by the worker (see _mounts)
             **self.env,
             **(env or {}),
         }
