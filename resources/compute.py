@@ -14,7 +14,6 @@ The worker program is named by its module, so this file imports no asset code.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.pipes.client import PipesClientCompletedInvocation
 from pydantic import Field
 
-from resources.engine_check import EngineMissingError, require_engine
+from resources.engine_check import EngineMissingError, installed, require_engine
 from resources.failures import permanent, transient
 
 Backend = Literal["local", "subprocess", "modal", "k8s"]
@@ -249,7 +248,7 @@ def worker_command(module: str) -> list[str]:
 def check_backend(backend: str, k8s_image: str | None = None) -> None:
     """Raise ComputeSetupError, one line, when ``backend`` lacks a package or credentials."""
     for module, pip_name in PACKAGES.get(backend, ()):
-        if not _installed(module):
+        if not installed(module):
             raise ComputeSetupError(
                 f"TWIML_COMPUTE={backend} needs the {pip_name} package, which is not installed: "
                 f"pip install '.[{backend}]' from the repository root"
@@ -270,13 +269,6 @@ def check_backend(backend: str, k8s_image: str | None = None) -> None:
                 "TWIML_COMPUTE=k8s needs cluster credentials: run inside the cluster, or set "
                 "KUBECONFIG (or create ~/.kube/config)"
             )
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:  # in sys.modules as None: deliberately made unimportable
-        return False
 
 
 def _modal_credentials() -> bool:

@@ -20,7 +20,7 @@ class EngineMissingError(RuntimeError):
 
 def missing_engine_modules() -> list[str]:
     """The engine's top-level modules that this interpreter cannot import."""
-    return [name for name in ENGINE_MODULES if not _installed(name)]
+    return [name for name in ENGINE_MODULES if not installed(name)]
 
 
 def require_engine(why: str, otherwise: str = "") -> None:
@@ -37,7 +37,8 @@ def require_engine(why: str, otherwise: str = "") -> None:
         )
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ValueError, ModuleNotFoundError):  # a parent package missing, or set to None

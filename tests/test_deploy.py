@@ -418,7 +418,7 @@ def helm_run_settings(values: dict) -> dict[str, Any]:
 
 
 def run_settings_differences(values: dict, instance: dict) -> list[str]:
-    helm = flatten({k: v for k, v in helm_run_settings(values).items()})
+    helm = flatten(helm_run_settings(values))
     local = flatten({k: instance.get(k, {}) for k in RUN_SETTINGS})
     wrong = []
     for path in sorted(set(helm) | set(local), key=str):
