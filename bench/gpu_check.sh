@@ -6,7 +6,10 @@
 #      against bare faster-whisper, RTF per stage, peak memory;
 #   3. bench/compute_backend.py: a generated 10-minute episode through the Dagster job with
 #      the model step in the run's process and in a Pipes subprocess worker, on CUDA;
-#   4. large-v3-turbo, when a local copy exists (TWIML_TURBO_DIR, or the Hugging Face cache).
+#   4. bench/long_episode.py with gpu-offline: the engine's CLI against bare faster-whisper
+#      (batched, same settings) on a generated 10-minute episode, each in a fresh process:
+#      their wall-time ratio, WER, longest gap, DER, cpWER, per-stage times, peak RSS;
+#   5. large-v3-turbo, when a local copy exists (TWIML_TURBO_DIR, or the Hugging Face cache).
 #
 #   bash bench/gpu_check.sh                # everything
 #   MINUTES=30 bash bench/gpu_check.sh     # a longer episode for step 3
@@ -44,6 +47,10 @@ $PY bench/engine.py --profile gpu-offline --repeats 3 --json "${OUT:-/tmp}/engin
 section "bench/compute_backend.py: ${MINUTES}-min episode, model step local vs Pipes subprocess, CUDA"
 $PY bench/compute_backend.py --minutes "$MINUTES" --profile gpu-offline \
   --json "${OUT:-/tmp}/compute-gpu-offline.json"
+
+section "bench/long_episode.py --profiles gpu-offline: ${MINUTES}-min episode, engine vs bare ratio"
+$PY bench/long_episode.py --profiles gpu-offline --episodes "${MINUTES}:11" \
+  --json "${OUT:-/tmp}/long-episode-gpu-offline.json"
 
 TURBO="${TWIML_TURBO_DIR:-}"
 if [ -z "$TURBO" ]; then

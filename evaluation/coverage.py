@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from resources.intervals import merge_intervals
+from resources.intervals import merge_intervals, word_spans
 from resources.schema import SpeakerTurn, Word
 
 
 def speech_without_words(
     reference: Sequence[SpeakerTurn], words: Iterable[Word]
 ) -> list[tuple[float, float]]:
-    """Stretches of reference speech (any speaker) that no hypothesis word overlaps."""
+    """Stretches of reference speech (any speaker) that no hypothesis word overlaps.
+
+    A word timed over more than ``LONGEST_WORD_SECONDS`` covers only that much at each end
+    (``resources.intervals.word_spans``): a stretched word is not speech recovered.
+    """
     speech = merge_intervals((t.start, t.end) for t in reference)
-    covered = merge_intervals((w.start, w.end) for w in words)
+    covered = merge_intervals(word_spans((w.start, w.end) for w in words))
     gaps: list[tuple[float, float]] = []
     j = 0
     for start, end in speech:

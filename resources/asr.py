@@ -31,6 +31,7 @@ from resources.schema import AsrResult
 log = logging.getLogger(__name__)
 
 DECODE_SEED = 1234  # CTranslate2's sampling seed (temperature fallback)
+CAREFUL_BEAM = 5  # beam width for a stretch that greedy or batched decoding left word-less
 CPU_FALLBACK = {"float16": "float32", "int8_float16": "int8", "bfloat16": "float32"}
 ComputeType = Literal[
     "default", "auto", "int8", "int8_float16", "int8_float32", "float16", "float32"
@@ -203,33 +204,47 @@ class WhisperASR(ConfigurableResource):
     ) -> AsrResult:
         """Transcribe one waveform (16 kHz mono array or ``Waveform``) with word timings."""
         s = self.settings(initial_prompt=initial_prompt, **overrides)
-        model, device, compute_type = load_for(s)
+        _, device, compute_type = load_for(s)
         duration = len(waveform) / SAMPLE_RATE
         config = {**s.model_dump(), "device": device, "compute_type": compute_type}
         started = time.perf_counter()
         if duration < 0.1:
             return AsrResult([], s.language or "en", duration, s.model, config, 0.0)
 
-        from resources.log_mel import with_sliced_features  # imports faster-whisper
-
-        common = transcribe_options(s)
-        del common["initial_prompt"]  # set per block by the long-form pass
         result = transcribe_long_form(
             waveform,
-            decoder(with_sliced_features(model), s, common),
+            self.decoder(s),
             vad_options=vad_options(s),
             prompt=s.initial_prompt,
             carry_prompt=s.condition_on_previous_text and not s.batched,
             progress=progress,
+            careful=self.careful_decoder(s),
         )
         if progress is not None:
             progress(duration, duration)
-        trim_heap()  # the blocks' freed buffers go back before diarisation allocates
+        trim_heap()  # the blocks' freed buffers go back to the OS
         seconds = time.perf_counter() - started
         language = result.language or s.language or "en"
         return AsrResult(
             result.segments, language, duration, s.model, config, seconds, result.details
         )
+
+    def decoder(self, s: AsrSettings) -> DecodeFn:
+        """One faster-whisper call per stretch, as the long-form pass makes them (the
+        prompt is set per call)."""
+        from resources.log_mel import with_sliced_features  # imports faster-whisper
+
+        common = transcribe_options(s)
+        del common["initial_prompt"]
+        return decoder(with_sliced_features(load_for(s)[0]), s, common)
+
+    def careful_decoder(self, s: AsrSettings) -> DecodeFn | None:
+        """For greedy or batched settings, the beam search (``CAREFUL_BEAM``, one stretch at
+        a time, temperature fallback) that a word-less stretch gets once its own decode has
+        found nothing there; None when ``s`` decodes that way already."""
+        if not s.batched and s.beam_size >= CAREFUL_BEAM:
+            return None
+        return self.decoder(s.model_copy(update={"batched": False, "beam_size": CAREFUL_BEAM}))
 
 
 def vad_options(s: AsrSettings) -> dict[str, Any]:
@@ -254,10 +269,30 @@ def transcribe_options(s: AsrSettings) -> dict[str, Any]:
     )
 
 
+def transcribe_speech(model: Any, audio: np.ndarray, kwargs: dict[str, Any]) -> Any:
+    """``WhisperModel.transcribe``, given the VAD speech chunks it would compute itself.
+
+    ``speech_chunks`` (samples of ``audio``, from the episode's one VAD pass) take the place
+    of faster-whisper's second VAD pass over the same audio: the speech is cut out, decoded
+    and mapped back to the audio's time with faster-whisper's own functions, as its
+    ``vad_filter`` path does.
+    """
+    chunks = kwargs.pop("speech_chunks", None)
+    if not chunks or not kwargs["vad_filter"]:
+        return model.transcribe(audio, **kwargs)
+    from faster_whisper.transcribe import restore_speech_timestamps
+    from faster_whisper.vad import collect_chunks
+
+    pieces, _ = collect_chunks(audio, chunks)
+    speech = np.concatenate(pieces, axis=0)
+    segments, info = model.transcribe(speech, **{**kwargs, "vad_filter": False})
+    return restore_speech_timestamps(segments, chunks, SAMPLE_RATE), info
+
+
 def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:
     """One faster-whisper call on a stretch of audio, with per-call option overrides."""
     if not s.batched:
-        return lambda audio, extra: model.transcribe(audio, **{**common, **extra})
+        return lambda audio, extra: transcribe_speech(model, audio, {**common, **extra})
 
     from faster_whisper import BatchedInferencePipeline
 
@@ -265,6 +300,10 @@ def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:
 
     def decode(audio: np.ndarray, extra: dict[str, Any]) -> Any:
         kwargs = {**common, **extra}
+        # Batched decoding cuts its own ≤ 30 s chunks from its VAD: the regions are not used.
+        kwargs.pop("speech_chunks", None)
+        if kwargs.get("vad_parameters"):  # the pipeline edits the dict it is given
+            kwargs["vad_parameters"] = dict(kwargs["vad_parameters"])
         if not kwargs["vad_filter"]:
             # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
             duration = len(audio) / SAMPLE_RATE

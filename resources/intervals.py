@@ -10,6 +10,30 @@ from collections.abc import Iterable, Sequence
 
 Interval = tuple[float, float]
 
+LONGEST_WORD_SECONDS = 2.0
+"""A word timed longer than this was stretched over speech the decoder skipped (Whisper's
+word alignment gives the word after a timestamp jump the whole jump): it counts as
+covering only this much at each of its ends."""
+
+
+def word_spans(
+    spans: Iterable[Sequence[float]], slack: float = 0.0, longest: float = LONGEST_WORD_SECONDS
+) -> list[Interval]:
+    """The time words really cover: each span widened by ``slack``, a long one only at its ends.
+
+    Lost-speech checks in the engine and in evaluation both use this, so a word stretched
+    across a skipped stretch hides it from neither.
+    """
+    out: list[Interval] = []
+    for start, end in spans:
+        start, end = float(start), float(end)
+        if end - start <= longest:
+            out.append((start - slack, end + slack))
+        else:
+            out.append((start - slack, start + longest + slack))
+            out.append((end - longest - slack, end + slack))
+    return out
+
 
 def merge_intervals(intervals: Iterable[Sequence[float]], gap: float = 0.0) -> list[Interval]:
     """Sorted, disjoint union of intervals, bridging gaps up to ``gap`` seconds.

@@ -131,7 +131,8 @@ class StandInASR(WhisperASR):
         return super().settings(**overrides).model_copy(update={"model": STANDIN_ASR_MODEL})
 
     def load(self, **overrides: Any) -> Any:
-        raise RuntimeError("StandInASR has no model to load (tests/standin_models.py)")
+        """Nothing to load (the engine loads before it transcribes)."""
+        return None
 
     def transcribe(
         self,
@@ -177,6 +178,10 @@ class StandInDiariser(PyannoteDiariser):
     def settings(self, **overrides: Any) -> DiarisationSettings:
         settings = super().settings(**overrides)
         return settings.model_copy(update={"pipeline": STANDIN_DIARISER_MODEL})
+
+    def load(self, s: DiarisationSettings | None = None) -> Any:
+        """Nothing to load (the engine loads the diariser beside the ASR)."""
+        return None
 
     def diarise(
         self,

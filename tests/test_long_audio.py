@@ -80,6 +80,69 @@ def test_no_speech_is_lost_and_engine_is_no_worse_than_bare_faster_whisper(
     assert details["recovered_stretches"] <= details["speech_stretches_without_words"]
 
 
+PLANTED_JUMP_SECONDS = 30.0
+
+
+@pytest.mark.model_output
+def test_a_planted_timestamp_jump_is_found_and_its_speech_recovered(
+    long_episode: SyntheticEpisode, engine_run: dict[str, Any]
+) -> None:
+    """The engine's own transcript of the episode with a timestamp jump planted in it: 30 s
+    of speech without words, the word before them stretched across (as Whisper's alignment
+    stretches the word after a jump). The repair pass, with the real VAD and decoder, finds
+    the stretch and fills it; the counts are those of the final words."""
+    from resources.asr import WhisperASR, vad_options
+    from resources.audio import open_waveform
+    from resources.long_form import (
+        LongFormOptions,
+        Repairs,
+        hole_outcomes,
+        repair_holes,
+        speech_regions_of,
+    )
+    from resources.schema import AsrSegment
+
+    start = next(t.start for t in long_episode.turns if t.start >= 600.0)
+    end = start + PLANTED_JUMP_SECONDS
+    words = words_of(engine_run)
+    inside = [w for w in words if start <= 0.5 * (w.start + w.end) < end]
+    kept = [w for w in words if w not in inside]
+    before = max((w for w in kept if w.end <= start), key=lambda w: w.end)
+    before.end = end  # stretched across the jump
+    assert speech_without_words(
+        [t for t in long_episode.turns if start <= t.start < end - 5], kept
+    ), "the planted jump leaves speech without words"
+
+    asr = WhisperASR(profile="cpu-dev")
+    s = asr.settings()
+    options = LongFormOptions()
+    repairs = Repairs()
+    with open_waveform(long_episode.audio_path) as waveform:
+        regions = speech_regions_of(waveform, vad_options(s), options)
+        decode = asr.decoder(s)
+        repaired = repair_holes(
+            waveform,
+            regions,
+            [AsrSegment(w.start, w.end, w.text, [w]) for w in kept],
+            lambda audio, overrides: decode(audio, {**overrides, "language": "en"})[0],
+            options,
+            repairs,
+        )
+    final = sorted((w for seg in repaired for w in seg.words), key=lambda w: w.start)
+    planted = [(a, b) for a, b in repairs.holes if a < end and b > start]
+    assert planted, f"the jump {start:.1f}-{end:.1f} s was not found: {repairs.holes}"
+    outcomes = hole_outcomes(planted, repairs.remaining, final, options)
+    assert outcomes["recovered"] == len(planted), outcomes  # counted on the final words
+    lost = [
+        (round(a, 1), round(b - a, 1))
+        for a, b in speech_without_words(long_episode.turns, final)
+        if b - a > 5.0 and a < end and b > start
+    ]
+    assert lost == [], f"speech still without words in the jump (start, seconds): {lost}"
+    recovered = [w for w in final if start <= 0.5 * (w.start + w.end) < end]
+    assert len(recovered) >= 0.7 * len(inside), (len(recovered), len(inside))
+
+
 def test_model_step_memory_does_not_grow_with_the_episode(
     tmp_path: Path, engine_run: dict[str, Any]
 ) -> None:

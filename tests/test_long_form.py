@@ -20,8 +20,10 @@ from resources.long_form import (
     find_holes,
     plan_blocks,
     recover_holes,
+    repair_holes,
     split_long_regions,
     transcribe_long_form,
+    trim_stretched_words,
 )
 from resources.schema import AsrSegment, Word
 from resources.vad import SpeechRegion, regions_from_probabilities, speech_regions
@@ -172,7 +174,121 @@ def test_holes_are_decoded_again_without_conditioning_and_merged() -> None:
     words = [w for s in recovered for w in s.words]
     assert [w.text for w in words] == [" recovered", " words"]
     assert 20.0 <= words[0].start < words[-1].end <= 24.0  # shifted into episode time
-    assert (repairs.recovered_stretches, repairs.recovered_words) == (1, 2)
+    assert (repairs.decoded_again, repairs.recovered_words) == (1, 2)
+
+
+def test_a_word_stretched_over_skipped_speech_does_not_hide_it() -> None:
+    """Whisper's alignment gives the word after a timestamp jump the whole jump: 20-50 s."""
+    regions = [region(0, 60)]
+    words = [Word(t, t + 0.3, "w") for t in np.arange(0.5, 20, 0.5)]
+    words += [Word(20.0, 50.0, " Thank")]  # the jump, as one word
+    words += [Word(t, t + 0.3, "w") for t in np.arange(50.5, 60, 0.5)]
+    holes = find_holes(regions, words, min_seconds=2.0)
+    assert [(round(a, 1), round(b, 1)) for a, b in holes] == [(22.3, 47.7)]
+
+
+def scripted_decoder(said: dict[float, str], skip_after: float | None = None):
+    """A decoder that says ``said`` (episode time → word) in the audio it is given.
+
+    The test waveform's samples are their own time in seconds, so a call knows where its
+    slice lies. A call starting before ``skip_after`` stops there, as a decoder that skips
+    the rest of the stretch would.
+    """
+    calls: list[tuple[float, float]] = []
+
+    def decode(audio: np.ndarray, overrides: dict[str, Any]):
+        start = float(audio[0])
+        end = start + len(audio) / SR
+        calls.append((round(start, 2), round(end, 2)))
+        stop = end if skip_after is None or start >= skip_after - 5 else skip_after
+        ts = [t for t in said if start <= t and t + 0.4 <= stop]
+        if not ts:
+            return iter([])
+        return iter([segment_of(*[(t - start, t - start + 0.4, said[t]) for t in ts])])
+
+    return decode, calls
+
+
+def run_repair(first_pass: list[Word], decode) -> tuple[list[Word], Repairs]:
+    """``repair_holes`` over 0-60 s of speech (a waveform whose samples are their time)."""
+    waveform = (np.arange(61 * SR) / SR).astype(np.float32)
+    segments = [AsrSegment(w.start, w.end, w.text, [w]) for w in first_pass]
+    repairs = Repairs()
+    repaired = repair_holes(waveform, [region(0, 60)], segments, decode, LongFormOptions(), repairs)
+    return sorted((w for s in repaired for w in s.words), key=lambda w: w.start), repairs
+
+
+def test_a_partial_recovery_is_decoded_again_and_counted_on_the_final_words() -> None:
+    """The hole's first decode stops half way (another skip): a second round fills the rest."""
+    said = {float(t): " again" for t in np.arange(20.5, 48.0, 0.5)}
+    decode, calls = scripted_decoder(said, skip_after=30.0)
+    first = [Word(t, t + 0.3, " w") for t in np.arange(0.5, 20, 0.5)]
+    first += [Word(20.0, 50.0, " Thank")]  # the stretched word of the timestamp jump
+    first += [Word(t, t + 0.3, " w") for t in np.arange(50.5, 59.5, 0.5)]
+    words, repairs = run_repair(first, decode)
+    details = repairs.as_dict()
+    assert details["recovery_rounds"] == 2, details
+    # Round 2 decodes only what round 1 left (and the stretched word's freed start).
+    assert all(19.5 <= a and b <= 50.5 for a, b in calls[1:]), calls
+    assert details["recovered_stretches"] == 1 and details["unrecovered_stretches"] == 0
+    assert details["speech_stretches_without_words_after_recovery"] == 0, repairs.remaining
+    assert find_holes([region(0, 60)], words, 2.0) == []
+    stretched = next(w for w in words if w.text == " Thank")
+    assert (stretched.start, stretched.end) == (48.0, 50.0)  # out of the recovered words
+
+
+def test_a_stretched_word_over_a_stretch_nothing_recovers_leaves_it_unrecovered() -> None:
+    decode, _ = scripted_decoder({})  # the decoder finds nothing there
+    first = [Word(t, t + 0.3, " w") for t in np.arange(0.5, 20, 0.5)]
+    first += [Word(20.0, 50.0, " Thank")]
+    first += [Word(t, t + 0.3, " w") for t in np.arange(50.5, 59.5, 0.5)]
+    _, repairs = run_repair(first, decode)
+    details = repairs.as_dict()
+    assert details["unrecovered_stretches"] == 1 and details["partly_recovered_stretches"] == 0
+
+
+def test_a_stretch_the_fast_decoder_finds_nothing_in_is_decoded_carefully_once() -> None:
+    """A batched or greedy decode that fails on a stretch: beam search gets one go at it."""
+    fast, fast_calls = scripted_decoder({})
+    said = {float(t): " careful" for t in np.arange(20.5, 49.5, 0.5)}
+    careful, careful_calls = scripted_decoder(said)
+    first = [Word(t, t + 0.3, " w") for t in np.arange(0.5, 20, 0.5)]
+    first += [Word(t, t + 0.3, " w") for t in np.arange(50.5, 59.5, 0.5)]
+    waveform = (np.arange(61 * SR) / SR).astype(np.float32)
+    segments = [AsrSegment(w.start, w.end, w.text, [w]) for w in first]
+    repairs = Repairs()
+    repaired = repair_holes(
+        waveform, [region(0, 60)], segments, fast, LongFormOptions(), repairs, careful
+    )
+    details = repairs.as_dict()
+    assert len(fast_calls) == len(careful_calls) == 1
+    assert details["stretches_decoded_carefully"] == 1
+    assert details["recovered_stretches"] == 1
+    assert sum(w.text.strip() == "careful" for s in repaired for w in s.words) == len(said)
+
+
+def test_a_stretch_that_stays_half_empty_is_counted_as_partly_recovered() -> None:
+    said = {float(t): " again" for t in np.arange(20.5, 30, 0.5)}  # nothing after 30 s
+    decode, calls = scripted_decoder(said)
+    first = [Word(t, t + 0.3, " w") for t in np.arange(0.5, 20, 0.5)]
+    first += [Word(t, t + 0.3, " w") for t in np.arange(50.5, 59.5, 0.5)]
+    words, repairs = run_repair(first, decode)
+    details = repairs.as_dict()
+    assert details["speech_stretches_without_words"] == 1
+    assert details["recovered_stretches"] == 0
+    assert details["partly_recovered_stretches"] == 1  # words 20-30 s, none 30-50 s
+    assert details["recovered_words"] == len(said)
+    assert details["longest_speech_without_words"] > 15
+    assert len(calls) == 2  # the rest was tried once more, on its own
+
+
+def test_stretched_words_keep_their_larger_free_end_and_only_when_words_lie_inside() -> None:
+    words = [Word(0.0, 0.4, "a"), Word(0.5, 9.0, "long"), Word(3.0, 3.4, "b"), Word(9.5, 20, "z")]
+    trim_stretched_words(words)
+    assert [(w.start, w.end) for w in words] == [(0.0, 0.4), (7.0, 9.0), (3.0, 3.4), (9.5, 20)]
+    early = [Word(0.5, 9.0, "long"), Word(8.0, 8.4, "b")]
+    trim_stretched_words(early)
+    assert (early[0].start, early[0].end) == (0.5, 2.5)
 
 
 def test_a_skipped_window_is_recovered_and_counted(monkeypatch) -> None:
@@ -202,6 +318,7 @@ def test_a_skipped_window_is_recovered_and_counted(monkeypatch) -> None:
     assert result.details["speech_stretches_without_words"] == 1
     assert result.details["recovered_stretches"] == 1
     assert result.details["unrecovered_stretches"] == 0
+    assert result.details["speech_stretches_without_words_after_recovery"] == 0
     starts = [w.start for s in result.segments for w in s.words]
     assert starts == sorted(starts)
     assert any(20 <= t < 40 for t in starts)

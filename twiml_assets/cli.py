@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--title", help="episode title (also used as the ASR prompt)")
     t.add_argument("--description", help="episode description (ASR prompt)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--sequential",
+        action="store_true",
+        help="diarise after transcribing instead of at the same time (less peak memory)",
+    )
 
     c = sub.add_parser("compare", help="compare engine configurations on one recording")
     c.add_argument("audio", help="audio file, http(s) URL, or an episode key in the storage root")
@@ -159,7 +164,11 @@ def progress_printer(enabled: bool) -> Callable[[str, float, float], None] | Non
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(
-                total=round(total, 1), desc=f"{stage:>10}", unit="s audio", bar_format=BAR_FORMAT
+                total=round(total, 1),
+                desc=f"{stage:>10}",
+                unit="s audio",
+                bar_format=BAR_FORMAT,
+                position=len(bars),  # the stages run at the same time: one line each
             )
         bar.n = round(min(done, total), 1)
         bar.refresh()
@@ -185,6 +194,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             asr=asr,
             diariser=diariser,
             progress=progress_printer(not args.no_progress and sys.stderr.isatty()),
+            overlap=not args.sequential,
             **options(args, TRANSCRIBE_OPTIONS),
         )
     t = result.transcript

@@ -56,6 +56,22 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         values.update({k: v for k, v in overrides.items() if v is not None})
         return DiarisationSettings(**values)
 
+    def load(self, s: DiarisationSettings | None = None) -> Any:
+        """Import the libraries and load the models (cached per process), without diarising.
+
+        The engine calls this beside the ASR, so a diarisation that must wait for the cores
+        does not also wait for its imports. Returns what ``diarise`` runs: the offline
+        (segmentation model, speaker encoder), or a pyannote pipeline.
+        """
+        s = s or self.settings()
+        device = resolve_device(s.device)
+        if s.pipeline == OFFLINE:
+            segmentation = load_segmentation_model(str(segmentation_checkpoint()), device)
+            return segmentation, load_speaker_encoder(str(resemblyzer_encoder()), device)
+        token = self.hf_token or environment().hf_token
+        check_pipeline_source(s.pipeline, token)
+        return load_hub_pipeline(s.pipeline, device, token)
+
     def diarise(
         self,
         waveform: AudioSource,
@@ -82,23 +98,18 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         token = self.hf_token or environment().hf_token
         config = {**s.model_dump(), "device": device, "hf_token_set": token is not None}
         started = time.perf_counter()
-        if s.pipeline == OFFLINE:
-            segmentation = load_segmentation_model(str(segmentation_checkpoint()), device)
-            encoder = load_speaker_encoder(str(resemblyzer_encoder()), device)
-            model_name = OFFLINE_MODEL_NAME
-        else:
-            check_pipeline_source(s.pipeline, token)
-            pipeline = load_hub_pipeline(s.pipeline, device, token)
-            model_name = s.pipeline
+        models = self.load(s)
+        model_name = OFFLINE_MODEL_NAME if s.pipeline == OFFLINE else s.pipeline
         load_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
         if duration < MIN_AUDIO_SECONDS or is_silent(waveform):
             turns, details = [], {"num_speakers": 0, "reason": "silent or too short"}
         elif s.pipeline == OFFLINE:
+            segmentation, encoder = models
             turns, details = diarise_offline(waveform, s, segmentation, encoder, progress=progress)
         else:
-            turns, details = diarise_with_pipeline(waveform, s, pipeline)
+            turns, details = diarise_with_pipeline(waveform, s, models)
         seconds = time.perf_counter() - started
         if progress is not None:
             progress(duration, duration)

@@ -25,7 +25,10 @@ def main(waveform_path: str, config_path: str, out_path: str) -> None:
     asr = WhisperASR(**config["asr"])
     diariser = PyannoteDiariser(**config["diarisation"])
     asr.load()  # model loading is not part of the timed transcription
-    transcript, asr_result, diarisation, _ = run_models(waveform, "compare", asr, diariser)
+    # One stage after the other: each configuration's stage times and peak RSS are its own.
+    transcript, asr_result, diarisation, _ = run_models(
+        waveform, "compare", asr, diariser, overlap=False
+    )
     report = {
         "asr_config": asr_result.config,
         "asr_seconds": asr_result.seconds,

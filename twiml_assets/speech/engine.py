@@ -8,22 +8,19 @@ decoded once and the same waveform goes to both models.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from resources.asr import WhisperASR
-from resources.audio import SAMPLE_RATE, AudioSource, open_waveform
+from resources.audio import AudioSource, open_waveform
 from resources.diarisation import PyannoteDiariser
 from resources.schema import AsrResult, DiarisationResult, SpeakerTranscript
 from resources.storage import StorageResource
 from twiml_assets.keys import upload_key_for_file, validate_key
 from twiml_assets.outputs.files import write_all_outputs
 from twiml_assets.speech.merge import merge_words
-
-StageCallback = Callable[[str, float, float], None]
-"""Progress: (stage name, seconds of audio done, total seconds)."""
+from twiml_assets.speech.overlap import StageCallback, run_asr_and_diarisation
 
 
 @dataclass(slots=True)
@@ -39,7 +36,8 @@ class EngineResult:
 
     @property
     def real_time_factor(self) -> float:
-        total = sum(v for k, v in self.timings.items() if k != "write")
+        """Wall time of decode, models (ASR and diarisation together) and merge per second."""
+        total = sum(self.timings.get(k, 0.0) for k in ("decode", "models", "merge"))
         return total / self.transcript.duration if self.transcript.duration else 0.0
 
 
@@ -63,27 +61,20 @@ def run_models(
     min_speakers: int | None = None,
     max_speakers: int | None = None,
     progress: StageCallback | None = None,
+    overlap: bool = True,
 ) -> tuple[SpeakerTranscript, AsrResult, DiarisationResult, dict[str, float]]:
-    """ASR + diarisation + merge of one decoded waveform (an array or a ``Waveform``)."""
-    timings: dict[str, float] = {}
-    asr_progress = (lambda done, total: progress("transcribe", done, total)) if progress else None
-    asr_result = asr.transcribe(waveform, initial_prompt=initial_prompt, progress=asr_progress)
-    timings["asr"] = asr_result.seconds
-
-    duration = len(waveform) / SAMPLE_RATE
-    if progress:
-        progress("diarise", 0.0, duration)
-    diarisation = diariser.diarise(
+    """ASR + diarisation (at the same time where cores allow) + merge of one waveform."""
+    asr_result, diarisation, timings = run_asr_and_diarisation(
         waveform,
-        SAMPLE_RATE,
+        asr,
+        diariser,
+        initial_prompt=initial_prompt,
         num_speakers=num_speakers,
         min_speakers=min_speakers,
         max_speakers=max_speakers,
+        progress=progress,
+        overlap=overlap,
     )
-    timings["diarisation"] = diarisation.seconds
-    if progress:
-        progress("diarise", duration, duration)
-
     started = time.perf_counter()
     transcript = merge_words(asr_result, diarisation, key)
     timings["merge"] = time.perf_counter() - started
@@ -104,12 +95,14 @@ def transcribe_file(
     max_speakers: int | None = None,
     info: dict[str, Any] | None = None,
     progress: StageCallback | None = None,
+    overlap: bool = True,
 ) -> EngineResult:
     """Transcribe one local audio file and write every output under ``out``.
 
     ``key`` defaults to ``up-<sha256>`` of the file; pass ``ep-<n>`` to
     write the RAG files under an episode number. Settings come from ``asr`` and
-    ``diariser`` (defaults: the offline cpu-dev profile).
+    ``diariser`` (defaults: the offline cpu-dev profile). ``overlap=False`` runs
+    diarisation after ASR instead of beside it (less peak memory, more wall time).
     """
     audio = Path(audio)
     asr = asr or WhisperASR()
@@ -134,6 +127,7 @@ def transcribe_file(
             min_speakers=min_speakers,
             max_speakers=max_speakers,
             progress=progress,
+            overlap=overlap,
         )
     timings.update(model_timings)
 

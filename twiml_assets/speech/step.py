@@ -36,6 +36,7 @@ from twiml_assets.asset_io import (
 from twiml_assets.layout import EpisodeFiles
 from twiml_assets.outputs.files import write_rttm
 from twiml_assets.speech.engine import episode_prompt
+from twiml_assets.speech.overlap import run_asr_and_diarisation
 
 Log = Callable[[str], None]
 
@@ -50,6 +51,11 @@ class ModelStepConfig(Config):
     num_speakers: int | None = Field(default=None, description="Exact number of speakers.")
     min_speakers: int | None = Field(default=None, description="Lower bound on speakers.")
     max_speakers: int | None = Field(default=None, description="Upper bound on speakers.")
+    overlap_models: bool = Field(
+        default=True,
+        description="Diarise while transcribing, sharing the cores (False: one after the "
+        "other, for less peak memory).",
+    )
     reuse_linked_upload: bool = Field(
         default=True,
         description="Reuse the transcript of an upload with this episode's audio (linked by "
@@ -93,16 +99,20 @@ def run_model_step(
     prompt = (
         episode_prompt(episode.title, episode.description) if options.use_episode_prompt else None
     )
-    asr_result = asr.transcribe(
-        waveform, initial_prompt=prompt, progress=progress_logger(log, key, "transcribed")
-    )
-    diarisation = diariser.diarise(
+    loggers = {
+        "transcribe": progress_logger(log, key, "transcribed"),
+        "diarise": progress_logger(log, key, "diarised"),
+    }
+    asr_result, diarisation, model_timings = run_asr_and_diarisation(
         waveform,
-        SAMPLE_RATE,
+        asr,
+        diariser,
+        initial_prompt=prompt,
         num_speakers=options.num_speakers,
         min_speakers=options.min_speakers,
         max_speakers=options.max_speakers,
-        progress=progress_logger(log, key, "diarised"),
+        progress=lambda stage, done, total: loggers[stage](done, total),
+        overlap=options.overlap_models,
     )
     if voiceprints:
         store_voiceprints(storage, key, waveform, diarisation.turns, log)
@@ -112,6 +122,7 @@ def run_model_step(
         "audio_path": audio["path"],
         "audio_sha256": audio.get("sha256"),
         "decode_seconds": round(decode_seconds, 3),
+        "models_seconds": round(model_timings["models"], 3),
         "duration": round(duration, 3),
     }
     return write_model_outputs(storage, key, asr_result, diarisation, source)
@@ -177,7 +188,13 @@ def write_model_outputs(
                 "decode_seconds": round(decode_seconds, 2),
                 "real_time_factor": rtf(asr_result.seconds, duration),
                 "recovered_stretches": asr_result.details.get("recovered_stretches", 0),
+                "partly_recovered_stretches": asr_result.details.get(
+                    "partly_recovered_stretches", 0
+                ),
                 "unrecovered_stretches": asr_result.details.get("unrecovered_stretches", 0),
+                "longest_speech_without_words_s": asr_result.details.get(
+                    "longest_speech_without_words", 0.0
+                ),
                 "model": asr_result.model,
                 "config": typed(asr_result.config, "json"),
                 "preview": typed(asr_result.text[:600] or "_(no speech recognised)_", "md"),
