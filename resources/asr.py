@@ -216,7 +216,6 @@ class WhisperASR(ConfigurableResource):
             self.decoder(s),
             vad_options=vad_options(s),
             prompt=s.initial_prompt,
-            carry_prompt=s.condition_on_previous_text and not s.batched,
             progress=progress,
             careful=self.careful_decoder(s),
         )
@@ -300,11 +299,14 @@ def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:
 
     def decode(audio: np.ndarray, extra: dict[str, Any]) -> Any:
         kwargs = {**common, **extra}
-        # Batched decoding cuts its own ≤ 30 s chunks from its VAD: the regions are not used.
-        kwargs.pop("speech_chunks", None)
+        chunks = kwargs.pop("speech_chunks", None)
         if kwargs.get("vad_parameters"):  # the pipeline edits the dict it is given
             kwargs["vad_parameters"] = dict(kwargs["vad_parameters"])
-        if not kwargs["vad_filter"]:
+        if chunks and kwargs["vad_filter"]:
+            # The episode's VAD regions as the batch's clips: no second VAD pass.
+            kwargs["vad_filter"] = False
+            kwargs["clip_timestamps"] = batch_clips(chunks)
+        elif not kwargs["vad_filter"]:
             # Batched decoding needs chunk boundaries; without VAD, give fixed 30 s chunks.
             duration = len(audio) / SAMPLE_RATE
             kwargs["clip_timestamps"] = [
@@ -314,3 +316,21 @@ def decoder(model: Any, s: AsrSettings, common: dict[str, Any]) -> DecodeFn:
         return pipeline.transcribe(audio, batch_size=s.batch_size, **kwargs)
 
     return decode
+
+
+def batch_clips(chunks: list[dict[str, int]], window: float = 30.0) -> list[dict[str, float]]:
+    """Consecutive speech chunks (samples) joined into clips (seconds) of at most ``window``
+    from the first's start to the last's end: what ``BatchedInferencePipeline`` decodes as
+    one input each. The pause inside a clip stays in it; a longer chunk is cut evenly."""
+    limit = int(window * SAMPLE_RATE)
+    clips: list[list[int]] = []
+    for chunk in chunks:
+        start, end = int(chunk["start"]), int(chunk["end"])
+        if clips and end - clips[-1][0] <= limit:
+            clips[-1][1] = end
+            continue
+        while end - start > limit:
+            clips.append([start, start + limit])
+            start += limit
+        clips.append([start, end])
+    return [{"start": a / SAMPLE_RATE, "end": b / SAMPLE_RATE} for a, b in clips]

@@ -13,8 +13,10 @@ So the engine decodes an episode as follows:
    cut in the silence between regions, and each block is one faster-whisper call with the
    same settings as a bare call. Its VAD regions go with it (``speech_chunks``), so the
    audio is not run through the VAD twice. Memory is bounded by the
-   block, not the episode; the tail of the previous block's text is the next block's
-   prompt, as ``condition_on_previous_text`` would have it.
+   block, not the episode. Each block starts as a fresh call does, with the episode's
+   prompt only: carrying the previous block's last 150 words as its prompt made tiny.en's
+   conditioned decoding skip speech (60 minutes, 5 blocks: 791 s of speech without words
+   after the first pass against 10.7 s without the carried text; WER 0.316 against 0.272).
 3. *Failures dropped*: segments whose text compresses too well (a failed fallback's
    repetition) and verbatim repeats of the segment before are removed.
 4. *Holes decoded again*: any stretch of VAD speech of ``hole_seconds`` or more with no
@@ -47,7 +49,7 @@ from resources.intervals import LONGEST_WORD_SECONDS, Interval, word_spans
 from resources.schema import AsrSegment, Word
 from resources.vad import SpeechRegion, regions_from_probabilities, speech_probabilities
 
-PROMPT_WORDS = 150  # previous text carried into the next block (Whisper reads ~224 tokens)
+DECODE_WINDOW_SECONDS = 30.0  # Whisper's input window: the longest clip a batched decode takes
 HOLE_MARGIN = 0.25  # s of audio added around a hole when it is decoded again
 WORD_SLACK = 0.3  # s around each word that counts as covered (timestamps are approximate)
 
@@ -137,7 +139,8 @@ def split_long_regions(
         start = region.start
         while region.end - start > limit:
             lo, hi = (start + limit // 2) // window, (start + limit) // window
-            cut = (lo + int(np.argmin(probs[lo:hi]))) * window
+            around = probs[lo:hi]
+            cut = (lo + int(np.argmin(around))) * window if len(around) else start + limit
             out.append(SpeechRegion(start, cut))
             start = cut
         out.append(SpeechRegion(start, region.end))
@@ -213,12 +216,6 @@ def find_holes(
         if end - cursor >= min_seconds:
             holes.append((cursor, end))
     return holes
-
-
-def prompt_from(segments: list[AsrSegment], fallback: str | None) -> str | None:
-    """The last words written, as the next block's prompt (conditioning across blocks)."""
-    words = " ".join(seg.text.strip() for seg in segments[-12:]).split()
-    return " ".join(words[-PROMPT_WORDS:]) or fallback
 
 
 def acceptable(seg: Any, options: LongFormOptions) -> bool:
@@ -403,9 +400,17 @@ def speech_regions_of(
     waveform: AudioSource, vad_options: dict[str, Any], options: LongFormOptions
 ) -> list[SpeechRegion]:
     """The episode's VAD speech regions, none longer than a block."""
+    return speech_of(waveform, vad_options, options)[0]
+
+
+def speech_of(
+    waveform: AudioSource, vad_options: dict[str, Any], options: LongFormOptions
+) -> tuple[list[SpeechRegion], np.ndarray]:
+    """The episode's VAD speech regions (none longer than a block) and Silero's speech
+    probability per 512-sample window, which tells where a long region may be cut."""
     probs = speech_probabilities(waveform)
     regions = regions_from_probabilities(probs, len(waveform), **vad_options)
-    return split_long_regions(regions, probs, options.block_seconds)
+    return split_long_regions(regions, probs, options.block_seconds), probs
 
 
 def transcribe_long_form(
@@ -414,7 +419,6 @@ def transcribe_long_form(
     *,
     vad_options: dict[str, Any],
     prompt: str | None,
-    carry_prompt: bool,
     options: LongFormOptions | None = None,
     progress: Callable[[float, float], None] | None = None,
     careful: DecodeFn | None = None,
@@ -426,7 +430,7 @@ def transcribe_long_form(
     """
     options = options or LongFormOptions()
     duration = len(waveform) / SAMPLE_RATE
-    regions = speech_regions_of(waveform, vad_options, options)
+    regions, probs = speech_of(waveform, vad_options, options)
     blocks = plan_blocks(regions, len(waveform), options.block_seconds)
     repairs = Repairs(blocks=len(blocks))
 
@@ -434,9 +438,10 @@ def transcribe_long_form(
     language: str | None = None
     extra: dict[str, Any] = {"initial_prompt": prompt}
     for block in blocks:
-        chunks = [
-            {"start": r.start - block.start, "end": r.end - block.start} for r in block.regions
-        ]
+        # Pieces of at most one decoding window, cut in pauses: the batched pipeline decodes
+        # each as a clip; the sequential one joins them again (the same samples).
+        pieces = split_long_regions(block.regions, probs, DECODE_WINDOW_SECONDS)
+        chunks = [{"start": r.start - block.start, "end": r.end - block.start} for r in pieces]
         found, info = decode(waveform[block.start : block.end], {**extra, "speech_chunks": chunks})
         offset = block.start / SAMPLE_RATE
         decoded = []
@@ -449,8 +454,6 @@ def transcribe_long_form(
         if language is None:  # detect once, then keep every block in that language
             language = info.language
             extra["language"] = language
-        if carry_prompt:
-            extra["initial_prompt"] = prompt_from(block_segments, prompt)
         if progress is not None:
             progress(block.end / SAMPLE_RATE, duration)
 

@@ -2,7 +2,8 @@
 
 pyannote's segmentation checkpoint ships inside the ``whisperx`` wheel. We download
 that wheel without dependencies (installing whisperx would pin another torch) and
-copy the one file out. Idempotent: does nothing when the file is already there.
+copy the one file out. Then both offline networks are exported to ONNX for the CPU
+(``resources.diarisation.export``). Idempotent: does nothing when the files are there.
 """
 
 from __future__ import annotations
@@ -44,9 +45,19 @@ def fetch_segmentation() -> Path:
     return target
 
 
+def export_networks(segmentation: Path) -> None:
+    """The ONNX exports the CPU diariser runs (made here once, not on a first run)."""
+    from resources.diarisation.export import encoder_onnx, segmentation_onnx
+    from resources.model_paths import resemblyzer_encoder
+
+    for path, _ in (segmentation_onnx(segmentation), encoder_onnx(resemblyzer_encoder())):
+        print(f"==> ONNX export for the CPU diariser: {path}")
+
+
 def main() -> None:
     path = fetch_segmentation()
     print(f"==> offline segmentation weights: {path}")
+    export_networks(path)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,7 @@ class StandInDiariser(PyannoteDiariser):
         min_speakers: int | None = None,
         max_speakers: int | None = None,
         progress: ProgressCallback | None = None,
+        threads: int = 0,
     ) -> DiarisationResult:
         s = self.settings(
             num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers

@@ -62,3 +62,55 @@ def test_model_loads_once_and_transcribes_with_word_timestamps(dialogue) -> None
     assert result.config["compute_type"] == "int8" and result.config["beam_size"] == 1
     batched = first.transcribe(waveform[: 16000 * 20], batched=True, batch_size=4)
     assert batched.words and batched.config["batched"] is True
+
+
+def test_batch_clips_join_speech_up_to_one_window_and_cut_longer_chunks() -> None:
+    from resources.asr import batch_clips
+
+    sr = 16000
+    chunks = [
+        {"start": 0, "end": 10 * sr},
+        {"start": 12 * sr, "end": 29 * sr},  # joins the first: 0-29 s is one window
+        {"start": 31 * sr, "end": 40 * sr},  # 0-40 s would not
+        {"start": 41 * sr, "end": 106 * sr},  # 65 s of speech (never cut by VAD): 3 clips
+    ]
+    assert batch_clips(chunks) == [
+        {"start": 0.0, "end": 29.0},
+        {"start": 31.0, "end": 40.0},
+        {"start": 41.0, "end": 71.0},
+        {"start": 71.0, "end": 101.0},
+        {"start": 101.0, "end": 106.0},
+    ]
+    assert batch_clips([]) == []
+
+
+@pytest.mark.slow
+@pytest.mark.model_output
+def test_batched_decoding_takes_the_episodes_vad_regions(dialogue, monkeypatch) -> None:
+    """With the engine's speech regions, the batched pipeline runs no VAD of its own and
+    decodes the same speech (its words fall inside the regions)."""
+    import faster_whisper.transcribe as upstream
+
+    from resources.asr import vad_options
+    from resources.long_form import LongFormOptions, speech_regions_of
+
+    waveform = decode_audio(dialogue.audio_path)[: 16000 * 60]
+    asr = WhisperASR(profile="cpu-fast")
+    s = asr.settings()
+    regions = speech_regions_of(waveform, vad_options(s), LongFormOptions())
+
+    own_vad = upstream.get_speech_timestamps
+    vad_lengths: list[int] = []
+
+    def counted(audio, *args, **kwargs):
+        vad_lengths.append(len(audio))
+        return own_vad(audio, *args, **kwargs)
+
+    monkeypatch.setattr(upstream, "get_speech_timestamps", counted)
+    result = asr.transcribe(waveform)
+    # Only a stretch decoded again (a hole, seconds long) may run the pipeline's own VAD.
+    assert all(n < len(waveform) // 2 for n in vad_lengths)
+    assert result.words and result.config["batched"] is True
+    spans = [(r.start / 16000 - 0.5, r.end / 16000 + 0.5) for r in regions]
+    inside = [any(a <= w.start and w.end <= b for a, b in spans) for w in result.words]
+    assert sum(inside) >= 0.95 * len(inside)

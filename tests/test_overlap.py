@@ -33,8 +33,8 @@ SR = 16_000
 def test_threads_never_outnumber_the_cores(cores: int) -> None:
     for asr_gpu, diar_gpu in [(False, False), (True, False), (False, True)]:
         plan = plan_threads(cores, asr_gpu, diar_gpu)
-        assert plan is not None and plan.asr_threads >= 1 and plan.torch_threads >= 1
-        assert plan.asr_threads + plan.torch_threads <= cores
+        assert plan is not None and plan.asr_threads >= 1 and plan.diariser_threads >= 1
+        assert plan.asr_threads + plan.diariser_threads <= cores
 
 
 def test_one_core_runs_the_stages_one_after_the_other() -> None:

@@ -12,11 +12,16 @@ scale, which is why speaker naming and the final assignment use those.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from resources.audio import SAMPLE_RATE, AudioSource
+from resources.diarisation.networks import (
+    EMBEDDING_SIZE,
+    MEL_WINDOW_STEP_MS,
+    EncoderNet,
+    MelBasis,
+)
 from resources.intervals import merge_intervals
 
 WHITENING_REGULARISER = 0.1  # fraction of the mean eigenvalue added before whitening
@@ -39,12 +44,18 @@ class Segments:
 
 
 def embed_segments(
-    encoder: Any, waveform: AudioSource, bounds: np.ndarray, window: float, step: float
+    encoder: EncoderNet,
+    waveform: AudioSource,
+    bounds: np.ndarray,
+    window: float,
+    step: float,
+    threads: int = 0,
 ) -> Segments:
     """Whitened and raw GE2E embeddings of each segment, from windows inside it."""
-    mel = MelSpectrogram(waveform, speech_gain(waveform, bounds))
+    mel = MelSpectrogram(waveform, speech_gain(waveform, bounds), encoder.mel_basis)
     spans, owner = embedding_windows(bounds, window, step, len(mel))
-    hidden, raw = encode_windows(encoder, mel, spans, round(window * MEL_FRAMES_PER_SECOND))
+    size = round(window * MEL_FRAMES_PER_SECOND)
+    hidden, raw = encode_windows(encoder, mel, spans, size, threads=threads)
     lag = max(1, round(window / step))  # windows that no longer overlap
     whitened = within_segment_whitening(hidden, owner, lag)
     n = len(bounds)
@@ -58,28 +69,25 @@ def embed_segments(
 class MelSpectrogram:
     """resemblyzer's (power, not log) mel spectrogram: 10 ms frames, speech at -30 dBFS.
 
-    Frames are computed on demand from slices of the waveform, each exactly as
-    ``resemblyzer.audio.wav_to_mel_spectrogram`` computes it on the whole waveform scaled
-    by ``gain``, so a long episode holds neither its whole STFT nor all its mel frames
-    nor a second copy of the samples.
+    Frames are computed on demand from slices of the waveform, each as
+    ``resemblyzer.audio.wav_to_mel_spectrogram`` computes it (librosa's centred STFT,
+    power, mel filterbank) on the whole waveform scaled by ``gain``, so a long episode
+    holds neither its whole STFT nor all its mel frames nor a second copy of the samples.
     """
 
-    def __init__(self, waveform: AudioSource, gain: float) -> None:
-        from resemblyzer import hparams
-
+    def __init__(self, waveform: AudioSource, gain: float, basis: MelBasis) -> None:
         self.waveform = waveform
         self.gain = gain
-        self.hop = int(SAMPLE_RATE * hparams.mel_window_step / 1000)
-        self.n_fft = int(SAMPLE_RATE * hparams.mel_window_length / 1000)
-        self.n_mels = hparams.mel_n_channels
+        self.basis = basis
+        self.hop = int(SAMPLE_RATE * MEL_WINDOW_STEP_MS / 1000)
+        self.n_fft = len(basis.window)
+        self.n_mels = len(basis.filters)
 
     def __len__(self) -> int:
         return 1 + len(self.waveform) // self.hop
 
     def frames(self, first: int, last: int) -> np.ndarray:
         """Frames ``first`` .. ``last - 1``, shape (frames, mel channels)."""
-        import librosa
-
         last = min(last, len(self))
         if last <= first:
             return np.empty((0, self.n_mels), dtype=np.float32)
@@ -90,15 +98,9 @@ class MelSpectrogram:
         lo, hi = max(a, 0), min(b, len(self.waveform))
         if hi > lo:
             y[lo - a : hi - a] = self.waveform[lo:hi] * self.gain
-        mel = librosa.feature.melspectrogram(
-            y=y,
-            sr=SAMPLE_RATE,
-            n_fft=self.n_fft,
-            hop_length=self.hop,
-            n_mels=self.n_mels,
-            center=False,
-        )
-        return np.ascontiguousarray(mel.T, dtype=np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(y, self.n_fft)[:: self.hop]
+        power = np.abs(np.fft.rfft(windows * self.basis.window, axis=1)) ** 2
+        return np.ascontiguousarray(power @ self.basis.filters.T, dtype=np.float32)
 
 
 def speech_gain(waveform: AudioSource, bounds: np.ndarray) -> float:
@@ -132,11 +134,12 @@ def embedding_windows(
 
 
 def encode_windows(
-    encoder: Any,
+    encoder: EncoderNet,
     mel: MelSpectrogram,
     spans: list[tuple[int, int]],
     size: int,
     batch_size: int = 128,
+    threads: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(last LSTM state, GE2E embedding) per span.
 
@@ -145,32 +148,23 @@ def encode_windows(
     on 1.6 s inputs, and its state after fewer steps lies off the distribution that the
     whitening is estimated on, which misplaces short segments.
     """
-    import torch
-
-    device = next(encoder.parameters()).device
-    hidden = np.zeros((len(spans), encoder.lstm.hidden_size), dtype=np.float32)
-    raw = np.zeros((len(spans), encoder.linear.out_features), dtype=np.float32)
+    hidden = np.zeros((len(spans), encoder.hidden_size), dtype=np.float32)
+    raw = np.zeros((len(spans), EMBEDDING_SIZE), dtype=np.float32)
     order = np.argsort([a for a, _ in spans], kind="stable")
     starts = np.asarray([spans[j][0] for j in order])
-    with torch.inference_mode():
-        i = 0
-        while i < len(order):
-            first = int(starts[i])
-            stop = int(np.searchsorted(starts, first + MEL_BLOCK_FRAMES))
-            block = order[i:stop]
-            frames = mel.frames(first, max(spans[j][1] for j in block))
-            for k in range(0, len(block), batch_size):
-                rows = block[k : k + batch_size]
-                batch = np.stack(
-                    [tiled(frames[spans[j][0] - first : spans[j][1] - first], size) for j in rows]
-                )
-                _, (state, _) = encoder.lstm(torch.from_numpy(batch).to(device))
-                last = state[-1]
-                embedding = encoder.relu(encoder.linear(last))
-                embedding = embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-8)
-                hidden[rows] = last.cpu().numpy()
-                raw[rows] = embedding.cpu().numpy()
-            i = stop
+    i = 0
+    while i < len(order):
+        first = int(starts[i])
+        stop = int(np.searchsorted(starts, first + MEL_BLOCK_FRAMES))
+        block = order[i:stop]
+        frames = mel.frames(first, max(spans[j][1] for j in block))
+        for k in range(0, len(block), batch_size):
+            rows = block[k : k + batch_size]
+            batch = np.stack(
+                [tiled(frames[spans[j][0] - first : spans[j][1] - first], size) for j in rows]
+            )
+            hidden[rows], raw[rows] = encoder(batch, threads)
+        i = stop
     return hidden, raw
 
 

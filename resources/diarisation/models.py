@@ -1,5 +1,8 @@
 """Where the diariser's models come from: device choice, cached loaders, hub checks.
 
+On the CPU the offline networks run on onnxruntime (``networks``, ``export``), on a GPU on
+torch; hub pipelines always run on torch.
+
 Loaded models are cached per process, keyed by (weights, device), so every episode of a
 run, every resource instance and speaker naming share one copy.
 """
@@ -12,6 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from resources.diarisation.export import encoder_onnx, segmentation_onnx
+from resources.diarisation.networks import (
+    EncoderNet,
+    OnnxEncoder,
+    OnnxSegmentation,
+    SegmentationNet,
+    TorchEncoder,
+    TorchSegmentation,
+)
 from resources.model_paths import ModelNotFoundError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -24,6 +36,8 @@ HUB_HINT = (
 
 def resolve_device(device: str) -> str:
     """``auto`` → cuda when torch sees a GPU, else cpu; an unusable cuda is an error."""
+    if device == "cpu":  # no torch import for the common case: the CPU runs onnxruntime
+        return device
     import torch
 
     if device == "auto":
@@ -36,7 +50,28 @@ def resolve_device(device: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def load_segmentation_model(path: str, device: str) -> Any:
+def load_segmentation_model(path: str, device: str) -> SegmentationNet:
+    """The segmentation network for the PyanNet checkpoint at ``path``: its ONNX export on
+    onnxruntime on the CPU (exported on first use), the torch model elsewhere."""
+    if device == "cpu":
+        return OnnxSegmentation(*segmentation_onnx(Path(path)))
+    return TorchSegmentation(load_torch_segmentation(path, device))
+
+
+@lru_cache(maxsize=4)
+def load_speaker_encoder(path: str, device: str) -> EncoderNet:
+    """The GE2E encoder network for resemblyzer's weights at ``path`` (as above)."""
+    if not Path(path).exists():
+        raise ModelNotFoundError(
+            f"speaker encoder weights not found at {path}: pip install resemblyzer"
+        )
+    if device == "cpu":
+        return OnnxEncoder(*encoder_onnx(Path(path)))
+    return TorchEncoder(load_torch_encoder(path, device))
+
+
+@lru_cache(maxsize=4)
+def load_torch_segmentation(path: str, device: str) -> Any:
     """The pyannote.audio segmentation ``Model`` at ``path``, on ``device``, in eval mode."""
     import torch
     from pyannote.audio import Model
@@ -50,14 +85,10 @@ def load_segmentation_model(path: str, device: str) -> Any:
 
 
 @lru_cache(maxsize=4)
-def load_speaker_encoder(path: str, device: str) -> Any:
+def load_torch_encoder(path: str, device: str) -> Any:
     """resemblyzer's GE2E ``VoiceEncoder`` with the weights at ``path``, on ``device``."""
     from resemblyzer import VoiceEncoder
 
-    if not Path(path).exists():
-        raise ModelNotFoundError(
-            f"speaker encoder weights not found at {path}: pip install resemblyzer"
-        )
     encoder = VoiceEncoder(device=device, verbose=False, weights_fpath=path)
     encoder.eval()
     return encoder

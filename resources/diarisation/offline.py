@@ -18,6 +18,7 @@ from typing import Any
 from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
 from resources.diarisation.clustering import cluster_segments
 from resources.diarisation.embedding import embed_segments
+from resources.diarisation.networks import EncoderNet, SegmentationNet
 from resources.diarisation.segmentation import (
     change_points,
     frame_geometry,
@@ -38,15 +39,19 @@ from resources.schema import SpeakerTurn
 def diarise_offline(
     waveform: AudioSource,
     s: DiarisationSettings,
-    segmentation_model: Any,
-    encoder: Any,
+    segmentation_model: SegmentationNet,
+    encoder: EncoderNet,
     progress: ProgressCallback | None = None,
+    threads: int = 0,
 ) -> tuple[list[SpeakerTurn], dict[str, Any]]:
-    """Segmentation → single-voice segments → whitened GE2E embeddings → clusters → turns."""
+    """Segmentation → single-voice segments → whitened GE2E embeddings → clusters → turns,
+    the networks using ``threads`` threads (0: the cores this process may use)."""
     duration = len(waveform) / SAMPLE_RATE
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    scores = segmentation_scores(segmentation_model, waveform, s.segmentation_step, progress)
+    scores = segmentation_scores(
+        segmentation_model, waveform, s.segmentation_step, progress, threads
+    )
     frame_step, frame_offset = frame_geometry(segmentation_model)
     bounds = single_voice_segments(
         hysteresis(scores.speech, s.speech_onset, s.speech_offset),
@@ -61,7 +66,9 @@ def diarise_offline(
         return [], {"num_speakers": 0, "segments": 0, "timings": rounded(timings)}
 
     started = time.perf_counter()
-    segments = embed_segments(encoder, waveform, bounds, s.embedding_window, s.embedding_step)
+    segments = embed_segments(
+        encoder, waveform, bounds, s.embedding_window, s.embedding_step, threads
+    )
     timings["embedding"] = time.perf_counter() - started
     if progress is not None:
         progress(0.95 * duration, duration)
@@ -81,6 +88,12 @@ def diarise_offline(
         "timings": rounded(timings),
     }
     return turns, details
+
+
+def import_clustering_libraries() -> None:
+    """Import what clustering and turn building use (about 1 s) with the model loads."""
+    import pyannote.core  # noqa: F401
+    import scipy.cluster.hierarchy  # noqa: F401
 
 
 def rounded(values: dict[str, float]) -> dict[str, float]:

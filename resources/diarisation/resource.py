@@ -22,7 +22,8 @@ from resources.diarisation.models import (
     load_speaker_encoder,
     resolve_device,
 )
-from resources.diarisation.offline import diarise_offline
+from resources.diarisation.networks import torch_threads
+from resources.diarisation.offline import diarise_offline, import_clustering_libraries
 from resources.diarisation.settings import OFFLINE, DiarisationFields, DiarisationSettings
 from resources.diarisation.turns import annotation_to_turns
 from resources.environment import environment
@@ -67,7 +68,9 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         device = resolve_device(s.device)
         if s.pipeline == OFFLINE:
             segmentation = load_segmentation_model(str(segmentation_checkpoint()), device)
-            return segmentation, load_speaker_encoder(str(resemblyzer_encoder()), device)
+            encoder = load_speaker_encoder(str(resemblyzer_encoder()), device)
+            import_clustering_libraries()
+            return segmentation, encoder
         token = self.hf_token or environment().hf_token
         check_pipeline_source(s.pipeline, token)
         return load_hub_pipeline(s.pipeline, device, token)
@@ -81,8 +84,10 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
         min_speakers: int | None = None,
         max_speakers: int | None = None,
         progress: ProgressCallback | None = None,
+        threads: int = 0,
     ) -> DiarisationResult:
-        """Speaker turns of one waveform (16 kHz mono array or ``Waveform``, decoded once)."""
+        """Speaker turns of one waveform (16 kHz mono array or ``Waveform``, decoded once),
+        computed on ``threads`` CPU threads (0: the cores this process may use)."""
         s = self.settings(
             num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
         )
@@ -107,9 +112,12 @@ class PyannoteDiariser(ConfigurableResource, DiarisationFields):
             turns, details = [], {"num_speakers": 0, "reason": "silent or too short"}
         elif s.pipeline == OFFLINE:
             segmentation, encoder = models
-            turns, details = diarise_offline(waveform, s, segmentation, encoder, progress=progress)
+            turns, details = diarise_offline(
+                waveform, s, segmentation, encoder, progress=progress, threads=threads
+            )
         else:
-            turns, details = diarise_with_pipeline(waveform, s, models)
+            with torch_threads(threads):
+                turns, details = diarise_with_pipeline(waveform, s, models)
         seconds = time.perf_counter() - started
         if progress is not None:
             progress(duration, duration)

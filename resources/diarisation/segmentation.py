@@ -11,12 +11,13 @@ least ``overlap_threshold`` of them mark overlapped speech.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
+from resources.diarisation.networks import SegmentationNet
 
 LOCAL_ACTIVE = 0.5  # a local speaker of a segmentation window is "on" above this activation
 CHANGE_SMOOTHING_FRAMES = 3  # votes within +-3 frames (+-50 ms) count for the same change
@@ -25,7 +26,11 @@ SEGMENTATION_BATCH = 8  # windows per forward pass: less peak memory than pyanno
 
 
 def segmentation_scores(
-    model: Any, waveform: AudioSource, step: float, progress: ProgressCallback | None
+    model: SegmentationNet,
+    waveform: AudioSource,
+    step: float,
+    progress: ProgressCallback | None,
+    threads: int = 0,
 ) -> FrameScores:
     """Per-frame speech, change and overlap evidence of the whole waveform.
 
@@ -35,35 +40,22 @@ def segmentation_scores(
     activations are folded into the frame scores at once: neither the audio nor the
     activations of the whole episode are held.
     """
-    import torch
-    from pyannote.audio import Inference
-
     duration = len(waveform) / SAMPLE_RATE
-    window = float(model.specifications.duration)
-    step = min(step, window)
-    inference = Inference(
-        model,
-        window="sliding",
-        duration=window,
-        step=step,
-        skip_aggregation=True,
-        batch_size=SEGMENTATION_BATCH,
-        device=next(model.parameters()).device,
+    step = min(step, model.window_seconds)
+    scores = FrameScoreAccumulator(
+        int(np.ceil(duration / model.frame_step)) + 1, step, model.frame_step
     )
-    frame_step, _ = frame_geometry(model)
-    scores = FrameScoreAccumulator(int(np.ceil(duration / frame_step)) + 1, step, frame_step)
     step_samples = round(step * SAMPLE_RATE)
-    window_samples = round(window * SAMPLE_RATE)
+    window_samples = model.window_samples
     block = max(1, round(SEGMENTATION_BLOCK_SECONDS / step)) * step_samples
     n = len(waveform)
     start = 0
     while True:
         end = start + block + window_samples - step_samples
         last = n - (start + block) < window_samples  # the tail goes with this block
-        audio = waveform[start : n if last else end]
-        tensor = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-        chunks = inference({"waveform": tensor, "sample_rate": SAMPLE_RATE}).data
-        scores.add(np.asarray(chunks, dtype=np.float32), first_chunk=start // step_samples)
+        audio = np.ascontiguousarray(waveform[start : n if last else end], dtype=np.float32)
+        for first, batch in sliding_windows(audio, window_samples, step_samples):
+            scores.add(model(batch, threads), first_chunk=start // step_samples + first)
         if progress is not None:
             done = min(n, start + block) / SAMPLE_RATE
             progress(float(0.7 * done), duration)
@@ -73,10 +65,26 @@ def segmentation_scores(
     return scores.result()
 
 
-def frame_geometry(model: Any) -> tuple[float, float]:
+def sliding_windows(
+    audio: np.ndarray, window: int, step: int, batch: int = SEGMENTATION_BATCH
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index of the first window, (batch, 1, window) samples), pyannote's sliding windows:
+    every whole window on the ``step`` grid, then the rest zero-padded to one window."""
+    n = len(audio)
+    whole = (n - window) // step + 1 if n >= window else 0
+    views = np.lib.stride_tricks.sliding_window_view(audio, window)[::step][:whole] if whole else []
+    for first in range(0, whole, batch):
+        yield first, np.ascontiguousarray(views[first : first + batch])[:, None, :]
+    if n < window or (n - window) % step > 0:
+        tail = np.zeros((1, 1, window), dtype=np.float32)
+        rest = audio[whole * step :]
+        tail[0, 0, : len(rest)] = rest
+        yield whole, tail
+
+
+def frame_geometry(model: SegmentationNet) -> tuple[float, float]:
     """(seconds per output frame, time of frame 0's start) of the segmentation model."""
-    frames = model.receptive_field
-    return float(frames.step), float(frames.start + frames.duration / 2 - frames.step / 2)
+    return model.frame_step, model.frame_offset
 
 
 @dataclass(frozen=True, slots=True)

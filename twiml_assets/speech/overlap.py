@@ -4,7 +4,7 @@ Neither model needs the other's output, and CTranslate2's decoding of a small mo
 leaves cores idle, so the speaker-attributed transcript can cost about what the
 transcript alone costs. Running two models at once is only safe under these rules:
 
-- *Cores*: ASR threads + diarisation (torch) threads <= the cores this process may use
+- *Cores*: ASR threads + diarisation threads <= the cores this process may use
   (``os.sched_getaffinity``), split by ``plan_threads``. A setting the user gave
   (``cpu_threads``) is kept as given.
 - *One worker*: diarisation runs in a single worker thread; nothing else is queued on it.
@@ -25,7 +25,6 @@ transcript alone costs. Running two models at once is only safe under these rule
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
@@ -36,6 +35,7 @@ from typing import Any
 
 from resources.asr import WhisperASR, cuda_available
 from resources.audio import SAMPLE_RATE, AudioSource
+from resources.cores import available_cores
 from resources.diarisation import PyannoteDiariser
 from resources.schema import AsrResult, DiarisationResult
 
@@ -58,18 +58,7 @@ class ThreadPlan:
     """Threads per stage while both run; 0 leaves a stage's library default."""
 
     asr_threads: int
-    torch_threads: int
-
-
-def available_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` where
-    that is set (a process given a share of the machine, as each test worker is)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    share = os.environ.get("OMP_NUM_THREADS", "")
-    return min(cores, int(share)) if share.isdigit() and int(share) > 0 else cores
+    diariser_threads: int
 
 
 def plan_threads(
@@ -219,25 +208,13 @@ def diarise(
     diariser: PyannoteDiariser,
     speakers: dict[str, int | None],
     progress: Callable[[float, float], None] | None,
-    torch_threads: int = 0,
+    threads: int = 0,
 ) -> DiarisationResult:
-    """Diarise, with torch's intra-op threads set to ``torch_threads`` for the duration."""
+    """Diarise on ``threads`` threads (0: the cores this process may use)."""
     duration = len(waveform) / SAMPLE_RATE
     if progress:
         progress(0.0, duration)
-    previous = None
-    if torch_threads:
-        import torch
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(torch_threads)
-    try:
-        return diariser.diarise(waveform, SAMPLE_RATE, progress=progress, **speakers)
-    finally:
-        if previous is not None:
-            import torch
-
-            torch.set_num_threads(previous)
+    return diariser.diarise(waveform, SAMPLE_RATE, progress=progress, threads=threads, **speakers)
 
 
 def run_both(
@@ -254,12 +231,17 @@ def run_both(
     overrides: dict[str, Any] = {}
     if plan.asr_threads and asr.settings().cpu_threads == 0:
         overrides["cpu_threads"] = plan.asr_threads
-    # Whisper's imports and model load before the worker starts importing torch: no two
+    # Whisper's imports and model load before the worker starts its own imports: no two
     # threads import at once, and the model is the one the transcription will use.
     asr.load(**overrides)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diarise") as worker:
         future = worker.submit(
-            diarise, waveform, diariser, speakers, relay.from_worker("diarise"), plan.torch_threads
+            diarise,
+            waveform,
+            diariser,
+            speakers,
+            relay.from_worker("diarise"),
+            plan.diariser_threads,
         )
 
         def asr_progress(done: float, total: float) -> None:
