@@ -25,7 +25,7 @@ from resources.diarisation.networks import (
 from resources.intervals import merge_intervals
 
 WHITENING_REGULARISER = 0.1  # fraction of the mean eigenvalue added before whitening
-MEL_FRAMES_PER_SECOND = 100  # resemblyzer's mel hop is 10 ms
+MEL_FRAMES_PER_SECOND = 1000 // MEL_WINDOW_STEP_MS  # resemblyzer's mel hop is 10 ms
 MEL_BLOCK_FRAMES = 6000  # speaker-encoder windows encoded a minute of mel frames at a time
 TARGET_DBFS = -30.0  # resemblyzer normalises its training utterances to this level
 

@@ -156,7 +156,7 @@ def export_encoder(weights: Path, target: Path) -> None:
 
     from resources.diarisation.models import load_torch_encoder
 
-    graph = EncoderGraph.build(load_torch_encoder(str(weights), "cpu"))
+    graph = encoder_graph(load_torch_encoder(str(weights), "cpu"))
     example = torch.zeros(2, ENCODER_EXAMPLE_FRAMES, MEL_CHANNELS)
     names = {
         "inputs": ["mel"],
@@ -178,23 +178,20 @@ def export_encoder(weights: Path, target: Path) -> None:
     )
 
 
-class EncoderGraph:
+def encoder_graph(encoder: Any) -> Any:
     """What the diariser asks of the GE2E encoder: the last LSTM layer's final state and
     the unit-length embedding computed from it (``VoiceEncoder.forward``'s head)."""
+    import torch
 
-    @staticmethod
-    def build(encoder: Any) -> Any:
-        import torch
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.linear, self.relu = encoder.lstm, encoder.linear, encoder.relu
 
-        class Graph(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.lstm, self.linear, self.relu = encoder.lstm, encoder.linear, encoder.relu
+        def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            _, (state, _) = self.lstm(mel)
+            last = state[-1]
+            embedding = self.relu(self.linear(last))
+            return last, embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
-            def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                _, (state, _) = self.lstm(mel)
-                last = state[-1]
-                embedding = self.relu(self.linear(last))
-                return last, embedding / embedding.norm(dim=1, keepdim=True).clamp_min(1e-8)
-
-        return Graph().eval()
+    return Graph().eval()

@@ -180,9 +180,9 @@ class OnnxEncoder(EncoderNet):
 
 class TorchEncoder(EncoderNet):
     def __init__(self, encoder: Any) -> None:
-        from resources.diarisation.export import EncoderGraph
+        from resources.diarisation.export import encoder_graph
 
-        self.graph = EncoderGraph.build(encoder)
+        self.graph = encoder_graph(encoder)
         self.hidden_size = int(encoder.lstm.hidden_size)
         self.mel_basis = MelBasis.from_librosa()
 

@@ -21,7 +21,6 @@ from resources.diarisation.embedding import embed_segments
 from resources.diarisation.networks import EncoderNet, SegmentationNet
 from resources.diarisation.segmentation import (
     change_points,
-    frame_geometry,
     frames_to_seconds,
     hysteresis,
     segmentation_scores,
@@ -52,7 +51,7 @@ def diarise_offline(
     scores = segmentation_scores(
         segmentation_model, waveform, s.segmentation_step, progress, threads
     )
-    frame_step, frame_offset = frame_geometry(segmentation_model)
+    frame_step, frame_offset = segmentation_model.frame_step, segmentation_model.frame_offset
     bounds = single_voice_segments(
         hysteresis(scores.speech, s.speech_onset, s.speech_offset),
         change_points(scores.change, s.change_threshold),

@@ -82,11 +82,6 @@ def sliding_windows(
         yield whole, tail
 
 
-def frame_geometry(model: SegmentationNet) -> tuple[float, float]:
-    """(seconds per output frame, time of frame 0's start) of the segmentation model."""
-    return model.frame_step, model.frame_offset
-
-
 @dataclass(frozen=True, slots=True)
 class FrameScores:
     """Per-frame evidence averaged over the segmentation windows that cover each frame."""
