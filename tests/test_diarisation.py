@@ -23,6 +23,9 @@ from resources.diarisation import (
     load_segmentation_model,
     load_speaker_encoder,
 )
+from resources.diarisation.embedding import Segments, Windows
+from resources.diarisation.networks import EMBEDDING_SIZE
+from resources.diarisation.resegmentation import split_mixed_segments
 from resources.model_paths import ModelNotFoundError, resemblyzer_encoder, segmentation_checkpoint
 from resources.schema import DiarisationResult, SpeakerTurn
 from twiml_assets.demo.synth import SAMPLE_RATE, SyntheticEpisode, synthesize_dialogue
@@ -350,3 +353,51 @@ def test_overlap_gets_the_nearest_other_speaker() -> None:
     assert out.label_timeline("B").support()[0] == Segment(3.5, 8.0)
     assert out.label_timeline("A").support()[0] == Segment(0.0, 4.5)
     assert out.label_timeline("C").duration() == pytest.approx(3.0)
+
+
+def test_segments_holding_two_voices_are_split_where_the_voice_changes() -> None:
+    rng = np.random.default_rng(0)
+    voice_a, voice_b = np.eye(EMBEDDING_SIZE)[0], np.eye(EMBEDDING_SIZE)[1]
+    bounds = np.array([[0.0, 10.0], [10.0, 20.0], [20.0, 30.0]])
+    labels = np.array([0, 1, 0])
+
+    def voice_at(t: float) -> np.ndarray:
+        if 7.0 <= t < 20.0 or 25.0 <= t < 25.6:  # B answers at 7 s; a 0.6 s blip at 25 s
+            return voice_b
+        return voice_a
+
+    centres, owner = [], []
+    for i, (start, end) in enumerate(bounds):
+        times = np.arange(start + 0.8, end - 0.7, 0.2)
+        centres.extend(times)
+        owner.extend([i] * len(times))
+    raw = np.array([voice_at(t) for t in centres]) + 0.3 * rng.standard_normal(
+        (len(centres), EMBEDDING_SIZE)
+    ) / np.sqrt(EMBEDDING_SIZE)
+    segments = Segments(
+        bounds=bounds,
+        whitened=np.zeros((3, EMBEDDING_SIZE)),
+        raw=np.zeros((3, EMBEDDING_SIZE)),
+        windows=Windows(raw=raw, owner=np.array(owner), centres=np.array(centres)),
+    )
+
+    split, split_labels = split_mixed_segments(segments, labels)
+
+    assert split_labels.tolist() == [0, 1, 1, 0]  # the 0.6 s blip is too short to split
+    assert split[0].tolist() == [0.0, pytest.approx(7.0, abs=0.2)]
+    assert split[1].tolist() == [pytest.approx(7.0, abs=0.2), 10.0]
+    assert split[2:].tolist() == [[10.0, 20.0], [20.0, 30.0]]
+
+
+def test_one_speaker_or_no_windows_leaves_segments_whole() -> None:
+    bounds = np.array([[0.0, 4.0]])
+    segments = Segments(
+        bounds=bounds,
+        whitened=np.zeros((1, EMBEDDING_SIZE)),
+        raw=np.zeros((1, EMBEDDING_SIZE)),
+        windows=Windows(
+            raw=np.zeros((0, EMBEDDING_SIZE)), owner=np.zeros(0, dtype=int), centres=np.zeros(0)
+        ),
+    )
+    split, split_labels = split_mixed_segments(segments, np.array([0]))
+    assert split.tolist() == bounds.tolist() and split_labels.tolist() == [0]

