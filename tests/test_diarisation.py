@@ -17,7 +17,6 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from resources.diarisation import (
     PyannoteDiariser,
     add_overlapping_speakers,
-    annotation_to_turns,
     change_points,
     hysteresis,
     load_segmentation_model,
@@ -26,6 +25,7 @@ from resources.diarisation import (
 from resources.diarisation.embedding import Segments, Windows
 from resources.diarisation.networks import EMBEDDING_SIZE
 from resources.diarisation.resegmentation import split_mixed_segments
+from resources.diarisation.turns import Track, annotation_tracks, tracks_to_turns
 from resources.model_paths import ModelNotFoundError, resemblyzer_encoder, segmentation_checkpoint
 from resources.schema import DiarisationResult, SpeakerTurn
 from twiml_assets.demo.synth import SAMPLE_RATE, SyntheticEpisode, synthesize_dialogue
@@ -269,7 +269,8 @@ def test_a_stale_export_is_made_again(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.slow
 def test_cpu_diarisation_imports_neither_torch_nor_pyannote_audio() -> None:
-    """The CPU path runs on onnxruntime: a process that diarises skips ~10 s of imports."""
+    """The CPU path runs on onnxruntime and plain tracks: a process that diarises skips
+    ~10 s of imports (torch, pyannote.audio, and pyannote.core's matplotlib)."""
     import subprocess
     import sys
 
@@ -279,7 +280,8 @@ def test_cpu_diarisation_imports_neither_torch_nor_pyannote_audio() -> None:
         "from twiml_assets.demo.synth import SAMPLE_RATE\n"
         "noise = np.random.default_rng(0).standard_normal(4 * SAMPLE_RATE).astype('f4')\n"
         "PyannoteDiariser(device='cpu').diarise(noise)\n"
-        "print(sorted(m for m in ('torch', 'pyannote.audio', 'lightning') if m in sys.modules))\n"
+        "heavy = ('torch', 'pyannote.audio', 'lightning', 'pyannote.core', 'matplotlib')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
@@ -330,13 +332,13 @@ def test_change_points_are_peaks_above_threshold() -> None:
 
 
 def test_turns_join_short_gaps_per_speaker_and_rename_by_first_appearance() -> None:
-    annotation = Annotation()
+    annotation = Annotation()  # what a hub pipeline returns
     annotation[Segment(5.0, 6.0)] = 7
     annotation[Segment(0.0, 2.0)] = 3
     annotation[Segment(2.2, 3.0)] = 3  # 0.2 s gap: same turn
     annotation[Segment(3.1, 4.0)] = 7
     annotation[Segment(9.0, 9.05)] = 3  # shorter than min_on: dropped
-    turns = annotation_to_turns(annotation, min_on=0.1, min_off=0.3)
+    turns = tracks_to_turns(annotation_tracks(annotation), min_on=0.1, min_off=0.3)
     assert [(t.start, t.end, t.speaker) for t in turns] == [
         (0.0, 3.0, "SPEAKER_00"),
         (3.1, 4.0, "SPEAKER_01"),
@@ -345,14 +347,15 @@ def test_turns_join_short_gaps_per_speaker_and_rename_by_first_appearance() -> N
 
 
 def test_overlap_gets_the_nearest_other_speaker() -> None:
-    annotation = Annotation()
-    annotation[Segment(0.0, 4.0)] = "A"
-    annotation[Segment(4.0, 8.0)] = "B"
-    annotation[Segment(9.0, 12.0)] = "C"
-    out = add_overlapping_speakers(annotation, [(3.5, 4.5)])
-    assert out.label_timeline("B").support()[0] == Segment(3.5, 8.0)
-    assert out.label_timeline("A").support()[0] == Segment(0.0, 4.5)
-    assert out.label_timeline("C").duration() == pytest.approx(3.0)
+    tracks = [Track(0.0, 4.0, "A"), Track(4.0, 8.0, "B"), Track(9.0, 12.0, "C")]
+    out = add_overlapping_speakers(tracks, [(3.5, 4.5)])
+    assert sorted(out) == sorted([*tracks, Track(3.5, 4.0, "B"), Track(4.0, 4.5, "A")])
+    turns = tracks_to_turns(out, min_on=0.0, min_off=0.0)
+    assert [(t.start, t.end, t.speaker) for t in turns] == [
+        (0.0, 4.5, "SPEAKER_00"),
+        (3.5, 8.0, "SPEAKER_01"),
+        (9.0, 12.0, "SPEAKER_02"),
+    ]
 
 
 def test_segments_holding_two_voices_are_split_where_the_voice_changes() -> None:

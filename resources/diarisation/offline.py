@@ -28,11 +28,7 @@ from resources.diarisation.segmentation import (
     single_voice_segments,
 )
 from resources.diarisation.settings import DiarisationSettings
-from resources.diarisation.turns import (
-    add_overlapping_speakers,
-    annotation_to_turns,
-    segments_annotation,
-)
+from resources.diarisation.turns import add_overlapping_speakers, labelled_segments, tracks_to_turns
 from resources.schema import SpeakerTurn
 
 
@@ -77,9 +73,8 @@ def diarise_offline(
     started = time.perf_counter()
     labels, estimated = cluster_segments(segments, s)
     split_bounds, labels = split_mixed_segments(segments, labels)
-    annotation = segments_annotation(split_bounds, labels)
-    annotation = add_overlapping_speakers(annotation, overlap)
-    turns = annotation_to_turns(annotation, s.min_duration_on, s.min_duration_off)
+    tracks = add_overlapping_speakers(labelled_segments(split_bounds, labels), overlap)
+    turns = tracks_to_turns(tracks, s.min_duration_on, s.min_duration_off)
     timings["clustering"] = time.perf_counter() - started
     details = {
         "num_speakers": len({t.speaker for t in turns}),
@@ -94,8 +89,7 @@ def diarise_offline(
 
 
 def import_clustering_libraries() -> None:
-    """Import what clustering and turn building use (about 1 s) with the model loads."""
-    import pyannote.core  # noqa: F401
+    """Import what clustering uses (about 1 s) with the model loads."""
     import scipy.cluster.hierarchy  # noqa: F401
 
 

@@ -25,7 +25,7 @@ from resources.diarisation.models import (
 from resources.diarisation.networks import torch_threads
 from resources.diarisation.offline import diarise_offline, import_clustering_libraries
 from resources.diarisation.settings import OFFLINE, DiarisationFields, DiarisationSettings
-from resources.diarisation.turns import annotation_to_turns
+from resources.diarisation.turns import annotation_tracks, tracks_to_turns
 from resources.environment import environment
 from resources.model_paths import resemblyzer_encoder, segmentation_checkpoint
 from resources.model_registry import profile_settings
@@ -142,5 +142,5 @@ def diarise_with_pipeline(
         {"waveform": torch.from_numpy(samples)[None], "sample_rate": SAMPLE_RATE}, **kwargs
     )
     annotation = getattr(output, "speaker_diarization", output)  # pyannote 4 wraps it
-    turns = annotation_to_turns(annotation, s.min_duration_on, 0.0)
+    turns = tracks_to_turns(annotation_tracks(annotation), s.min_duration_on, 0.0)
     return turns, {"num_speakers": len({t.speaker for t in turns})}
