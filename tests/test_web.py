@@ -45,6 +45,7 @@ from twiml_assets.web.users import UserStore
 
 SECRET = "s3cr3t-never-shown-0123456789"
 USER, PASSWORD = "alice", "correct horse battery staple"
+SITE = "http://testserver"  # TWIML_WEB_PUBLIC_URL of the tests: TestClient's own origin
 TOKEN_RE = re.compile(r'name="csrf[-_]token" (?:value|content)="([^"]+)"')
 
 
@@ -318,7 +319,7 @@ def app_for(dagster: FakeDagster, root: Path, users_file: Path):
             limits=UploadLimits(**limits),
             graphql_timeout=2.0,
             users_file=users_file,
-            **(settings or {}),
+            **{"public_url": SITE, **(settings or {})},
         )
         client = TestClient(create_app(web), follow_redirects=False)
         return sign_in(client) if signed_in else client
@@ -624,7 +625,7 @@ def test_episode_list_statuses_and_search(client: TestClient, dagster: FakeDagst
     assert re.findall(r'data-key="([^"]+)"', found) == ["ep-2"]
     done = client.get("/", params={"status": "done"}).text
     assert re.findall(r'data-key="([^"]+)"', done) == ["ep-1"]
-    assert client.get("/", params={"q": "<script>", "page": "x"}).status_code == 200
+    assert client.get("/", params={"q": "<script>", "page": ""}).status_code == 200
     assert "<script>" not in client.get("/", params={"q": "<script>"}).text.split("<main")[1]
 
 
@@ -855,6 +856,7 @@ def test_credentials_never_reach_responses_or_logs(
     monkeypatch.setenv("DAGSTER_GRAPHQL_URL", url)
     monkeypatch.setenv("TWIML_STORAGE_ROOT", str(root))
     monkeypatch.setenv("TWIML_WEB_USERS_FILE", str(users_file))
+    monkeypatch.setenv("TWIML_WEB_PUBLIC_URL", SITE)
     caplog.set_level(logging.DEBUG)
     client = sign_in(TestClient(create_app(), follow_redirects=False))
     responses = [
@@ -1002,3 +1004,119 @@ def test_an_upload_that_sounds_like_a_published_episode_goes_to_it(
     ep_page = client.get("/episodes/ep-2").text
     assert "Same audio as the upload" in ep_page and "master.wav" in ep_page
     assert client.get("/api/episodes/ep-2").json()["link"]["upload"] == "up-0123456789ab"
+
+
+# -- attacker probes: page numbers, 500s, Origin, damaged transcripts, undecodable uploads -----
+@pytest.mark.parametrize("page", ["²", "٣", "9" * 5000, "1" * 7, "0", "-1", "1.5", " 2", "x"])
+def test_bad_page_numbers_are_a_400_never_a_500(client: TestClient, page: str) -> None:
+    resp = client.get("/", params={"page": page})
+    assert resp.status_code == 400, resp.status_code
+    assert "page must be a whole number from 1 to 999999" in resp.text
+    assert "script-src 'self'" in resp.headers["content-security-policy"]
+
+
+def test_good_page_numbers_past_the_end_show_the_last_page(client: TestClient) -> None:
+    for page in ("1", "007", "999999"):
+        resp = client.get("/", params={"page": page})
+        assert resp.status_code == 200 and 'data-key="ep-1"' in resp.text, page
+
+
+def test_content_length_is_parsed_as_ascii_digits_only() -> None:
+    from twiml_assets.web.http import whole_number
+
+    assert whole_number("42", 6) == 42 and whole_number("000042", 6) == 42
+    for text in ("²", "٣", "", "-1", "1_000", " 1", "1" * 7, "9" * 5000):
+        assert whole_number(text, 6) is None, text
+
+
+def test_unexpected_errors_are_a_short_500_with_the_security_headers(
+    app_for, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from twiml_assets.web.library import Library
+
+    def broken(self: Library) -> Any:
+        raise RuntimeError("internal detail /srv/private/path")
+
+    monkeypatch.setattr(Library, "episodes", broken)
+    client = TestClient(app_for(signed_in=False).app, raise_server_exceptions=False)
+    for headers in ({}, {"accept": "application/json"}):
+        resp = client.get("/", headers=headers)
+        assert resp.status_code == 500
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert resp.headers["x-frame-options"] == "DENY"
+        assert "internal detail" not in resp.text and "Traceback" not in resp.text
+        assert "something went wrong on the server" in resp.text
+
+
+def test_origin_must_match_the_sites_scheme_host_and_port(
+    client: TestClient, dagster: FakeDagster
+) -> None:
+    for origin in (
+        "https://testserver",  # the scheme counts: https is another origin than http
+        "http://testserver:8080",
+        "http://testserver.evil.example",
+        "http://evil.example",
+        "null",
+        "not a url",
+    ):
+        resp = client.post("/episodes/ep-2/transcribe", headers={"origin": origin})
+        assert resp.status_code == 403, origin
+    assert not dagster.ops("TwimlLaunch")
+    for origin in ("http://testserver", "http://TestServer:80"):
+        resp = client.post("/episodes/ep-2/transcribe", headers={"origin": origin})
+        assert resp.status_code == 303, origin
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda rec: rec["utterances"][1].pop("speaker"),
+        lambda rec: rec.pop("utterances"),
+        lambda rec: rec["utterances"][0].update(start="soon"),
+        '{"schema_version": 1, "key": "ep-1", ',  # cut off: not JSON
+    ],
+    ids=["no speaker", "no utterances", "bad start", "cut off"],
+)
+def test_a_damaged_transcript_is_a_clear_error_naming_the_file(
+    client: TestClient, root: Path, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    path = root / "transcripts/ep-1.json"
+    if isinstance(damage, str):
+        path.write_text(damage)
+    else:
+        rec = record("ep-1")
+        damage(rec)
+        path.write_text(json.dumps(rec))
+    caplog.set_level(logging.ERROR)
+    downloads = [f"/episodes/ep-1/transcript.{fmt}" for fmt in ("md", "json", "srt", "vtt")]
+    for url in ("/episodes/ep-1", *downloads):
+        resp = client.get(url)
+        assert resp.status_code == 500, url
+        assert "stored transcript of ep-1 (transcripts/ep-1.json) is damaged" in resp.text, url
+        assert "Traceback" not in resp.text and "Error" not in resp.text.split("<main")[-1]
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
+    resp = client.get(downloads[0], headers={"accept": "application/json"})
+    assert resp.status_code == 500 and "transcripts/ep-1.json" in resp.json()["error"]
+    assert "damaged transcripts/ep-1.json" in caplog.text  # the details are in the log
+    assert client.get("/episodes/ep-2").status_code == 200  # the others are fine
+    assert client.get("/").status_code == 200
+
+
+def test_an_undecodable_upload_names_no_server_path_and_no_decoder_output(
+    client: TestClient, root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tempfile
+
+    caplog.set_level(logging.INFO)
+    before = stored_files(root)
+    data = b"RIFF" + (1000).to_bytes(4, "little") + b"WAVE" + b"fmt " + b"\xff" * 200
+    for headers in ({"accept": "application/json"}, {}):
+        resp = client.post("/upload", files={"audio": ("talk.wav", data)}, headers=headers)
+        assert resp.status_code == 422
+        text = resp.json()["error"] if headers else resp.text
+        assert "the file cannot be decoded as audio" in text
+        for leak in (tempfile.gettempdir(), "twiml-upload", ".part", "Invalid data", "ffmpeg"):
+            assert leak.lower() not in text.lower(), leak
+    assert "Invalid data found" in caplog.text  # what the decoder said is logged
+    assert stored_files(root) == before

@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from tests.test_web import (  # noqa: F401 - fixtures
     PASSWORD,
+    SITE,
     USER,
     FakeDagster,
     csrf_token,
@@ -56,7 +57,7 @@ def make_app(dagster: FakeDagster, root: Path, users_file: Path):
             storage_root=str(root),
             graphql_timeout=2.0,
             users_file=users_file,
-            **overrides,
+            **{"public_url": SITE, **overrides},
         )
         return create_app(settings)
 
@@ -300,11 +301,14 @@ def test_wrong_password_and_unknown_user_look_the_same_and_are_rate_limited(
         assert "Too many failed sign-ins" in resp.text and SESSION_COOKIE not in resp.cookies
     assert main_text(blocked[USER].text) == main_text(blocked["nobody"].text)
 
-    # Per user name too: another address cannot go on guessing alice's password.
+    # Per user name too: once alice's name has failed 3 times, an address that has failed it
+    # waits (another address cannot go on guessing)...
     elsewhere = client_of(app, "192.0.2.44")
     assert login(elsewhere, USER, "wrong again").status_code == 401  # alice's third failure
     assert login(elsewhere, USER, PASSWORD).status_code == 429
     assert login(elsewhere, "bob", "whatever").status_code == 401  # other names go on
+    # ...but an address that has not failed it still signs in with the right password.
+    assert login(client_of(app, "192.0.2.45"), USER, PASSWORD).status_code == 303
 
 
 def test_sign_in_redirects_only_to_this_site(make_app) -> None:
@@ -488,7 +492,10 @@ def test_no_users_file_still_serves_and_says_how_to_add_one(
 ) -> None:
     caplog.set_level(logging.WARNING)
     settings = WebSettings(
-        graphql_url=dagster.url, storage_root=str(root), users_file=tmp_path / "none/users.json"
+        graphql_url=dagster.url,
+        storage_root=str(root),
+        users_file=tmp_path / "none/users.json",
+        public_url=SITE,
     )
     client = client_of(create_app(settings))
     assert "twiml-transcribe users add NAME" in caplog.text
@@ -501,6 +508,7 @@ def test_no_users_file_still_serves_and_says_how_to_add_one(
 def test_sign_in_settings_from_environment() -> None:
     settings = WebSettings.from_env(
         {
+            "TWIML_WEB_PUBLIC_URL": "HTTPS://Transcripts.Example.org:443/",
             "TWIML_WEB_USERS_FILE": "/srv/web/users.json",
             "TWIML_WEB_SECRET": "k" * 43,
             "TWIML_WEB_PUBLIC_READ": "false",
@@ -514,6 +522,8 @@ def test_sign_in_settings_from_environment() -> None:
     )
     assert settings.users_file == Path("/srv/web/users.json")
     assert settings.secret_file == Path("/srv/web/secret")
+    assert settings.ended_sessions_file == Path("/srv/web/ended_sessions.json")
+    assert settings.public_url == "https://transcripts.example.org"
     assert settings.audit_path == Path("/srv/web/audit.jsonl")
     assert (settings.public_read, settings.cookie_secure) == (False, True)
     assert (settings.session_seconds, settings.uploads_per_hour) == (5400, 7)
@@ -528,6 +538,13 @@ def test_sign_in_settings_from_environment() -> None:
     assert "too-short-secret" not in str(error.value)
     with pytest.raises(ValueError, match="not an IP address"):
         WebSettings.from_env({"TWIML_WEB_TRUSTED_PROXIES": "proxy.example"})
+    assert defaults.public_url is None
+    assert WebSettings.from_env({"TWIML_WEB_PUBLIC_URL": "http://h.example:8080"}).public_url == (
+        "http://h.example:8080"
+    )
+    for bad in ("transcripts.example.org", "ftp://h.example", "https://h.example/app", "http://"):
+        with pytest.raises(ValueError, match="TWIML_WEB_PUBLIC_URL"):
+            WebSettings.from_env({"TWIML_WEB_PUBLIC_URL": bad})
 
 
 # -- review fixes: rate-limit race, corrupt users file, long passwords, mapped peers -------
@@ -743,3 +760,103 @@ def test_the_episode_page_reads_the_link_once(make_app, monkeypatch: pytest.Monk
     assert client.get("/episodes/ep-2").status_code == 200 and calls == ["ep-2"]
     state = client.get("/api/episodes/ep-2").json()
     assert "link" in state and state["link"] is None and calls == ["ep-2", "ep-2"]
+
+
+# -- attacker probes: lock-outs from elsewhere, Host, copied session cookies ---------------------
+def test_failures_from_other_addresses_never_lock_out_the_right_password(make_app) -> None:
+    app = make_app(login_max_failures=3)
+    attacker = client_of(app, "203.0.113.66")
+    for _ in range(3):
+        assert login(attacker, USER, "a wrong guess").status_code == 401
+    # The guessing address is throttled, whatever it sends...
+    assert login(attacker, USER, PASSWORD).status_code == 429
+    assert login(attacker, "bob", "another guess").status_code == 429
+    # ...a second guessing address gets one guess at the name, then waits too...
+    helper = client_of(app, "203.0.113.67")
+    assert login(helper, USER, "a wrong guess").status_code == 401
+    assert login(helper, USER, "one more guess").status_code == 429
+    # ...and alice signs in from her own address, which has not failed.
+    assert login(client_of(app, "198.51.100.7"), USER, PASSWORD).status_code == 303
+    assert login(client_of(app, "192.0.2.8"), USER, PASSWORD).status_code == 303
+    # A wrong password from her address is throttled there as usual.
+    mine = client_of(app, "198.51.100.7")
+    for _ in range(3):
+        assert login(mine, USER, "typo typo").status_code == 401
+    assert login(mine, USER, PASSWORD).status_code == 429
+
+
+def test_only_this_sites_host_names_are_answered(make_app, dagster: FakeDagster) -> None:
+    # Without TWIML_WEB_PUBLIC_URL: loopback names only.
+    local = make_app(public_url=None)
+    for base in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"):
+        assert client_of(local, base_url=base).get("/").status_code == 200, base
+    for base in ("http://evil.example:8000", "http://testserver", "http://127.0.0.1.evil.example"):
+        resp = client_of(local, base_url=base).get("/")
+        assert resp.status_code == 400 and "TWIML_WEB_PUBLIC_URL" in resp.text, base
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
+    # The Origin of a POST is the loopback Host's own origin, scheme and port included.
+    signed = sign_in(client_of(local, base_url="http://127.0.0.1:8000"))
+    for origin in ("http://localhost:8000", "https://127.0.0.1:8000", "http://127.0.0.1:8001"):
+        resp = signed.post("/episodes/ep-2/transcribe", headers={"origin": origin})
+        assert resp.status_code == 403, origin
+    resp = signed.post("/episodes/ep-2/transcribe", headers={"origin": "http://127.0.0.1:8000"})
+    assert resp.status_code == 303
+
+    # Proxy mode, proxy on this machine: a DNS-rebinding page (evil.example resolving to
+    # 127.0.0.1) reaches the app from the trusted address and sends the user header itself.
+    app = make_app(
+        proxy_user_header="X-Forwarded-User",
+        trusted_proxies=parse_networks("127.0.0.1"),
+        public_url="https://transcripts.example.org",
+    )
+    rebound = client_of(
+        app,
+        "127.0.0.1",
+        base_url="http://evil.example:8000",
+        headers={"x-forwarded-user": "alice", "origin": "http://evil.example:8000"},
+    )
+    page = rebound.get("/upload")
+    assert page.status_code == 400 and "Signed in as" not in page.text
+    launches = len(dagster.ops("TwimlLaunch"))
+    assert rebound.post("/episodes/ep-3/transcribe", headers=JSON).status_code == 400
+    assert len(dagster.ops("TwimlLaunch")) == launches
+    # Through the proxy (Host: the public name), the user header works, and a POST's Origin
+    # must be the public origin: https, that host, port 443.
+    proxy = client_of(
+        app,
+        "127.0.0.1",
+        base_url="http://transcripts.example.org",
+        headers={"x-forwarded-user": "carol", "x-forwarded-proto": "https"},
+    )
+    page = proxy.get("/upload")
+    assert 'Signed in as <strong id="signed-in-as">carol' in page.text
+    token = {**JSON, "x-csrf-token": csrf_token(page.text)}
+    for origin in ("http://transcripts.example.org", "https://transcripts.example.org:8443"):
+        resp = proxy.post("/episodes/ep-3/transcribe", headers={**token, "origin": origin})
+        assert resp.status_code == 403, origin
+    origin = "https://transcripts.example.org"
+    resp = proxy.post("/episodes/ep-3/transcribe", headers={**token, "origin": origin})
+    assert resp.status_code == 202
+
+
+def test_signing_out_ends_the_session_for_copies_of_its_cookie_too(
+    make_app, users_file: Path
+) -> None:
+    app = make_app()
+    client = sign_in(client_of(app))
+    token = client.headers["x-csrf-token"]
+    copied = client_of(app, "203.0.113.9", cookies=dict(client.cookies))
+    other = sign_in(client_of(app))  # alice in another browser: a session of its own
+    assert "Signed in as" in copied.get("/").text
+
+    assert client.post("/logout").status_code == 303
+    assert "Signed in as" not in copied.get("/").text
+    resp = copied.post("/episodes/ep-2/transcribe", headers={**JSON, "x-csrf-token": token})
+    assert resp.status_code == 401
+    # A restart does not bring it back; the other browser stays signed in.
+    restarted = client_of(make_app(), cookies=dict(copied.cookies))
+    assert "Signed in as" not in restarted.get("/").text
+    assert "Signed in as" in other.get("/").text
+    assert "Signed in as" in client_of(make_app(), cookies=dict(other.cookies)).get("/").text
+    ended = users_file.parent / "ended_sessions.json"
+    assert ended.stat().st_mode & 0o777 == 0o600 and token not in ended.read_text()

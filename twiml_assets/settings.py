@@ -71,6 +71,7 @@ class PlatformSettings(EvaluationLimits):
     web_login_window_seconds: float = Field(default=900.0, gt=0)
     web_proxy_user_header: str | None = None
     web_trusted_proxies: str | None = None
+    web_public_url: str | None = None  # the origin people open; loopback names when unset
     dagster_graphql_url: str = Field(
         default="http://127.0.0.1:3000/graphql", alias="DAGSTER_GRAPHQL_URL"
     )

@@ -18,18 +18,26 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from resources.storage import StorageError, StorageResource
 from twiml_assets.audio.fingerprint import ChromaprintMissingError
 from twiml_assets.audio.links import Link, published_fingerprints, read_link
 from twiml_assets.audio.uploads import (
     SidecarIndex,
+    UndecodableUploadError,
     UploadError,
     UploadLimits,
     format_size,
@@ -46,7 +54,6 @@ from twiml_assets.web.auth import (
     LOGIN_COOKIE,
     LOGIN_COOKIE_SECONDS,
     OPEN_PATHS,
-    SESSION_COOKIE,
     Auth,
     SignInRequired,
     Viewer,
@@ -55,14 +62,23 @@ from twiml_assets.web.auth import (
 )
 from twiml_assets.web.dagster_client import DagsterClient, DagsterUnavailableError, RunInfo
 from twiml_assets.web.http import (
+    AllowedHosts,
     SecurityHeaders,
+    Site,
     has_form,
     read_limited_form,
     read_small_form,
-    same_origin,
     wants_json,
+    whole_number,
 )
-from twiml_assets.web.library import FORMATS, STATUSES, Library, episode_status, failure_json
+from twiml_assets.web.library import (
+    FORMATS,
+    STATUSES,
+    DamagedTranscriptError,
+    Library,
+    episode_status,
+    failure_json,
+)
 from twiml_assets.web.limits import SlidingWindow
 from twiml_assets.web.settings import WebSettings
 from twiml_assets.web.users import MAX_PASSWORD, UsersError, UserStore
@@ -77,6 +93,12 @@ WRONG_LOGIN = "Wrong user name or password."
 TOO_MANY_LOGINS = "Too many failed sign-ins. Wait a while, then try again."
 BUSY_LOGINS = "Too many sign-ins at this moment. Try again in a few seconds."
 STORAGE_DOWN = "storage unavailable, try again"
+UNDECODABLE = (
+    "the file cannot be decoded as audio: it may be cut off or damaged; check that it plays, "
+    "then upload it again"
+)
+INTERNAL_ERROR = "something went wrong on the server; the error is in its log"
+MAX_PAGE_DIGITS = 6  # page numbers up to 999999: far past any list, and cheap to parse
 # Password checks at once: each argon2id verify holds 64 MiB for its time. One more is
 # answered 503 at once (nothing waits, no thread is held) and its attempt does not count.
 MAX_VERIFYING = 4
@@ -108,6 +130,23 @@ def parse_similarity(text: str) -> float | None:
     return value if 0.0 <= value <= 1.0 else None
 
 
+def page_number(text: str) -> int:
+    """The ``?page=`` number (empty: 1): 1 to 999999 in ASCII digits, else a 400, never a
+    500."""
+    number = whole_number(text, MAX_PAGE_DIGITS) if text else 1
+    if number is None or number < 1:
+        raise HTTPException(400, f"page must be a whole number from 1 to {'9' * MAX_PAGE_DIGITS}")
+    return number
+
+
+class App(FastAPI):
+    """FastAPI with SecurityHeaders around Starlette's error middleware too, so the 500 of an
+    unexpected exception carries the same headers as every other answer."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def link_json(link: Link | None) -> dict[str, Any] | None:
     """The link for the status JSON: the two keys and how alike they sound."""
     if link is None:
@@ -133,6 +172,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     users = UserStore(settings.users_file)
     users.dummy_hash()
     auth = Auth(settings, users, load_secret(settings))
+    site = Site(settings.public_url, auth.scheme)
+    same_origin = site.same_origin
     audit = AuditLog(settings.audit_path)
     login_failures = SlidingWindow(settings.login_max_failures, settings.login_window_seconds)
     uploads_done = SlidingWindow(settings.uploads_per_hour, 3600.0)
@@ -232,7 +273,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - storage down: the first upload reads them
             log.warning("could not read the episodes' fingerprints yet: %s", exc)
 
-    app = FastAPI(
+    app = App(
         title="twiml-transcribe",
         docs_url=None,
         redoc_url=None,
@@ -240,7 +281,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         dependencies=[Depends(require_reader)],
         lifespan=lifespan,
     )
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AllowedHosts, site=site)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(
@@ -310,6 +351,24 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             return JSONResponse({"error": "sign in first"}, status_code=401)
         return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", status_code=303)
 
+    @app.exception_handler(DamagedTranscriptError)
+    async def damaged_transcript(request: Request, exc: DamagedTranscriptError) -> Response:
+        """A stored record the pages cannot read (logged by Library): say which, no traceback."""
+        if wants_json(request) or request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, status_code=500)
+        return render(request, "error.html", 500, message=str(exc), status=500)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        """A bug: one sentence for the client; Starlette re-raises it for the server log."""
+        if wants_json(request) or request.url.path.startswith("/api/"):
+            return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+        try:
+            return render(request, "error.html", 500, message=INTERNAL_ERROR, status=500)
+        except Exception:  # noqa: BLE001 - the page itself failed: plain text, still no details
+            log.exception("the error page failed too")
+            return PlainTextResponse(INTERNAL_ERROR, status_code=500)
+
     @app.exception_handler(StorageError)
     async def storage_error(request: Request, exc: StorageError) -> Response:
         log.error("storage error on %s: %s", request.url.path, exc)
@@ -320,6 +379,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     @app.get("/")
     def index(request: Request, q: str = "", status: str = "", page: str = "1") -> Response:
         """Every episode with its status; ``q`` searches titles (and keys)."""
+        wanted = page_number(page)  # a bad number is a 400 before any work
         episodes = library.episodes()
         done = library.done_keys()
         runs, reachable = attempt(dagster.latest_runs, {})
@@ -340,7 +400,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         ]
         rows = [row for row in rows if not status or row["status"] == status]
         pages = max(1, math.ceil(len(rows) / PAGE_SIZE))
-        page_no = min(max(1, int(page) if page.isdigit() else 1), pages)
+        page_no = min(wanted, pages)
         return render(
             request,
             "index.html",
@@ -402,9 +462,11 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def login(request: Request) -> Response:
         """Sign in; a wrong password and an unknown name get the same answer, as slowly.
 
-        The attempt is counted (per address and per name) before the password is verified,
-        atomically, so concurrent requests cannot all pass the check: at most
-        ``login_max_failures`` verifications per window. A right password gives it back.
+        The attempt is counted before the password is verified, atomically, so concurrent
+        requests cannot all pass the check: at most ``login_max_failures`` verifications per
+        window per address. The name's failures from every address stop only addresses that
+        have failed that name themselves, so nobody can lock a user out from elsewhere. A
+        right password gives the attempt back and clears the name's counts.
         """
         form = await read_small_form(request)
         target = safe_next(str(form.get("next") or ""))
@@ -416,13 +478,15 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         address = auth.address(request)
         known = users.get(name)
         who = known.name if known else None  # an unknown name may be a mistyped password
-        keys = [f"ip:{address}", f"user:{name.strip().lower()[:64]}"]
-        wait = login_failures.take_all(keys)
+        folded = name.strip().lower()[:64]
+        keys = [f"ip:{address}", f"pair:{address}|{folded}"]
+        shared = {f"user:{folded}": keys[1]}
+        wait = login_failures.take_all(keys, shared)
         if wait:
             audit.record("login_failed", who, address, reason="rate limited")
             return login_page(request, target, 429, TOO_MANY_LOGINS, {"retry-after": str(wait)})
         if not verifying.acquire(blocking=False):
-            login_failures.give_back(*keys)  # not verified: the attempt does not count
+            login_failures.give_back(*keys, *shared)  # not verified: the attempt does not count
             audit.record("login_failed", who, address, reason="busy")
             return login_page(request, target, 503, BUSY_LOGINS, {"retry-after": "2"})
         try:
@@ -433,7 +497,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             audit.record("login_failed", who, address, reason="wrong name or password")
             return login_page(request, target, 401, WRONG_LOGIN)
         login_failures.give_back(keys[0])
-        login_failures.clear(keys[1])
+        for key in (keys[1], *shared):
+            login_failures.clear(key)
         response = RedirectResponse(target, status_code=303)
         auth.start_session(response, request, user.name)
         audit.record("login", user.name, address)
@@ -446,7 +511,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         if viewer.via != "session":  # anonymous, or signed in by the proxy: nothing to end
             return response
         auth.check_csrf(viewer, await sent_token(request))
-        auth.clear_cookie(response, request, SESSION_COOKIE)
+        auth.end_session(response, request, viewer)
         audit.record("logout", viewer.name, auth.address(request))
         return response
 
@@ -589,7 +654,11 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             registered = await run_in_threadpool(
                 register_upload, storage, staged, sidecars, fingerprints
             )
-        except UploadError as exc:  # audio by its first bytes, but undecodable
+        except UndecodableUploadError as exc:  # audio by its first bytes, but undecodable
+            # The decoder's words name the staged temporary file: for the log only.
+            log.warning("upload %s by %s cannot be decoded: %s", staged.key, viewer.name, exc)
+            return refuse(UndecodableUploadError(UNDECODABLE))
+        except UploadError as exc:
             return refuse(exc)
         except ChromaprintMissingError as exc:  # the web host lacks libchromaprint or ffmpeg
             log_once(f"uploads cannot be fingerprinted on this host: {exc}")

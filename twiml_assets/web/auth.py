@@ -1,8 +1,10 @@
 """Who is asking: signed session cookies, CSRF tokens, and the trusted-proxy user header.
 
-- A session is an itsdangerous-signed cookie ``{"u": name, "c": csrf, "h": hash tag}``
-  (HttpOnly, SameSite=Lax, Path=/, Max-Age, Secure on https). ``h`` ties it to the user's
-  current password hash, so removing a user or replacing a password ends their sessions.
+- A session is an itsdangerous-signed cookie ``{"u": name, "s": id, "c": csrf, "h": hash
+  tag}`` (HttpOnly, SameSite=Lax, Path=/, Max-Age, Secure on https). ``h`` ties it to the
+  user's current password hash, so removing a user or replacing a password ends their
+  sessions; signing out records ``s`` as ended (``EndedSessions``, kept on disk), so a
+  copy of the cookie stops working too.
 - Every POST carries a CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``):
   the session's random ``c``; for the sign-in form, the token of a signed pre-session
   cookie; for a proxy user (no session), a signed, timed token of the user name.
@@ -16,9 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,6 +55,7 @@ class Viewer:
     name: str | None = None
     via: str = ""
     csrf: str = ""
+    session: str = ""  # the session id (``s``) of a cookie session
 
     @property
     def signed_in(self) -> bool:
@@ -110,12 +117,62 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+class EndedSessions:
+    """Session ids ended by signing out, each kept until its cookie would have expired.
+
+    A signed cookie is valid wherever it is copied to; this list is what makes signing out
+    end it on the server. It is written (0600, atomically) to a file next to the users file
+    on every sign-out and read at start, so a restart does not bring an ended session back.
+    """
+
+    def __init__(self, path: Path, lifetime: float, clock: Callable[[], float] = time.time):
+        self.path, self.lifetime, self.clock = Path(path), lifetime, clock
+        self._lock = threading.Lock()
+        self._ended = self._read()
+
+    def _read(self) -> dict[str, float]:
+        """{id: expiry}; an unreadable file is logged and taken as empty (the next sign-out
+        rewrites it)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the ended sessions %s: %s", self.path, exc)
+            return {}
+        ended = data.get("ended") if isinstance(data, dict) else None
+        if not isinstance(ended, dict):
+            log.error('%s: expected {"ended": {...}}', self.path)
+            return {}
+        now = self.clock()
+        return {
+            str(k): float(v) for k, v in ended.items() if isinstance(v, int | float) and v > now
+        }
+
+    def __contains__(self, session: str) -> bool:
+        with self._lock:
+            return session in self._ended
+
+    def end(self, session: str) -> None:
+        """Refuse ``session`` from now on; a failed write is logged (ended until a restart)."""
+        with self._lock:
+            now = self.clock()
+            self._ended = {k: v for k, v in self._ended.items() if v > now}
+            self._ended[session] = now + self.lifetime
+            try:  # under the lock: two sign-outs at once cannot write in the wrong order
+                write_private(self.path, json.dumps({"ended": self._ended}, indent=1) + "\n")
+            except OSError as exc:
+                log.error("cannot write the ended sessions %s: %s", self.path, exc)
+
+
 class Auth:
-    """Sessions, CSRF and proxy trust for one app; stateless apart from the users file."""
+    """Sessions, CSRF and proxy trust for one app; its state is the users file and the ended
+    sessions."""
 
     def __init__(self, settings: WebSettings, users: UserStore, secret: str):
         self.settings = settings
         self.users = users
+        self.ended = EndedSessions(settings.ended_sessions_file, settings.session_seconds)
         self._secret = secret.encode()
         self.sessions = URLSafeTimedSerializer(secret, salt="twiml-session")
         self.login_tokens = URLSafeTimedSerializer(secret, salt="twiml-login-form")
@@ -140,11 +197,16 @@ class Auth:
         ip = _ip(peer)
         return str(ip) if ip is not None else peer
 
-    def is_https(self, request: Request) -> bool:
-        if self.settings.cookie_secure or request.url.scheme == "https":
-            return True
+    def scheme(self, request: Request) -> str:
+        """http or https as the browser sees it: https from a trusted proxy's
+        ``X-Forwarded-Proto``, else the URL's scheme."""
         proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-        return proto == "https" and self.from_trusted_proxy(request)
+        if proto == "https" and self.from_trusted_proxy(request):
+            return "https"
+        return request.url.scheme
+
+    def is_https(self, request: Request) -> bool:
+        return self.settings.cookie_secure or self.scheme(request) == "https"
 
     # -- who is asking ------------------------------------------------------------------
     def viewer(self, request: Request) -> Viewer:
@@ -165,8 +227,10 @@ class Auth:
             return ANONYMOUS
         try:
             data = self.sessions.loads(raw, max_age=self.settings.session_seconds)
-            name, csrf, tag = data["u"], data["c"], data["h"]
+            name, session, csrf, tag = data["u"], data["s"], data["c"], data["h"]
         except (BadData, KeyError, TypeError):
+            return ANONYMOUS
+        if not isinstance(session, str) or session in self.ended:
             return ANONYMOUS
         try:
             user = self.users.get(name)
@@ -174,7 +238,7 @@ class Auth:
             user = None
         if user is None or not hmac.compare_digest(tag, self.hash_tag(user.password_hash)):
             return ANONYMOUS
-        return Viewer(user.name, "session", csrf)
+        return Viewer(user.name, "session", csrf, session)
 
     def require_user(self, request: Request, next_path: str = "/") -> Viewer:
         viewer = self.viewer(request)
@@ -252,9 +316,20 @@ class Auth:
         if user is None:
             raise SignInRequired()
         value = self.sessions.dumps(
-            {"u": user.name, "c": secrets.token_urlsafe(32), "h": self.hash_tag(user.password_hash)}
+            {
+                "u": user.name,
+                "s": secrets.token_urlsafe(16),
+                "c": secrets.token_urlsafe(32),
+                "h": self.hash_tag(user.password_hash),
+            }
         )
         self.set_cookie(
             response, request, SESSION_COOKIE, value, int(self.settings.session_seconds)
         )
         self.clear_cookie(response, request, LOGIN_COOKIE)
+
+    def end_session(self, response: Response, request: Request, viewer: Viewer) -> None:
+        """Sign out: the session ends on the server (copies of the cookie too), the cookie goes."""
+        if viewer.session:
+            self.ended.end(viewer.session)
+        self.clear_cookie(response, request, SESSION_COOKIE)

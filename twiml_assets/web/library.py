@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from resources.schema import load
 from resources.storage import StorageError, StorageResource
@@ -32,6 +33,21 @@ from twiml_assets.web.dagster_client import RunInfo
 log = logging.getLogger(__name__)
 
 STATUSES = ("not started", "queued", "running", "done", "failed", "given up")
+# What reading a record that lacks a field or has one of the wrong type raises (pydantic's
+# ValidationError is a ValueError).
+DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+T = TypeVar("T")
+
+
+class DamagedTranscriptError(Exception):
+    """A done episode's stored record cannot be read: the pages say which file, not why."""
+
+    def __init__(self, key: str):
+        self.key, self.path = key, EpisodeFiles(key).record
+        super().__init__(
+            f"the stored transcript of {key} ({self.path}) is damaged and cannot be shown; "
+            "transcribe the episode again to remake it"
+        )
 
 
 class DownloadFormat(NamedTuple):
@@ -171,18 +187,30 @@ class Library:
         return all(self.storage.exists(rel) for rel in last_files(key))
 
     def record(self, key: str) -> dict[str, Any] | None:
+        """The full record of a done episode (None if not done); DamagedTranscriptError when
+        it is not JSON. A StorageError (storage down) passes through: that is a 503."""
         if not self.is_done(key):
             return None
+        return self._readable(key, lambda: self.storage.read_json(EpisodeFiles(key).record))
+
+    def _readable(self, key: str, read: Callable[[], T]) -> T:
+        """``read()``, or DamagedTranscriptError if the record lacks a field, has one of the
+        wrong type or is not JSON; the details go to the log, never to a page."""
         try:
-            return self.storage.read_json(EpisodeFiles(key).record)
-        except (StorageError, ValueError) as exc:
-            log.warning("unreadable transcript of %s: %s", key, exc)
-            return None
+            return read()
+        except StorageError:
+            raise
+        except DAMAGE as exc:
+            log.error("damaged %s: %s: %s", EpisodeFiles(key).record, type(exc).__name__, exc)
+            raise DamagedTranscriptError(key) from exc
 
     def transcript(self, key: str) -> TranscriptView | None:
         record = self.record(key)
         if record is None:
             return None
+        return self._readable(key, lambda: self._view(record))
+
+    def _view(self, record: dict[str, Any]) -> TranscriptView:
         # Names decided by the speaker_names step (speakers/{key}.json) win over the record's.
         names = with_names(self.storage, transcript_from_record(record)).speaker_names
         speakers = list(record.get("speakers") or [])
@@ -209,6 +237,10 @@ class Library:
         record = self.record(key)
         if record is None:
             return None
+        return self._readable(key, lambda: self._render(record, fmt))
+
+    def _render(self, record: dict[str, Any], fmt: str) -> bytes:
+        """The download of format ``fmt`` made from the full record, with the stored names."""
         transcript = with_names(self.storage, transcript_from_record(record))
         if fmt == "json":
             data = renderers.corrected_json(transcript)

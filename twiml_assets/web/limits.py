@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 MAX_KEYS = 10_000  # past this, keys with no recent event are dropped
 
@@ -48,26 +48,34 @@ class SlidingWindow:
             self._events.setdefault(key, events).append(now)
             return 0
 
-    def take_all(self, keys: Iterable[str]) -> int:
-        """Count one event for every key if all are under the limit: 0, else the seconds to wait.
+    def take_all(self, keys: Iterable[str], shared: Mapping[str, str] | None = None) -> int:
+        """Count one event for every key if none is full: 0, else the seconds to wait.
 
         Check and count are one step under the lock, so concurrent callers cannot all pass
         the check before any of them is counted (a sign-in attempt is taken before its
         password is verified, and given back if it was right).
+
+        ``shared`` maps a key many clients share (a user name) to the client's own key (the
+        name from this address): a full shared key stops only clients whose own key already
+        has events, so others' failures never lock out a client that has not failed.
         """
-        keys = list(keys)
+        keys, shared = list(keys), dict(shared or {})
         with self._lock:
             now = self.clock()
             if not self.limit:
                 return math.ceil(self.window)
             full = [e for e in (self._recent(k, now) for k in keys) if len(e) >= self.limit]
+            for key, own in shared.items():
+                events = self._recent(key, now)
+                if len(events) >= self.limit and self._recent(own, now):
+                    full.append(events)
             if full:
                 wait = max(e[-self.limit] + self.window - now for e in full)
                 return max(1, math.ceil(wait))
             if len(self._events) > MAX_KEYS:
                 for key in list(self._events):
                     self._recent(key, now)
-            for key in keys:
+            for key in [*keys, *shared]:
                 self._events.setdefault(key, deque()).append(now)
             return 0
 

@@ -13,6 +13,7 @@ from twiml_assets.settings import PlatformSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_USERS_FILE = Path(PlatformSettings.model_fields["web_users_file"].default)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def redact_url(url: str) -> str:
@@ -41,12 +42,38 @@ def parse_networks(text: str | None) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def parse_public_url(text: str | None) -> str | None:
+    """``HTTPS://Transcripts.example.org:443/`` as its origin, ``https://transcripts.example.org``.
+
+    The Host header and a POST's Origin are checked against it (http.Site), so it must be
+    an http(s) URL with a host name and nothing after it but ``/``.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    extra = "@" in parts.netloc or parts.path not in {"", "/"} or parts.query or parts.fragment
+    if scheme not in DEFAULT_PORTS or not host or port == 0 or extra:
+        raise ValueError(
+            f"TWIML_WEB_PUBLIC_URL: {text[:100]!r} is not an origin like "
+            "https://transcripts.example.org"
+        )
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS[scheme]) else "")
+
+
 @dataclass(frozen=True, slots=True)
 class WebSettings:
     """Everything the app needs; the storage root and Dagster URL never reach a page whole.
 
-    ``users_file`` also places the generated session secret (``secret`` next to it) and,
-    unless ``audit_file`` is set, the audit log (``audit.jsonl``).
+    ``users_file`` also places the generated session secret (``secret`` next to it), the
+    ended sessions (``ended_sessions.json``) and, unless ``audit_file`` is set, the audit
+    log (``audit.jsonl``). ``public_url`` is an origin (``parse_public_url``).
     """
 
     graphql_url: str = PlatformSettings.model_fields["dagster_graphql_url"].default
@@ -66,10 +93,15 @@ class WebSettings:
     login_window_seconds: float = 900.0
     proxy_user_header: str | None = None
     trusted_proxies: tuple[Network, ...] = ()
+    public_url: str | None = None
 
     @property
     def secret_file(self) -> Path:
         return self.users_file.parent / "secret"
+
+    @property
+    def ended_sessions_file(self) -> Path:
+        return self.users_file.parent / "ended_sessions.json"
 
     @property
     def audit_path(self) -> Path:
@@ -102,5 +134,6 @@ class WebSettings:
             login_window_seconds=platform.web_login_window_seconds,
             proxy_user_header=(platform.web_proxy_user_header or "").strip() or None,
             trusted_proxies=parse_networks(platform.web_trusted_proxies),
+            public_url=parse_public_url(platform.web_public_url),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
