@@ -2,7 +2,9 @@
 
 Every writer goes through :class:`StorageResource` with paths relative to the root
 (``transcripts/623.corrected.json``), so the local and the S3 layouts are the same by
-construction. Writes are atomic: a reader never sees half a file.
+construction. Writes are atomic: a reader never sees half a file. Callers about to spend
+minutes of compute call :meth:`StorageResource.check_writable` first, so a root that cannot
+take the outputs fails before the work, not after it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class StorageError(RuntimeError):
 
 class StorageUnavailableError(StorageError):
     """The storage could not be reached (network, server down): retrying may succeed."""
+
+
+WRITE_CHECK = ".twiml-write-check"
+"""Name of the probe :meth:`StorageResource.check_writable` writes and removes; hidden, so
+``list`` skips it should a removal ever fail."""
 
 
 def clean_relpath(relpath: str) -> str:
@@ -105,6 +112,25 @@ class LocalBackend:
     def delete(self, rel: str) -> None:
         self.path(rel).unlink(missing_ok=True)
 
+    def check_writable(self) -> None:
+        """Create the root and write, sync and remove a probe file in it, as writes do
+        (a unique temporary name: concurrent runs never meet)."""
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f"{WRITE_CHECK}.", suffix=".part", dir=self.base)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            reason = "it is a file" if self.base.is_file() else exc.strerror or str(exc)
+            raise StorageError(
+                f"cannot write to storage root {self.base}: {reason}; "
+                "give a directory this user may write (--out or TWIML_STORAGE_ROOT)"
+            ) from exc
+
     def local_path(self, rel: str) -> Path:
         path = self.path(rel)
         if not path.is_file():
@@ -164,6 +190,10 @@ class S3Backend:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client, self.cache_dir = client, cache_dir
 
+    @property
+    def root(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
@@ -173,7 +203,7 @@ class S3Backend:
     @contextmanager
     def _errors(self, what: str, rel: str) -> Iterator[None]:
         """S3 failures as ``StorageError``; only those a retry may fix as unavailable."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             yield
@@ -189,8 +219,16 @@ class S3Backend:
                     f"{'write' if what == 'write' else 'read'} this bucket"
                 ) from exc
             if code == "NoSuchBucket":
-                raise StorageError(f"S3 bucket {self.bucket!r} does not exist ({uri})") from exc
+                raise StorageError(
+                    f"S3 bucket {self.bucket!r} does not exist ({uri}): create it or fix the "
+                    "storage root"
+                ) from exc
             raise StorageUnavailableError(f"S3 error during {what} of {uri}: {exc}") from exc
+        except NoCredentialsError as exc:  # no keys anywhere: a retry cannot help
+            raise StorageError(
+                f"no S3 credentials to {what} {self.uri(rel)}: set AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY (in .env) or an AWS profile"
+            ) from exc
         except BotoCoreError as exc:  # connection failures, timeouts
             raise StorageUnavailableError(
                 f"cannot reach S3 to {what} {self.uri(rel)}: {exc}; the run can be retried"
@@ -228,6 +266,30 @@ class S3Backend:
 
     def delete(self, rel: str) -> None:
         self._object("delete", self.client.delete_object, rel)
+
+    def check_writable(self) -> None:
+        """Put, then delete, an empty probe object under the prefix: two small requests,
+        under the client's timeouts and retries, that prove the endpoint answers, the
+        bucket exists and these credentials may write there.
+
+        A refused delete is let pass: writing is what the outputs need, and the hidden
+        probe left behind is one empty object that ``list`` skips.
+        """
+        try:
+            self.write_bytes(WRITE_CHECK, b"")
+            try:
+                self.delete(WRITE_CHECK)
+            except StorageUnavailableError:
+                raise
+            except StorageError:
+                pass
+        except StorageUnavailableError as exc:
+            endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", "S3")
+            raise StorageUnavailableError(
+                f"cannot write to storage root {self.root} through S3 at {endpoint}: "
+                f"{exc.__cause__ or exc}; check that the server is up and the endpoint "
+                "(TWIML_S3_ENDPOINT_URL), then retry"
+            ) from exc
 
     def local_path(self, rel: str) -> Path:
         """Download once into a local cache (audio decoders need a file), atomically."""
@@ -288,6 +350,16 @@ class StorageResource(ConfigurableResource):
         )
         cache = Path(self.cache_dir or Path(tempfile.gettempdir()) / "twiml-transcribe-s3")
         return S3Backend(self.root, client, cache)
+
+    def check_writable(self) -> None:
+        """Prove the root can take the outputs before minutes of decoding and models are
+        spent on them: a cheap probe write, removed again.
+
+        Raises ``StorageUnavailableError`` when the storage cannot be reached (retrying
+        may succeed: a transient failure) and ``StorageError`` when a person must act (a
+        file as the root, no such bucket, access refused); the message names the root.
+        """
+        self.backend().check_writable()
 
     def uri(self, relpath: str) -> str:
         """Where a file lives, for logs and Dagster metadata."""

@@ -167,3 +167,22 @@ def test_truncated_mp3_transcribes_what_is_there(tmp_path, dialogue_mp3) -> None
     record = json.loads((out / "transcripts/ep-8.json").read_text())
     assert 25.0 < record["duration"] < 45.0
     assert "Welcome to the podcast" in record["utterances"][0]["text"]
+
+
+@pytest.mark.parametrize("case", ["file", "under a file"])
+def test_unwritable_out_fails_before_decoding(tmp_path, monkeypatch, capsys, case) -> None:
+    """The output root is checked before the audio is decoded: nothing is computed."""
+    from twiml_assets.speech import engine
+
+    decoded: list[Path] = []
+    monkeypatch.setattr(engine, "open_waveform", lambda path, **_: decoded.append(path))
+    audio = tmp_path / "episode.mp3"
+    audio.write_bytes(b"ID3" + bytes(5000))
+    out = tmp_path / "out"  # (a read-only directory would not do: CI runs as root)
+    out.write_text("a file, not a directory")
+    root = out / "sub" if case == "under a file" else out
+
+    assert main(["transcribe", str(audio), "--out", str(root), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write to storage root {root}" in lines[0], lines
+    assert decoded == []

@@ -142,14 +142,19 @@ def asr_from_args(args: argparse.Namespace) -> WhisperASR:
     return WhisperASR(**options(args, WhisperASR.model_fields))
 
 
+def is_url(source: str) -> bool:
+    """Whether ``source`` is an http(s) URL, to download, rather than a local path."""
+    return urlparse(source).scheme in {"http", "https"}
+
+
 def local_audio(source: str, directory: Path) -> Path:
     """``source`` as a local path: an http(s) URL is downloaded into ``directory`` first."""
-    url = urlparse(source)
-    if url.scheme not in {"http", "https"}:
+    if not is_url(source):
         return Path(source)
     from twiml_assets.audio.download import download_audio
 
-    return Path(download_audio(source, directory / (Path(url.path).name or "audio")).path)
+    name = Path(urlparse(source).path).name or "audio"
+    return Path(download_audio(source, directory / name).path)
 
 
 def progress_printer(enabled: bool) -> Callable[[str, float, float], None] | None:
@@ -187,10 +192,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     diariser = PyannoteDiariser.for_profile(
         args.profile, pipeline=args.pipeline, device=args.device
     )
+    storage = StorageResource(root=args.out)
+    if is_url(args.audio):  # before the download; transcribe_file checks before decoding
+        storage.check_writable()
     with tempfile.TemporaryDirectory(prefix="twiml-") as tmp:
         result = transcribe_file(
             local_audio(args.audio, Path(tmp)),
-            args.out,
+            storage,
             asr=asr,
             diariser=diariser,
             progress=progress_printer(not args.no_progress and sys.stderr.isatty()),
@@ -262,6 +270,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     logging.getLogger("twiml_assets").setLevel(logging.INFO)
     logging.getLogger("twiml.audit").setLevel(logging.INFO)
     print(f"twiml-transcribe web: http://{args.host}:{args.port}", file=sys.stderr)
+    if settings.public_url is None and args.host not in {"127.0.0.1", "localhost", "::1"}:
+        print(
+            "note: without TWIML_WEB_PUBLIC_URL the app answers only to loopback host names "
+            "(localhost, 127.0.0.1); set it to the address people open",
+            file=sys.stderr,
+        )
     # proxy_headers off: the app itself believes X-Forwarded-* only from
     # TWIML_WEB_TRUSTED_PROXIES, and needs the real peer address to decide that.
     uvicorn.run(

@@ -103,6 +103,8 @@ def transcribe_file(
     write the RAG files under an episode number. Settings come from ``asr`` and
     ``diariser`` (defaults: the offline cpu-dev profile). ``overlap=False`` runs
     diarisation after ASR instead of beside it (less peak memory, more wall time).
+    Storage that cannot take the outputs fails here, before the audio is decoded
+    (``StorageError``; ``StorageUnavailableError`` when it cannot be reached).
     """
     audio = Path(audio)
     asr = asr or WhisperASR()
@@ -113,6 +115,7 @@ def transcribe_file(
 
         raise AudioDecodeError(f"audio file not found: {audio}")
     key = validate_key(key) if key else upload_key_for_file(audio)
+    storage.check_writable()  # an hour of compute is lost if the first write fails
 
     started = time.perf_counter()
     with open_waveform(audio, label=key) as waveform:

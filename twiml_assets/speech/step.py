@@ -77,7 +77,11 @@ def run_model_step(
     ``voiceprints``: also embed each speaker's turns from that waveform and store them (the
     worker asks: it has the engine, which the control plane that runs ``speaker_names`` may
     not have).
+    Storage that cannot take the files fails the step before the download, decode and
+    models: unreachable is a transient ``StorageUnavailableError`` (the retry policy
+    tries again), refused a permanent ``StorageError``.
     """
+    storage.check_writable()
     files = EpisodeFiles(key)
     episode = load_episode(storage, key)
     audio = read_json_or_fail(storage, files.audio_sidecar, key, "raw_audio")
