@@ -157,6 +157,7 @@ def score(truth: dict[str, Any], engine: dict[str, Any], bare: dict[str, Any] | 
         "der": round(der.der, 4),
         "cpwer": round(cpwer.cpwer, 4),
         "cpwer_minus_wer": round(cpwer.cpwer - wer.wer, 4),
+        "segments_split": diarisation.get("segments_split", 0),
         "speakers_found": len(record["speakers"]),
         "speakers_true": len({t.speaker for t in turns}),
         "overlapped": diarisation.get("overlapped_with_asr", False),

@@ -8,6 +8,7 @@ outputs within the bounds measured across CPUs (``tests/model_output.py``).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from resources.cores import BACKGROUND_NICENESS, thread_niceness
 from resources.schema import AsrResult, DiarisationResult, SpeakerTurn
 from tests.model_output import compare_words
 from twiml_assets.speech.overlap import (
@@ -30,18 +32,26 @@ SR = 16_000
 
 
 @pytest.mark.parametrize("cores", [2, 3, 4, 8, 16])
-def test_threads_never_outnumber_the_cores(cores: int) -> None:
-    for asr_gpu, diar_gpu in [(False, False), (True, False), (False, True)]:
-        plan = plan_threads(cores, asr_gpu, diar_gpu)
+def test_normal_priority_threads_never_outnumber_the_cores(cores: int) -> None:
+    for asr_gpu, diar_gpu, can_yield in [
+        (False, False, True),
+        (False, False, False),
+        (True, False, True),
+        (False, True, True),
+    ]:
+        plan = plan_threads(cores, asr_gpu, diar_gpu, diariser_can_yield=can_yield)
         assert plan is not None and plan.asr_threads >= 1 and plan.diariser_threads >= 1
-        assert plan.asr_threads + plan.diariser_threads <= cores
+        if plan.diariser_in_background:  # the onnxruntime diariser beside the ASR on the CPU
+            assert (asr_gpu, diar_gpu, can_yield) == (False, False, True)
+            assert plan.asr_threads == cores and plan.diariser_threads == cores
+        else:
+            assert plan.asr_threads + plan.diariser_threads <= cores
 
 
 def test_one_core_runs_the_stages_one_after_the_other() -> None:
     assert plan_threads(1, False, False) is None
-    # Batched ASR fills the cores by itself: no halving them below four cores.
-    assert plan_threads(2, False, False, asr_batched=True) is None
-    assert plan_threads(4, False, False, asr_batched=True) == ThreadPlan(2, 2)
+    assert plan_threads(2, False, False) == ThreadPlan(2, 2, diariser_in_background=True)
+    assert plan_threads(4, False, False, diariser_can_yield=False) == ThreadPlan(2, 2)  # halves
     assert plan_threads(1, True, True) == ThreadPlan(0, 0)  # both on the GPU: nothing to split
 
 
@@ -104,13 +114,15 @@ class StandInDiariser:
         self.stopped_at: float | None = None
 
     def settings(self) -> Any:
-        return SimpleNamespace(device="cpu")
+        return SimpleNamespace(device="cpu", pipeline="offline")
 
     def load(self) -> None:
         self.loaded_in = threading.get_ident()
 
     def diarise(self, waveform, sample_rate=SR, *, progress=None, **speakers):
         self.threads.append(threading.get_ident())
+        self.niceness = thread_niceness()
+        self.thread_count = speakers.pop("threads", None)
         duration = len(waveform) / SR
         for i in range(1, 21):
             time.sleep(self.seconds / 20)
@@ -167,8 +179,12 @@ def test_both_stages_run_at_once_and_progress_stays_in_the_callers_thread(two_co
     )
     assert asr.met  # the diariser started while the ASR was still running
     assert diariser.threads[0] != threading.get_ident() == asr.calls[0]["thread"]
-    assert asr.calls[0]["cpu_threads"] == 1  # half of two cores; torch gets the other
-    assert asr.loaded == {"thread": threading.get_ident(), "cpu_threads": 1}  # loaded first
+    # Both get the two cores; the diariser's thread only takes what the ASR leaves idle.
+    assert asr.calls[0]["cpu_threads"] == 2 and diariser.thread_count == 2
+    if sys.platform.startswith("linux"):
+        assert diariser.niceness == BACKGROUND_NICENESS
+        assert thread_niceness() == 0  # the caller's (the ASR's) thread is untouched
+    assert asr.loaded == {"thread": threading.get_ident(), "cpu_threads": 2}  # loaded first
     assert {stage for stage, _ in reports} == {"transcribe", "diarise"}
     assert {ident for _, ident in reports} == {threading.get_ident()}
     assert diarisation.details["overlapped_with_asr"] is True
@@ -193,13 +209,16 @@ def test_an_asr_failure_stops_the_diariser_and_waits_for_it(two_cores) -> None:
     assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
 
 
-def test_batched_asr_on_two_cores_keeps_them_and_the_diariser_loads_meanwhile(two_cores) -> None:
+def test_one_core_transcribes_while_the_diariser_loads_then_diarises(monkeypatch) -> None:
+    import twiml_assets.speech.overlap as overlap
+
+    monkeypatch.setattr(overlap, "available_cores", lambda: 1)
     asr, diariser = StandInASR(0.1), StandInDiariser(0.1)
-    asr.settings = lambda: SimpleNamespace(device="cpu", cpu_threads=0, batched=True)
     _, diarisation, _ = run_asr_and_diarisation(np.zeros(5 * SR, np.float32), asr, diariser)
-    assert "cpu_threads" not in asr.calls[0]  # every core for the batched ASR
+    assert "cpu_threads" not in asr.calls[0]  # the one core for the ASR
     assert diariser.loaded_in != threading.get_ident()  # loaded beside it
     assert diariser.threads == [threading.get_ident()]  # diarised after it
+    assert diariser.niceness == thread_niceness()  # at the caller's priority
     assert diarisation.details["overlapped_with_asr"] is False
 
 

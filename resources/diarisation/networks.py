@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from resources.audio import SAMPLE_RATE
-from resources.cores import available_cores
+from resources.cores import available_cores, thread_niceness
 
 # resemblyzer.hparams (importing resemblyzer imports torch; the CPU path does without it).
 MEL_WINDOW_LENGTH_MS = 25
@@ -28,28 +28,34 @@ EMBEDDING_SIZE = 256
 
 
 class OnnxNet:
-    """An onnxruntime session per thread count, made on first use."""
+    """An onnxruntime session per thread count and caller priority, made on first use.
+
+    A session's pool threads are started by the thread that makes it and keep that
+    thread's priority, so a caller at background priority (diarisation beside the ASR)
+    gets pool threads at background priority too, never a normal-priority session's.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sessions: dict[int, Any] = {}
+        self.sessions: dict[tuple[int, int], Any] = {}
         self.lock = threading.Lock()
 
     def session(self, threads: int) -> Any:
         import onnxruntime as ort
 
-        threads = threads or available_cores()
+        key = (threads or available_cores(), thread_niceness())
+        threads = key[0]
         with self.lock:
-            if threads not in self.sessions:
+            if key not in self.sessions:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
                 # Idle pool threads must not spin on cores the ASR is using meanwhile.
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self.sessions[threads] = ort.InferenceSession(
+                self.sessions[key] = ort.InferenceSession(
                     str(self.path), options, providers=["CPUExecutionProvider"]
                 )
-            return self.sessions[threads]
+            return self.sessions[key]
 
     def run(self, feeds: dict[str, np.ndarray], threads: int) -> list[np.ndarray]:
         return self.session(threads).run(None, feeds)

@@ -4,13 +4,15 @@ Neither model needs the other's output, and CTranslate2's decoding of a small mo
 leaves cores idle, so the speaker-attributed transcript can cost about what the
 transcript alone costs. Running two models at once is only safe under these rules:
 
-- *Cores*: ASR threads + diarisation threads <= the cores this process may use
-  (``os.sched_getaffinity``), split by ``plan_threads``. A setting the user gave
-  (``cpu_threads``) is kept as given.
+- *Cores*: the ASR keeps every core this process may use (``os.sched_getaffinity``,
+  ``OMP_NUM_THREADS``), at normal priority, as it would alone. The offline diariser runs
+  beside it on the same cores at the lowest CPU priority (``run_in_background_priority``:
+  nice 19 on its thread and the onnxruntime threads it starts), so it takes only the
+  cycles the ASR leaves idle (decoding a small model keeps a core far from busy) and the
+  ASR runs as fast as alone. Elsewhere (a stage on the GPU, a hub pipeline's torch pool,
+  which a thread's priority does not reach, a system other than Linux) the cores are
+  split by ``plan_threads``, never more threads than cores. A ``cpu_threads`` the user set is kept as given.
 - *One worker*: diarisation runs in a single worker thread; nothing else is queued on it.
-  Where the cores do not allow both at once (batched ASR on fewer than
-  ``BATCHED_OVERLAP_MIN_CORES``), that thread only imports and loads the diariser's models
-  while ASR runs, and diarisation follows ASR with every core.
 - *Progress in the caller's thread*: Dagster's log and the Pipes message writer are not
   written from two threads, so the worker's progress goes through a bounded queue
   (``ProgressRelay``) that the caller's thread drains; when it is full, the oldest report
@@ -35,8 +37,9 @@ from typing import Any
 
 from resources.asr import WhisperASR, cuda_available
 from resources.audio import SAMPLE_RATE, AudioSource
-from resources.cores import available_cores
+from resources.cores import available_cores, background_priority_works, run_in_background_priority
 from resources.diarisation import PyannoteDiariser
+from resources.diarisation.settings import OFFLINE
 from resources.schema import AsrResult, DiarisationResult
 
 StageCallback = Callable[[str, float, float], None]
@@ -44,9 +47,6 @@ StageCallback = Callable[[str, float, float], None]
 
 PROGRESS_QUEUE_SIZE = 32
 DRAIN_SECONDS = 0.5  # how often the caller's thread relays progress while it waits
-BATCHED_OVERLAP_MIN_CORES = 4
-"""Batched ASR (cpu-fast) overlaps diarisation only from this many cores. On 2 cores, 10
-minutes: batched ASR took 18.7 s on both cores and 30.5 s on one, diarisation about 7 s."""
 
 
 class Cancelled(Exception):
@@ -55,32 +55,34 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ThreadPlan:
-    """Threads per stage while both run; 0 leaves a stage's library default."""
+    """Threads per stage while both run; 0 leaves a stage's library default.
+    ``diariser_in_background``: the diariser's threads run at the lowest priority."""
 
     asr_threads: int
     diariser_threads: int
+    diariser_in_background: bool = False
 
 
 def plan_threads(
-    cores: int, asr_on_gpu: bool, diariser_on_gpu: bool, asr_batched: bool = False
+    cores: int, asr_on_gpu: bool, diariser_on_gpu: bool, diariser_can_yield: bool = True
 ) -> ThreadPlan | None:
     """How to share ``cores`` between the two stages; None: run them one after the other.
 
-    On one core there is nothing to share. On the CPU each stage gets half (ASR the odd
-    core), except batched ASR on fewer than ``BATCHED_OVERLAP_MIN_CORES``: it keeps every
-    core busy by itself, so halving its cores costs more than diarisation after it does.
-    A stage on the GPU still needs one core to feed it; the other gets the rest.
+    On one core there is nothing to share. With both on the CPU and a diariser that can
+    yield (onnxruntime, on Linux), each gets every core and the diariser runs in the
+    background (module docstring). A stage on the GPU still needs one core to feed it; the
+    other gets the rest. Otherwise each gets half the cores (the ASR the odd one).
     """
     if asr_on_gpu and diariser_on_gpu:
         return ThreadPlan(0, 0)
     if cores < 2:
         return None
-    if asr_batched and not asr_on_gpu and not diariser_on_gpu and cores < BATCHED_OVERLAP_MIN_CORES:
-        return None
     if asr_on_gpu:
         return ThreadPlan(1, cores - 1)
     if diariser_on_gpu:
         return ThreadPlan(cores - 1, 1)
+    if diariser_can_yield:
+        return ThreadPlan(cores, cores, diariser_in_background=True)
     return ThreadPlan(cores - cores // 2, cores // 2)
 
 
@@ -163,15 +165,15 @@ def run_asr_and_diarisation(
 
 
 def plan_for(asr: WhisperASR, diariser: PyannoteDiariser) -> ThreadPlan | None:
-    asr_settings = asr.settings()
-    asr_device = asr_settings.device
-    diariser_device = diariser.settings().device
+    asr_device = asr.settings().device
+    diariser_settings = diariser.settings()
+    diariser_device = diariser_settings.device
     gpu = cuda_available() if "auto" in (asr_device, diariser_device) else False
     return plan_threads(
         available_cores(),
         asr_on_gpu=asr_device == "cuda" or (asr_device == "auto" and gpu),
         diariser_on_gpu=diariser_device.startswith("cuda") or (diariser_device == "auto" and gpu),
-        asr_batched=asr_settings.batched,
+        diariser_can_yield=diariser_settings.pipeline == OFFLINE and background_priority_works(),
     )
 
 
@@ -209,8 +211,12 @@ def diarise(
     speakers: dict[str, int | None],
     progress: Callable[[float, float], None] | None,
     threads: int = 0,
+    background: bool = False,
 ) -> DiarisationResult:
-    """Diarise on ``threads`` threads (0: the cores this process may use)."""
+    """Diarise on ``threads`` threads (0: the cores this process may use); ``background``:
+    at the lowest CPU priority (this is the worker thread's last job, so it keeps it)."""
+    if background:
+        run_in_background_priority()
     duration = len(waveform) / SAMPLE_RATE
     if progress:
         progress(0.0, duration)
@@ -242,6 +248,7 @@ def run_both(
             speakers,
             relay.from_worker("diarise"),
             plan.diariser_threads,
+            plan.diariser_in_background,
         )
 
         def asr_progress(done: float, total: float) -> None:
