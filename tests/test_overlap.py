@@ -33,16 +33,17 @@ SR = 16_000
 
 @pytest.mark.parametrize("cores", [2, 3, 4, 8, 16])
 def test_normal_priority_threads_never_outnumber_the_cores(cores: int) -> None:
-    for asr_gpu, diar_gpu, can_yield in [
-        (False, False, True),
-        (False, False, False),
-        (True, False, True),
-        (False, True, True),
+    for asr_gpu, diar_gpu, batched, can_yield in [
+        (False, False, False, True),
+        (False, False, True, True),
+        (False, False, True, False),
+        (True, False, True, True),
+        (False, True, True, True),
     ]:
-        plan = plan_threads(cores, asr_gpu, diar_gpu, diariser_can_yield=can_yield)
+        plan = plan_threads(cores, asr_gpu, diar_gpu, batched, diariser_can_yield=can_yield)
         assert plan is not None and plan.asr_threads >= 1 and plan.diariser_threads >= 1
-        if plan.diariser_in_background:  # the onnxruntime diariser beside the ASR on the CPU
-            assert (asr_gpu, diar_gpu, can_yield) == (False, False, True)
+        if plan.diariser_in_background:  # batched ASR, the onnxruntime diariser beside it
+            assert (asr_gpu, diar_gpu, batched, can_yield) == (False, False, True, True)
             assert plan.asr_threads == cores and plan.diariser_threads == cores
         else:
             assert plan.asr_threads + plan.diariser_threads <= cores
@@ -50,8 +51,9 @@ def test_normal_priority_threads_never_outnumber_the_cores(cores: int) -> None:
 
 def test_one_core_runs_the_stages_one_after_the_other() -> None:
     assert plan_threads(1, False, False) is None
-    assert plan_threads(2, False, False) == ThreadPlan(2, 2, diariser_in_background=True)
-    assert plan_threads(4, False, False, diariser_can_yield=False) == ThreadPlan(2, 2)  # halves
+    assert plan_threads(2, False, False) == ThreadPlan(1, 1)
+    assert plan_threads(2, False, False, asr_batched=True) == ThreadPlan(2, 2, True)
+    assert plan_threads(4, False, False, True, diariser_can_yield=False) == ThreadPlan(2, 2)
     assert plan_threads(1, True, True) == ThreadPlan(0, 0)  # both on the GPU: nothing to split
 
 
@@ -179,12 +181,9 @@ def test_both_stages_run_at_once_and_progress_stays_in_the_callers_thread(two_co
     )
     assert asr.met  # the diariser started while the ASR was still running
     assert diariser.threads[0] != threading.get_ident() == asr.calls[0]["thread"]
-    # Both get the two cores; the diariser's thread only takes what the ASR leaves idle.
-    assert asr.calls[0]["cpu_threads"] == 2 and diariser.thread_count == 2
-    if sys.platform.startswith("linux"):
-        assert diariser.niceness == BACKGROUND_NICENESS
-        assert thread_niceness() == 0  # the caller's (the ASR's) thread is untouched
-    assert asr.loaded == {"thread": threading.get_ident(), "cpu_threads": 2}  # loaded first
+    assert asr.calls[0]["cpu_threads"] == 1 and diariser.thread_count == 1  # a core each
+    assert diariser.niceness == thread_niceness()  # both at normal priority
+    assert asr.loaded == {"thread": threading.get_ident(), "cpu_threads": 1}  # loaded first
     assert {stage for stage, _ in reports} == {"transcribe", "diarise"}
     assert {ident for _, ident in reports} == {threading.get_ident()}
     assert diarisation.details["overlapped_with_asr"] is True
@@ -207,6 +206,20 @@ def test_an_asr_failure_stops_the_diariser_and_waits_for_it(two_cores) -> None:
     # end of the audio), and the call returned only once it had: no diarise thread is left.
     assert diariser.stopped_at is not None and diariser.stopped_at < 10.0
     assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_batched_asr_keeps_the_cores_and_the_diariser_runs_in_the_background(two_cores) -> None:
+    asr, diariser = StandInASR(0.1), StandInDiariser(0.1)
+    asr.settings = lambda: SimpleNamespace(device="cpu", cpu_threads=0, batched=True)
+    before = thread_niceness()
+    _, diarisation, _ = run_asr_and_diarisation(np.zeros(5 * SR, np.float32), asr, diariser)
+    # Both get the two cores; the diariser's thread only takes what the ASR leaves idle.
+    assert asr.calls[0]["cpu_threads"] == 2 and diariser.thread_count == 2
+    assert diariser.threads[0] != threading.get_ident() == asr.calls[0]["thread"]
+    assert diariser.niceness == BACKGROUND_NICENESS
+    assert thread_niceness() == before  # the caller's (the ASR's) thread is untouched
+    assert diarisation.details["overlapped_with_asr"] is True
 
 
 def test_one_core_transcribes_while_the_diariser_loads_then_diarises(monkeypatch) -> None:

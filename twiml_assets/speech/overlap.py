@@ -4,14 +4,16 @@ Neither model needs the other's output, and CTranslate2's decoding of a small mo
 leaves cores idle, so the speaker-attributed transcript can cost about what the
 transcript alone costs. Running two models at once is only safe under these rules:
 
-- *Cores*: the ASR keeps every core this process may use (``os.sched_getaffinity``,
-  ``OMP_NUM_THREADS``), at normal priority, as it would alone. The offline diariser runs
-  beside it on the same cores at the lowest CPU priority (``run_in_background_priority``:
-  nice 19 on its thread and the onnxruntime threads it starts), so it takes only the
-  cycles the ASR leaves idle (decoding a small model keeps a core far from busy) and the
-  ASR runs as fast as alone. Elsewhere (a stage on the GPU, a hub pipeline's torch pool,
-  which a thread's priority does not reach, a system other than Linux) the cores are
-  split by ``plan_threads``, never more threads than cores. A ``cpu_threads`` the user set is kept as given.
+- *Cores*: ASR threads + diarisation threads <= the cores this process may use
+  (``os.sched_getaffinity``, ``OMP_NUM_THREADS``), split by ``plan_threads``, with one
+  exception. Batched ASR (``cpu-fast``) keeps every core at normal priority, as it would
+  alone, and the offline diariser runs beside it on every core at the lowest CPU priority
+  (``run_in_background_priority``: nice 19 on its thread and the onnxruntime threads it
+  starts, Linux only), so it takes only the cycles the ASR leaves idle: batched decoding
+  of a small model keeps two cores far from busy, and its diarisation is cheap. Unbatched
+  decoding leaves too few idle cycles for ``cpu-dev``'s diarisation, which then runs past
+  the ASR; there the split is faster (docs/benchmarks.md). A ``cpu_threads`` the user set
+  is kept as given.
 - *One worker*: diarisation runs in a single worker thread; nothing else is queued on it.
 - *Progress in the caller's thread*: Dagster's log and the Pipes message writer are not
   written from two threads, so the worker's progress goes through a bounded queue
@@ -64,14 +66,18 @@ class ThreadPlan:
 
 
 def plan_threads(
-    cores: int, asr_on_gpu: bool, diariser_on_gpu: bool, diariser_can_yield: bool = True
+    cores: int,
+    asr_on_gpu: bool,
+    diariser_on_gpu: bool,
+    asr_batched: bool = False,
+    diariser_can_yield: bool = True,
 ) -> ThreadPlan | None:
     """How to share ``cores`` between the two stages; None: run them one after the other.
 
-    On one core there is nothing to share. With both on the CPU and a diariser that can
-    yield (onnxruntime, on Linux), each gets every core and the diariser runs in the
-    background (module docstring). A stage on the GPU still needs one core to feed it; the
-    other gets the rest. Otherwise each gets half the cores (the ASR the odd one).
+    On one core there is nothing to share. A stage on the GPU still needs one core to feed
+    it; the other gets the rest. With both on the CPU, batched ASR and a diariser that can
+    yield (onnxruntime, on Linux) each get every core and the diariser runs in the
+    background (module docstring); otherwise each gets half the cores (the ASR the odd one).
     """
     if asr_on_gpu and diariser_on_gpu:
         return ThreadPlan(0, 0)
@@ -81,7 +87,7 @@ def plan_threads(
         return ThreadPlan(1, cores - 1)
     if diariser_on_gpu:
         return ThreadPlan(cores - 1, 1)
-    if diariser_can_yield:
+    if asr_batched and diariser_can_yield:
         return ThreadPlan(cores, cores, diariser_in_background=True)
     return ThreadPlan(cores - cores // 2, cores // 2)
 
@@ -165,7 +171,8 @@ def run_asr_and_diarisation(
 
 
 def plan_for(asr: WhisperASR, diariser: PyannoteDiariser) -> ThreadPlan | None:
-    asr_device = asr.settings().device
+    asr_settings = asr.settings()
+    asr_device = asr_settings.device
     diariser_settings = diariser.settings()
     diariser_device = diariser_settings.device
     gpu = cuda_available() if "auto" in (asr_device, diariser_device) else False
@@ -173,6 +180,7 @@ def plan_for(asr: WhisperASR, diariser: PyannoteDiariser) -> ThreadPlan | None:
         available_cores(),
         asr_on_gpu=asr_device == "cuda" or (asr_device == "auto" and gpu),
         diariser_on_gpu=diariser_device.startswith("cuda") or (diariser_device == "auto" and gpu),
+        asr_batched=asr_settings.batched,
         diariser_can_yield=diariser_settings.pipeline == OFFLINE and background_priority_works(),
     )
 
