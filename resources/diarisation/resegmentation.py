@@ -90,7 +90,7 @@ def absorb_short_runs(
     pieces: list[tuple[float, float, int]], min_seconds: float
 ) -> list[tuple[float, float, int]]:
     """Runs shorter than ``min_seconds`` joined to the run before (the first to the one
-    after), then neighbours of one speaker joined."""
+    after), and neighbours of one speaker joined."""
     kept: list[list] = []
     for start, end, label in pieces:
         if kept and (end - start < min_seconds or label == kept[-1][2]):
@@ -100,10 +100,4 @@ def absorb_short_runs(
     if len(kept) > 1 and kept[0][1] - kept[0][0] < min_seconds:
         kept[1][0] = kept[0][0]
         kept.pop(0)
-    joined: list[list] = []
-    for piece in kept:
-        if joined and joined[-1][2] == piece[2]:
-            joined[-1][1] = piece[1]
-        else:
-            joined.append(piece)
-    return [(float(a), float(b), int(label)) for a, b, label in joined]
+    return [(float(a), float(b), int(label)) for a, b, label in kept]
